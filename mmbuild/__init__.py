@@ -1,0 +1,35 @@
+"""mmbuild: a mixed-precision network builder for the CPU, in the style of Cambricon MagicMind.
+
+``import mmbuild as mm`` gives the whole public API (see docs/ and API.md).
+"""
+
+from __future__ import annotations
+
+from mmbuild.errors import Code, MMError, Status
+from mmbuild.ir.network import Network
+from mmbuild.ir.node import INode, Policy
+from mmbuild.ir.tensor import ITensor
+from mmbuild.ir.types import DataType, Dims, Layout, Range
+from mmbuild.ops import IActivation, IElementwise, IPaddingMode
+from mmbuild.reference import run_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Code",
+    "DataType",
+    "Dims",
+    "IActivation",
+    "IElementwise",
+    "INode",
+    "IPaddingMode",
+    "ITensor",
+    "Layout",
+    "MMError",
+    "Network",
+    "Policy",
+    "Range",
+    "Status",
+    "__version__",
+    "run_reference",
+]

@@ -1,0 +1,16 @@
+"""Test-wide settings: one numba cache for the whole run, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "mmbuild" / "numba"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("default", max_examples=40, deadline=None)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
