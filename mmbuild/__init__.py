@@ -10,19 +10,18 @@ from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode, Policy
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range
-from mmbuild.ops import IActivation, IElementwise, IPaddingMode
+from mmbuild.ops import PUBLIC as _OPS_PUBLIC
 from mmbuild.reference import run_reference
 
 __version__ = "0.1.0"
+
+globals().update(_OPS_PUBLIC)  # node classes and their enums: mm.IActivation, mm.IConvNode, ...
 
 __all__ = [
     "Code",
     "DataType",
     "Dims",
-    "IActivation",
-    "IElementwise",
     "INode",
-    "IPaddingMode",
     "ITensor",
     "Layout",
     "MMError",
@@ -32,4 +31,5 @@ __all__ = [
     "Status",
     "__version__",
     "run_reference",
+    *_OPS_PUBLIC,
 ]

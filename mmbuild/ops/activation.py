@@ -19,6 +19,8 @@ from mmbuild.ir.tensor import ITensor
 from mmbuild.ops._common import require_float
 from mmbuild.ops.registry import register_op
 
+__all__ = ["ACTIVATIONS", "IActivation", "IActivationNode", "IClipNode"]
+
 
 class IActivation(enum.Enum):
     RELU = "relu"

@@ -13,6 +13,8 @@ from mmbuild.ir.node import INode, Policy, TensorSpec
 from mmbuild.ir.types import DataType, Dims
 from mmbuild.ops.registry import register_op
 
+__all__ = ["IConstNode"]
+
 
 @register_op
 class IConstNode(INode):

@@ -20,6 +20,8 @@ from mmbuild.ir.types import Layout
 from mmbuild.ops._common import require_float, require_rank, same_pads, window_out
 from mmbuild.ops.registry import register_op
 
+__all__ = ["ConvLike", "IConvNode", "IPaddingMode", "conv2d_nhwc"]
+
 
 class IPaddingMode(enum.Enum):
     EXPLICIT = "explicit"  # the pads of set_pad

@@ -14,6 +14,8 @@ from mmbuild.ir.tensor import ITensor
 from mmbuild.ops._common import broadcast, require_float
 from mmbuild.ops.registry import register_op
 
+__all__ = ["ELEMENTWISE", "IElementwise", "IElementwiseNode"]
+
 
 class IElementwise(enum.Enum):
     ADD = "add"
