@@ -9,7 +9,7 @@ from pathlib import Path
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "mmbuild" / "numba"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hypothesis import settings  # noqa: E402
+from hypothesis import settings
 
 settings.register_profile("default", max_examples=40, deadline=None)
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
