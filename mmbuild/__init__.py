@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from mmbuild.config import BuilderConfig
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode, Policy
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 globals().update(_OPS_PUBLIC)  # node classes and their enums: mm.IActivation, mm.IConvNode, ...
 
 __all__ = [
+    "BuilderConfig",
     "Code",
     "DataType",
     "Dims",

@@ -1,0 +1,382 @@
+"""``BuilderConfig``: MagicMind's JSON build configuration, parsed, merged and validated.
+
+This file owns parsing (``parse_from_string``, ``parse_from_file``), the merge of one parse into
+the next, the translation of validation errors into ``MMError`` messages that name the key path,
+the bad value and the allowed values, and the read-only view the builder uses. What the keys are
+lives in ``mmbuild.config.schema``.
+
+A parse is all or nothing: the merged result is validated before it replaces the current one, so a
+refused parse leaves the configuration exactly as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from mmbuild._aliases import CamelCaseAliases
+from mmbuild.config.schema import IGNORED_KEYS, UNSUPPORTED_KEYS, BuilderConfigModel
+from mmbuild.errors import Code, MMError, Status, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+Loc = tuple[str | int, ...]
+
+
+class BuilderConfig(CamelCaseAliases):
+    """The build configuration, set from MagicMind-style JSON.
+
+    >>> config = BuilderConfig()
+    >>> config.precision_mode
+    'force_float32'
+    >>> config.parse_from_string('{"precision_config": {"precision_mode": "qint8_mixed_float16"}}')
+    Status(OK, '')
+    >>> config.parse_from_string('{"custom_ranges": {"x": {"min": -1, "max": 1}}}').ok()
+    True
+    >>> config.precision_mode, config.custom_ranges
+    ('qint8_mixed_float16', {'x': ([-1.0], [1.0])})
+
+    Each parse merges into the previous ones: a later key wins, objects merge key by key, and an
+    entry of ``custom_ranges`` replaces the earlier entry of the same tensor name. CamelCase
+    spellings (``ParseFromString``, ``ParseFromFile``) work too.
+    """
+
+    __slots__ = ("_model", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: dict[str, Any] = {}
+        self._model = BuilderConfigModel()
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def parse_from_string(self, text: str) -> Status:
+        """Merge the JSON object ``text`` into the configuration; raise ``MMError`` if refused.
+
+        >>> BuilderConfig().parse_from_string('{"archs": ["mtp_372"]}').ok()  # ignored key
+        True
+        """
+        if not isinstance(text, str):
+            raise MMError(
+                f"builder config: parse_from_string expects a str of JSON, got "
+                f"{type(text).__name__}"
+            )
+        self._merge_in(_load_json(text, "builder config"), "builder config")
+        return Status.OK()
+
+    def parse_from_file(self, path: str | os.PathLike[str]) -> Status:
+        """Merge the JSON object in the file at ``path``, as ``parse_from_string`` does.
+
+        A missing file raises ``MMError`` with code ``NOT_FOUND``.
+        """
+        where = f"builder config {os.fspath(path)!r}"
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise MMError(f"{where}: no such file", Code.NOT_FOUND) from None
+        except IsADirectoryError:
+            raise MMError(f"{where}: is a directory, not a JSON file") from None
+        except UnicodeDecodeError as e:
+            raise MMError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise MMError(f"{where}: cannot be read ({e.strerror})", Code.UNAVAILABLE) from None
+        self._merge_in(_load_json(text, where), where)
+        return Status.OK()
+
+    def _merge_in(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise MMError(
+                f"{where}: the top level must be a JSON object "
+                f'(like {{"precision_config": {{...}}}}), got {_kind(data)}'
+            )
+        bad = next(_non_finite(data, ()), None)
+        if bad is not None:
+            raise MMError(
+                f"{where}: {_path(bad[0])}: {_show(bad[1])} is not a finite number; "
+                "use finite numbers only"
+            )
+        merged = copy.deepcopy(self._raw)
+        _deep_merge(merged, data, ())
+        try:
+            model = BuilderConfigModel.model_validate(merged)
+        except ValidationError as e:
+            raise MMError(f"{where}: {_explain(e)}") from None
+        self._raw, self._model = merged, model
+        ignored = [key for key in data if key in IGNORED_KEYS]
+        if ignored:
+            logger.warning(
+                "%s: ignoring MagicMind keys that have no meaning on a CPU: %s",
+                where,
+                ", ".join(ignored),
+            )
+
+    # -- the view the builder uses -------------------------------------------------------------
+
+    @property
+    def model(self) -> BuilderConfigModel:
+        """The validated configuration (a frozen pydantic model); treat it as read-only."""
+        return self._model
+
+    @property
+    def precision_mode(self) -> str:
+        """``precision_config.precision_mode``, for example ``'qint8_mixed_float16'``."""
+        return self._model.precision_config.precision_mode
+
+    @property
+    def weight_quant_granularity(self) -> str:
+        """``precision_config.weight_quant_granularity``: ``'per_tensor'`` or ``'per_axis'``."""
+        return self._model.precision_config.weight_quant_granularity
+
+    @property
+    def activation_quant_algo(self) -> str:
+        """``precision_config.activation_quant_algo``: ``'symmetric'`` or ``'asymmetric'``."""
+        return self._model.precision_config.activation_quant_algo
+
+    @property
+    def custom_ranges(self) -> dict[str, tuple[list[float], list[float]]]:
+        """A fresh copy of ``custom_ranges``: tensor name -> (min list, max list)."""
+        return {name: (list(r.min), list(r.max)) for name, r in self._model.custom_ranges.items()}
+
+    def custom_range_for(self, tensor_name: str) -> tuple[list[float], list[float]] | None:
+        """The custom range of ``tensor_name``, else the ``""`` entry, else None.
+
+        >>> config = BuilderConfig()
+        >>> _ = config.parse_from_string('{"custom_ranges": {"": {"min": -6, "max": 6}}}')
+        >>> config.custom_range_for("conv1")
+        ([-6.0], [6.0])
+        """
+        ranges = self._model.custom_ranges
+        found = ranges.get(tensor_name, ranges.get(""))
+        return None if found is None else (list(found.min), list(found.max))
+
+    def ignored_keys(self) -> list[str]:
+        """The key paths that were accepted but have no effect, sorted.
+
+        >>> config = BuilderConfig()
+        >>> _ = config.parse_from_string('{"opt_config": {"conv_scale_fold": true}}')
+        >>> config.ignored_keys()
+        ['opt_config']
+        """
+        return sorted(key for key in IGNORED_KEYS if key in self._model.model_fields_set)
+
+    def to_json(self) -> str:
+        """The whole configuration as pretty JSON, defaults included; parsing it gives it back.
+
+        Ignored keys appear only when they were given.
+        """
+        return json.dumps(self._dump(), indent=2)
+
+    def _dump(self) -> dict[str, Any]:
+        data = self._model.model_dump(mode="json")
+        for key in IGNORED_KEYS:
+            if key not in self._model.model_fields_set:
+                del data[key]
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BuilderConfig):
+            return NotImplemented
+        return self._dump() == other._dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (
+            f"BuilderConfig(precision_mode={self.precision_mode!r}, "
+            f"weight_quant_granularity={self.weight_quant_granularity!r}, "
+            f"activation_quant_algo={self.activation_quant_algo!r}, "
+            f"custom_ranges={len(self._model.custom_ranges)}, ignored={self.ignored_keys()})"
+        )
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def _load_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        raise MMError(
+            f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
+    except _DuplicateKeyError as e:
+        raise MMError(f"{where}: key {e.args[0]!r} appears twice in one JSON object") from None
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Within one document a repeated key is a mistake (json.loads would silently keep the last).
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _non_finite(value: Any, loc: Loc) -> Iterator[tuple[Loc, float]]:
+    # json.loads accepts NaN, Infinity and 1e999; none of them belongs in a config.
+    if isinstance(value, float) and not math.isfinite(value):
+        yield loc, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, (*loc, i))
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any], loc: Loc) -> None:
+    """Merge ``update`` into ``base`` in place: objects key by key, anything else replaced.
+
+    An entry of ``custom_ranges`` is replaced as a whole: a range is one value, and merging a new
+    ``min`` with an old ``max`` of another length would make a range nobody wrote.
+    """
+    replace_children = loc == ("custom_ranges",)
+    for key, value in update.items():
+        old = base.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and not replace_children:
+            _deep_merge(old, value, (*loc, key))
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+# -- error messages ------------------------------------------------------------------------------
+
+
+def _strip(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _resolve(loc: Loc) -> tuple[type[BaseModel] | None, Any]:
+    """Walk ``loc`` through the models: the model that holds the last key, and that key's type.
+
+    Both are None where ``loc`` leaves the schema (an unknown key, or inside an ignored key).
+    """
+    node: Any = BuilderConfigModel
+    holder: type[BaseModel] | None = None
+    for seg in loc:
+        node = _strip(node)
+        if isinstance(node, type) and issubclass(node, BaseModel) and isinstance(seg, str):
+            holder = node
+            field = node.model_fields.get(seg)
+            node = None if field is None else field.annotation
+        elif get_origin(node) in (dict, list):
+            holder, node = None, get_args(node)[-1]
+        else:
+            return None, None
+    return holder, _strip(node)
+
+
+def _path(loc: Loc) -> str:
+    """``('precision_config', 'precision_mode')`` -> ``precision_config.precision_mode``.
+
+    Tensor names (keys of ``custom_ranges``) and list indices go in brackets, so that a name with a
+    dot, or the empty name, stays readable: ``custom_ranges[""].min[0]``.
+    """
+    out = ""
+    node: Any = BuilderConfigModel
+    for seg in loc:
+        node = _strip(node)
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+            node = get_args(node)[-1] if get_origin(node) is list else None
+        elif get_origin(node) is dict:
+            out += f"[{json.dumps(seg)}]"
+            node = get_args(node)[-1]
+        else:
+            out += f".{seg}" if out else seg
+            field = node.model_fields.get(seg) if _is_model(node) else None
+            node = None if field is None else field.annotation
+    return out or "(top level)"
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _show(value: Any) -> str:
+    """A user's value as they would recognise it: strings quoted, others as JSON."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    for t, name in names.items():
+        if isinstance(value, t):
+            return f"{name} ({_show(value)})"
+    if value is None:
+        return "null"
+    return f"a number ({_show(value)})"
+
+
+def _keys_of(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _explain(error: ValidationError) -> str:
+    lines = [_explain_one(e) for e in error.errors(include_url=False)]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} problems: " + "; ".join(lines)
+
+
+def _explain_one(err: Any) -> str:
+    loc: Loc = tuple(err["loc"])
+    kind, value = err["type"], err.get("input")
+    path = _path(loc)
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        holder, _ = _resolve(loc)
+        allowed = _keys_of(holder or BuilderConfigModel)
+        inside = f"in {_path(loc[:-1])}" if len(loc) > 1 else "at the top level"
+        if key in UNSUPPORTED_KEYS:
+            return f"{path}: not supported: {UNSUPPORTED_KEYS[key]}"
+        return (
+            f"unknown key {path!r}{did_you_mean(key, allowed)}; "
+            f"allowed keys {inside}: {', '.join(allowed)}"
+        )
+    _, annotation = _resolve(loc)
+    if kind == "literal_error":
+        allowed = [str(a) for a in get_args(annotation)]
+        hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
+        return (
+            f"{path}: {_show(value)} is not an allowed value{hint}; "
+            f"allowed values: {', '.join(repr(a) for a in allowed)}"
+        )
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        keys = f" with keys {', '.join(_keys_of(annotation))}" if _is_model(annotation) else ""
+        return f"{path}: expected a JSON object{keys}, got {_kind(value)}"
+    if kind == "missing":
+        holder, _ = _resolve(loc)
+        needed = [k for k, f in holder.model_fields.items() if f.is_required()] if holder else []
+        needs = f" (an entry needs {' and '.join(map(repr, needed))})" if needed else ""
+        return f"{path}: required key is missing{needs}"
+    if kind in ("float_type", "float_parsing"):
+        return f"{path}: expected a number, got {_kind(value)}"
+    if kind == "list_type":
+        return f"{path}: expected a number or a list of numbers, got {_kind(value)}"
+    if kind == "too_short":
+        return f"{path}: must not be empty; give at least one number"
+    if kind == "value_error":
+        return f"{path}: {err.get('ctx', {}).get('error', err['msg'])}"
+    return f"{path}: {err['msg']}, got {_kind(value)}"

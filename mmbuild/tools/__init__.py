@@ -1,0 +1,1 @@
+"""Developer commands run with ``python -m mmbuild.tools.<name>``."""
