@@ -149,13 +149,8 @@ class Network(CamelCaseAliases):
         self._reinfer({}, {tensor: TensorSpec(tuple(dims), dtype)})
 
     def _set_output_type(self, node: INode, i: int, dtype: DataType) -> None:
-        old = dict(node._output_types)
+        # a precision choice: shape inference keeps working on the logical (inferred) types
         node._output_types[i] = dtype
-        try:
-            self._reinfer({node: None})
-        except MMError:
-            node._output_types = old
-            raise
 
     def _update_input(self, node: INode, i: int, tensor: ITensor) -> None:
         label = f"{node.node_type} {node.name!r}: update_input({i}, ...)"
@@ -271,11 +266,7 @@ def _spec(t: ITensor) -> TensorSpec:
 
 
 def _infer(node: INode, specs: list[TensorSpec]) -> list[TensorSpec]:
-    outs = list(node.infer(specs))
-    return [
-        TensorSpec(tuple(int(d) for d in s.dims), node._output_types.get(i, s.dtype))
-        for i, s in enumerate(outs)
-    ]
+    return [TensorSpec(tuple(int(d) for d in s.dims), s.dtype) for s in node.infer(specs)]
 
 
 def _index(i: int, count: int, what: str) -> int:

@@ -56,6 +56,8 @@ class INode(CamelCaseAliases):
     quantizable_inputs: ClassVar[tuple[int, ...]] = ()
     input_names: ClassVar[tuple[str, ...]] = ("input",)
     defaults: ClassVar[dict[str, Any]] = {}
+    # True when the output type is an attribute of the node (a cast), not chosen by precision
+    fixed_output_type: ClassVar[bool] = False
 
     def __init__(
         self, network: Network, name: str, inputs: list[ITensor], attrs: dict[str, Any]
@@ -139,7 +141,7 @@ class INode(CamelCaseAliases):
 
     def get_output_type(self, i: int) -> DataType:
         self._check_index(i, len(self._outputs), "output")
-        return self._output_types.get(i, self._outputs[i].get_data_type())
+        return self._outputs[i].get_data_type()
 
     @property
     def precision_overrides(self) -> dict[int, DataType]:

@@ -87,6 +87,10 @@ class ITensor(CamelCaseAliases):
         return Status.OK()
 
     def get_data_type(self) -> DataType:
+        """The declared type of an input; for a node output, its ``set_output_type`` if any,
+        else the type shape inference gave it."""
+        if self._producer is not None:
+            return self._producer._output_types.get(self._index, self._dtype)
         return self._dtype
 
     def set_data_type(self, dtype: DataType) -> Status:

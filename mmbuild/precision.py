@@ -1,0 +1,274 @@
+"""The precision plan: which type every input and output of every node runs in.
+
+``plan_precision(network, config)`` resolves the config's ``precision_mode`` and each node's
+``set_precision`` / ``set_output_type`` into ``{node name: NodePrecision}`` without editing the
+graph. The rules (API.md, "Precision semantics"):
+
+* ``force_floatN``: every float input and output in floatN.
+* ``qintB_mixed_floatN``: the quantizable inputs of ALWAYS ops (conv, deconv: input and filter;
+  inner product, matmul: both operands) in QINTB; every other float slot in floatN.
+* FOLLOW ops (data movement) take the type their input arrives in; NEVER ops compute in floatN.
+* Network inputs keep their declared type; integer tensors keep theirs.
+* A node-level setting wins, and is honoured or refused with the node and slot named. The
+  quantizable inputs of one node share one domain, so quantizing one of them quantizes its
+  partners too (noted in the plan).
+* Every QINT activation needs a range; the order of sources is: ``set_dynamic_range``, then the
+  config's ``custom_ranges`` entry for the tensor, then calibration, then ``custom_ranges[""]``.
+  Constant weights are ranged from their values when the model is built.
+* fp16 guard: a float16 chosen by the mode (not by the user) for a node that touches a tensor
+  whose range exceeds 65504 falls back to float32, with a warning and a note in the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from mmbuild.config import BuilderConfig
+from mmbuild.errors import MMError
+from mmbuild.ir.network import Network
+from mmbuild.ir.node import INode, Policy
+from mmbuild.ir.tensor import ITensor
+from mmbuild.ir.types import DataType, Range
+
+log = logging.getLogger(__name__)
+
+FLOAT16_MAX = 65504.0
+
+_MODES: dict[str, tuple[DataType | None, DataType]] = {
+    "force_float32": (None, DataType.FLOAT32),
+    "force_float16": (None, DataType.FLOAT16),
+    "qint8_mixed_float16": (DataType.QINT8, DataType.FLOAT16),
+    "qint8_mixed_float32": (DataType.QINT8, DataType.FLOAT32),
+    "qint16_mixed_float16": (DataType.QINT16, DataType.FLOAT16),
+    "qint16_mixed_float32": (DataType.QINT16, DataType.FLOAT32),
+}
+
+
+def split_mode(mode: str) -> tuple[DataType | None, DataType]:
+    """The (QINT type or None, float type) of a mode: ``"qint8_mixed_float16"`` -> (QINT8,
+    FLOAT16); ``"force_float32"`` -> (None, FLOAT32)."""
+    try:
+        return _MODES[mode]
+    except KeyError:
+        raise MMError(f"precision_mode {mode!r} is not one of {', '.join(_MODES)}") from None
+
+
+@dataclass(frozen=True)
+class NodePrecision:
+    """The types one node runs in: one per input slot and one per output, plus why."""
+
+    inputs: tuple[DataType, ...]
+    outputs: tuple[DataType, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class PrecisionPlan:
+    mode: str
+    nodes: dict[str, NodePrecision]
+    ranges: dict[str, Range] = field(default_factory=dict)  # QINT activation tensor -> range
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, node: INode | str) -> NodePrecision:
+        return self.nodes[node if isinstance(node, str) else node.get_node_name()]
+
+
+def plan_precision(network: Network, config: BuilderConfig | None = None) -> PrecisionPlan:
+    """Resolve mode, overrides and ranges into a PrecisionPlan; refuse with every problem named."""
+    config = config or BuilderConfig()
+    qtype, ftype = split_mode(config.precision_mode)
+    plan = PrecisionPlan(config.precision_mode, {})
+    arrives: dict[ITensor, DataType] = {t: t.get_data_type() for t in network.inputs}
+    problems: list[str] = []
+    for node in network.nodes:
+        try:
+            decided = _plan_node(node, qtype, ftype, arrives, config, plan)
+        except MMError as exc:
+            problems.append(str(exc))
+            decided = _fallback(node, arrives)
+        plan.nodes[node.get_node_name()] = decided
+        for t, dtype in zip(node.outputs, decided.outputs):
+            arrives[t] = dtype
+    if problems:
+        raise MMError("the precision plan cannot be made:\n  - " + "\n  - ".join(problems))
+    for w in plan.warnings:
+        log.warning(w)
+    return plan
+
+
+def _plan_node(
+    node: INode,
+    qtype: DataType | None,
+    ftype: DataType,
+    arrives: dict[ITensor, DataType],
+    config: BuilderConfig,
+    plan: PrecisionPlan,
+) -> NodePrecision:
+    notes: list[str] = []
+    node_ftype = _guard_float16(node, ftype, config, notes, plan)
+    inputs = [
+        _default_input(node, i, t, qtype, node_ftype, arrives) for i, t in enumerate(node.inputs)
+    ]
+    overrides = node.precision_overrides
+    for i, dtype in overrides.items():
+        t = node.inputs[i]
+        if dtype.is_quantized and i not in node.quantizable_inputs:
+            allowed = ", ".join(node.input_label(q) for q in node.quantizable_inputs) or "none"
+            raise node.error(
+                f"set_precision({i}, {dtype.name}): {node.input_label(i)} cannot run quantized; "
+                f"the quantizable inputs of {node.node_type} are: {allowed}. Use FLOAT16 or "
+                "FLOAT32 for this slot"
+            )
+        if not _is_float_like(t.get_data_type()):
+            raise node.error(
+                f"set_precision({i}, {dtype.name}): {node.input_label(i)} is an "
+                f"{t.get_data_type().name} tensor; precisions apply to float tensors only"
+            )
+        inputs[i] = dtype
+    _align_quantizable(node, inputs, overrides, notes)
+    outputs = [_default_output(node, o, inputs, node_ftype) for o in range(len(node.outputs))]
+    for o, dtype in node.output_type_overrides.items():
+        if dtype.is_quantized:
+            raise node.error(
+                f"set_output_type({o}, {dtype.name}): outputs are float; quantized nodes compute "
+                "in integers and return FLOAT16 or FLOAT32. Choose one of those"
+            )
+        outputs[o] = dtype
+    for i, dtype in enumerate(inputs):
+        t = node.inputs[i]
+        if dtype.is_quantized and not _is_constant(t):
+            plan.ranges[t.get_tensor_name()] = _resolve_range(node, i, t, dtype, config)
+    return NodePrecision(tuple(inputs), tuple(outputs), tuple(notes))
+
+
+def _default_input(
+    node: INode,
+    i: int,
+    t: ITensor,
+    qtype: DataType | None,
+    ftype: DataType,
+    arrives: dict[ITensor, DataType],
+) -> DataType:
+    declared = t.get_data_type()
+    if not _is_float_like(declared):
+        return declared
+    if node.policy is Policy.FOLLOW:
+        return arrives.get(t, declared)
+    if node.policy is Policy.ALWAYS and qtype is not None and i in node.quantizable_inputs:
+        return qtype
+    return ftype
+
+
+def _default_output(node: INode, o: int, inputs: list[DataType], ftype: DataType) -> DataType:
+    declared = node.outputs[o].get_data_type()
+    if not _is_float_like(declared) or node.fixed_output_type:
+        return declared
+    if node.policy is Policy.FOLLOW:
+        floats = [d for d in inputs if d.is_float]
+        return floats[0] if floats else ftype
+    return ftype
+
+
+def _align_quantizable(
+    node: INode, inputs: list[DataType], overrides: dict[int, DataType], notes: list[str]
+) -> None:
+    """The quantizable inputs of one node run in one domain: QINTB together, or float together."""
+    slots = [q for q in node.quantizable_inputs if q < len(inputs)]
+    if len(slots) < 2:
+        return
+    chosen = [overrides[q] for q in slots if q in overrides]
+    domains = {d.is_quantized for d in chosen}
+    qbits = {d for d in chosen if d.is_quantized}
+    if len(domains) > 1 or len(qbits) > 1:
+        pairs = ", ".join(
+            f"{node.input_label(q)} {overrides[q].name}" for q in slots if q in overrides
+        )
+        raise node.error(
+            f"set_precision asks {pairs}; the quantizable inputs of a {node.node_type} run "
+            "together, all in one QINT type or all in float. Set them alike"
+        )
+    if not chosen:
+        return
+    target = chosen[0]
+    for q in slots:
+        if q not in overrides and inputs[q] != target:
+            notes.append(
+                f"{node.input_label(q)} runs in {target.name} (the mode gave {inputs[q].name}) "
+                "to match the set_precision of its partner input"
+            )
+            inputs[q] = target
+
+
+def _guard_float16(
+    node: INode, ftype: DataType, config: BuilderConfig, notes: list[str], plan: PrecisionPlan
+) -> DataType:
+    if ftype is not DataType.FLOAT16:
+        return ftype
+    for t in [*node.inputs, *node.outputs]:
+        rng = t.get_dynamic_range() or _config_range(t, config)
+        if rng is not None and _magnitude(rng) > FLOAT16_MAX:
+            msg = (
+                f"{node.node_type} {node.get_node_name()!r}: tensor {t.get_tensor_name()!r} "
+                f"reaches {_magnitude(rng):.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
+                "keeps FLOAT32 (set_precision / set_output_type to override)"
+            )
+            notes.append("fp16 overflow guard: kept FLOAT32")
+            plan.warnings.append(msg)
+            return DataType.FLOAT32
+    return ftype
+
+
+def _resolve_range(
+    node: INode, i: int, t: ITensor, dtype: DataType, config: BuilderConfig
+) -> Range:
+    name = t.get_tensor_name()
+    if t.has_user_range:
+        return t.get_dynamic_range()  # type: ignore[return-value]
+    exact = config.custom_ranges.get(name)
+    if exact is not None:
+        return _as_range(exact)
+    if t.get_dynamic_range() is not None:
+        return t.get_dynamic_range()  # type: ignore[return-value]
+    fallback = config.custom_ranges.get("")
+    if fallback is not None:
+        return _as_range(fallback)
+    raise node.error(
+        f"{node.input_label(i)} runs in {dtype.name} and tensor {name!r} has no range. Give it "
+        "one: (1) calibrate the network (mm.Calibrator(...).calibrate(network, config)), "
+        f"(2) tensor.set_dynamic_range(mm.Range(lo, hi)), or (3) add "
+        f'"custom_ranges": {{"{name}": {{"min": [lo], "max": [hi]}}}} to the builder config'
+    )
+
+
+def _config_range(t: ITensor, config: BuilderConfig) -> Range | None:
+    exact = config.custom_ranges.get(t.get_tensor_name())
+    return _as_range(exact) if exact is not None else None
+
+
+def _as_range(bounds: tuple[list[float], list[float]]) -> Range:
+    lo, hi = bounds
+    return Range(lo[0], hi[0]) if len(lo) == 1 else Range(lo, hi)
+
+
+def _magnitude(rng: Range) -> float:
+    lo = rng.min if isinstance(rng.min, list) else [rng.min]
+    hi = rng.max if isinstance(rng.max, list) else [rng.max]
+    return max(max(abs(v) for v in lo), max(abs(v) for v in hi))
+
+
+def _is_float_like(dtype: DataType) -> bool:
+    return dtype.is_float or dtype.is_quantized
+
+
+def _is_constant(t: ITensor) -> bool:
+    producer = t.get_producer()
+    return producer is not None and producer.op == "const"
+
+
+def _fallback(node: INode, arrives: dict[ITensor, DataType]) -> NodePrecision:
+    """A stand-in so planning goes on and reports every problem, not only the first."""
+    return NodePrecision(
+        tuple(arrives.get(t, t.get_data_type()) for t in node.inputs),
+        tuple(t.get_data_type() for t in node.outputs),
+    )
