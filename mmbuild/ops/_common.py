@@ -69,22 +69,18 @@ def require_rank(node: INode, spec: TensorSpec, i: int, *ranks: int) -> None:
         )
 
 
-def window_out(
-    size: int, k: int, stride: int, pad: int, dilation: int = 1, ceil: bool = False
-) -> int:
+def window_out(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int:
     """Output length of a sliding window: floor((size + pad - dilation*(k-1) - 1) / stride) + 1.
 
-    >>> window_out(32, 3, 2, 2), window_out(7, 2, 2, 0, ceil=True)
-    (16, 4)
+    ``pad`` is the total of both sides. Pooling's ceil mode has its own rule (``pool.pool_out``),
+    which needs the start pad on its own.
+
+    >>> window_out(32, 3, 2, 2), window_out(7, 2, 2, 0)
+    (16, 3)
     """
     if size < 0:
         return -1
-    span = size + pad - dilation * (k - 1) - 1
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if ceil and (out - 1) * stride >= size + pad - (pad // 2 if pad else 0):
-        # ONNX / PyTorch: the last window must start inside the input or the left padding
-        out -= 1
-    return out
+    return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def same_pads(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:

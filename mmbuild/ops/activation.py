@@ -118,9 +118,13 @@ class IActivationNode(INode):
         if getattr(ACTIVATIONS[self.mode], what) is None:
             users = [m.name for m, d in ACTIVATIONS.items() if getattr(d, what) is not None]
             raise self.error(f"{self.mode.name} has no {what}; only {', '.join(users)} take one")
-        if not np.isfinite(value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number):
             raise self.error(f"{what} must be a finite number, not {value!r}")
-        return float(value)
+        return number
 
     def infer(self, inputs: Sequence[TensorSpec]) -> list[TensorSpec]:
         require_float(self, inputs, [0])
@@ -129,7 +133,8 @@ class IActivationNode(INode):
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         d = ACTIVATIONS[self.mode]
         x = arrays[0].astype(np.float64)
-        y = d.fn(x, self.attrs["alpha"] or 0.0, self.attrs["beta"] or 0.0)
+        with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives the right limit, 0
+            y = d.fn(x, self.attrs["alpha"] or 0.0, self.attrs["beta"] or 0.0)
         return [np.asarray(y, dtype=np.float32)]
 
 
