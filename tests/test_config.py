@@ -671,7 +671,7 @@ def test_camel_case_aliases(tmp_path: Path) -> None:
 
 def test_schema_file_is_up_to_date() -> None:
     rendered = render_schemas()
-    assert set(rendered) == {"builder_config.schema.json"}
+    assert "builder_config.schema.json" in rendered
     assert SCHEMA_FILE.read_text(encoding="utf-8") == rendered["builder_config.schema.json"], (
         "include/builder_config.schema.json is stale: run python -m mmbuild.tools.write_schemas"
     )

@@ -84,6 +84,10 @@ class INode(CamelCaseAliases):
         """The fp32 numpy reference: the definition of the op's result."""
         raise NotImplementedError
 
+    def validate(self) -> None:
+        """Checks that wait for the build (the builder calls it on every node before its passes);
+        e.g. a layout or transpose that only the input shapes implied and no setter confirmed."""
+
     def const_inputs(self) -> tuple[int, ...]:
         """Input slots that must be constants (weights); checked when the node is added."""
         return ()

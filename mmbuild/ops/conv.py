@@ -7,12 +7,13 @@ which deconvolution shares.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mmbuild.errors import Status
+from mmbuild.errors import MMError, Status
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode, Policy, TensorSpec
 from mmbuild.ir.tensor import ITensor
@@ -33,12 +34,105 @@ class IPaddingMode(enum.Enum):
 _FILTER_TO_OHWI = {Layout.NHWC: (0, 1, 2, 3), Layout.NCHW: (0, 2, 3, 1), Layout.HWCN: (3, 0, 1, 2)}
 
 
-class ConvLike(INode):
-    """Window attributes shared by convolution and deconvolution."""
+class ImpliedAttrs(INode):
+    """Attributes that the input shapes imply until a setter fixes them.
+
+    MagicMind code adds a node first and configures it after (``set_layout``, ``set_group``,
+    ``set_transpose_b``, in any order), but shapes are inferred, and a node that cannot fit is
+    refused, when it is added. So until a setter names its value, each attribute of
+    ``implied_names`` takes the first of ``fitting_choices`` under which the node infers, and
+    each setter re-chooses the attributes that are still implied. A value that the shapes chose
+    and that differs from the default must still be confirmed by its setter: ``validate``
+    refuses the node until then, as MagicMind, which would have kept the default, would have.
+    """
+
+    implied_names: ClassVar[tuple[str, ...]] = ()
+    required_inputs: ClassVar[int] = 2  # the inputs before the optional ones
+
+    def __init__(
+        self, network: Network, name: str, inputs: list[ITensor], attrs: dict[str, Any]
+    ) -> None:
+        super().__init__(network, name, inputs, attrs)
+        self._fixed: set[str] = set()  # implied names that a setter has given a value
+        self._implied: set[str] = set()  # implied names holding a non-default, unconfirmed value
+
+    def fitting_choices(
+        self, inputs: Sequence[TensorSpec], fixed: set[str]
+    ) -> Iterator[dict[str, Any]]:
+        """Values for the implied attributes, most preferred first; ``fixed`` ones are kept."""
+        raise NotImplementedError
+
+    def confirm_call(self, name: str) -> str:
+        """The setter call that confirms the current value of implied attribute ``name``."""
+        return f"set_{name}({self.attrs[name]!r})"
+
+    def validate(self) -> None:
+        """Refuse values that only the shapes chose; the message names the calls that confirm
+        them."""
+        if self._implied:
+            calls = " and ".join(self.confirm_call(k) for k in sorted(self._implied))
+            raise self.error(
+                f"its inputs only fit with {calls}, which their shapes implied when the node was "
+                "added; make that call to confirm it, or fix the input shapes"
+            )
+
+    @classmethod
+    def _create_implied(cls, network: Network, inputs: list[ITensor | None]) -> INode:
+        """``network._add_node`` with the implied attributes chosen to fit ``inputs``."""
+        for i, t in enumerate(inputs[: cls.required_inputs]):
+            if t is None:
+                raise MMError(
+                    f"add_i_{cls.op}_node: input {i} ({cls.input_names[i]}) is missing; pass an "
+                    "ITensor"
+                )
+        given = [t for t in inputs if t is not None]
+        if not all(isinstance(t, ITensor) and t.network is network for t in given):
+            return network._add_node(cls, inputs, {})  # which reports the bad input
+        attrs = cls(network, "", given, {})._fitting_attrs(set())  # the probe is never added
+        node = cast(ImpliedAttrs, network._add_node(cls, inputs, attrs))
+        node._implied = node._unconfirmed(set())
+        return node
+
+    def _fitting_attrs(self, fixed: set[str]) -> dict[str, Any]:
+        """This node's attributes with the first of ``fitting_choices`` under which it infers;
+        unchanged when none does (so that the error then names the problem)."""
+        specs = [TensorSpec(tuple(t.get_dimension()), t.get_data_type()) for t in self._inputs]
+        for choice in self.fitting_choices(specs, fixed):
+            probe = type(self)(self._network, self._name, self._inputs, {**self.attrs, **choice})
+            try:
+                probe.infer(specs)
+            except MMError:
+                continue
+            return probe.attrs
+        return dict(self.attrs)
+
+    def _set_implied(self, **change: Any) -> Status:
+        """Set implied attributes and fix them; the others still implied are re-chosen."""
+        fixed = self._fixed | change.keys()
+        probe = type(self)(self._network, self._name, self._inputs, {**self.attrs, **change})
+        status = self._set(**probe._fitting_attrs(fixed))
+        self._fixed = fixed
+        self._implied = self._unconfirmed(fixed)
+        return status
+
+    def _unconfirmed(self, fixed: set[str]) -> set[str]:
+        return {
+            k for k in self.implied_names if k not in fixed and self.attrs[k] != self.defaults[k]
+        }
+
+
+class ConvLike(ImpliedAttrs):
+    """Window attributes shared by convolution and deconvolution.
+
+    The layout and group are implied by the shapes until ``set_layout`` / ``set_group`` (see
+    ``ImpliedAttrs``): group 1 before the group the shapes imply, the current layout (NHWC when
+    the node is added) before the other of NHWC and NCHW. Ambiguous shapes keep NHWC.
+    """
 
     policy = Policy.ALWAYS
     quantizable_inputs = (0, 1)
     input_names = ("input", "filter", "bias")
+    implied_names = ("group", "layout")
     defaults = {
         "stride": (1, 1),
         "pad": (0, 0, 0, 0),
@@ -50,7 +144,35 @@ class ConvLike(INode):
 
     @classmethod
     def create(cls, network: Network, x: ITensor, w: ITensor, b: ITensor | None = None) -> INode:  # type: ignore[override]
-        return network._add_node(cls, [x, w, b], {})
+        return cls._create_implied(network, [x, w, b])
+
+    def fitting_choices(
+        self, inputs: Sequence[TensorSpec], fixed: set[str]
+    ) -> Iterator[dict[str, Any]]:
+        layouts = [self.attrs["layout"]]
+        if "layout" not in fixed:
+            layouts += [u for u in ((Layout.NHWC,) * 3, (Layout.NCHW,) * 3) if u != layouts[0]]
+        if "group" in fixed:
+            yield from ({"layout": u} for u in layouts)
+            return
+        yield from ({"layout": u, "group": 1} for u in layouts)
+        for u in layouts:
+            probe = type(self)(self._network, "", self._inputs, {**self.attrs, "layout": u})
+            group = probe.implied_group(inputs)
+            if group is not None:
+                yield {"layout": u, "group": group}
+
+    def implied_group(self, inputs: Sequence[TensorSpec]) -> int | None:
+        """The group that makes the input's channels fit the filter (Cin / (Cin/group))."""
+        if inputs[0].rank != 4 or inputs[1].rank != 4:
+            return None
+        cin, cin_g = self.to_nhwc(inputs[0].dims)[3], self.filter_ohwi(inputs[1].dims)[3]
+        return cin // cin_g if cin > 0 and cin_g > 0 and cin % cin_g == 0 else None
+
+    def confirm_call(self, name: str) -> str:
+        if name == "layout":
+            return "set_layout(" + ", ".join(f"mm.Layout.{u.name}" for u in self.attrs[name]) + ")"
+        return super().confirm_call(name)
 
     def set_stride(self, stride_h: int, stride_w: int) -> Status:
         return self._set(stride=self.int_args((stride_h, stride_w), 2, "set_stride", 1))
@@ -62,7 +184,8 @@ class ConvLike(INode):
         return self._set(dilation=self.int_args((dilation_h, dilation_w), 2, "set_dilation", 1))
 
     def set_group(self, group: int) -> Status:
-        return self._set(group=self.int_args(group, 1, "set_group", 1)[0])
+        """The number of groups; depthwise convolution is ``set_group(Cin)``."""
+        return self._set_implied(group=self.int_args(group, 1, "set_group", 1)[0])
 
     def set_padding_mode(self, mode: IPaddingMode) -> Status:
         if not isinstance(mode, IPaddingMode):
@@ -82,7 +205,7 @@ class ConvLike(INode):
             if value not in allowed:
                 names = ", ".join(f"mm.Layout.{v.name}" for v in allowed)
                 raise self.error(f"set_layout: the {what} layout {value!r} is not one of {names}")
-        return self._set(layout=(input_layout, filter_layout, output_layout))
+        return self._set_implied(layout=(input_layout, filter_layout, output_layout))
 
     def get_stride(self) -> tuple[int, int]:
         return self.attrs["stride"]
@@ -95,6 +218,13 @@ class ConvLike(INode):
 
     def get_group(self) -> int:
         return self.attrs["group"]
+
+    def get_padding_mode(self) -> IPaddingMode:
+        return self.attrs["padding_mode"]
+
+    def get_layout(self) -> tuple[Layout, Layout, Layout]:
+        """(input, filter, output) layouts."""
+        return self.attrs["layout"]
 
     # -- layout helpers -----------------------------------------------------------------------
     def to_nhwc(self, dims: Sequence[int]) -> tuple[int, ...]:
@@ -121,6 +251,14 @@ class ConvLike(INode):
             return (*same_pads(h, kh, sh, dh), *same_pads(w, kw, sw, dw))
         return self.attrs["pad"]
 
+    def check_filter_static(self, inputs: Sequence[TensorSpec]) -> None:
+        """The filter's shape fixes the output's, so it must hold no -1."""
+        if any(d < 0 for d in inputs[1].dims):
+            raise self.error(
+                f"{self.input_label(1)} has shape {list(inputs[1].dims)}; a filter's dimensions "
+                "must be known when the node is added (declare them without -1)"
+            )
+
     def check_bias(self, inputs: Sequence[TensorSpec], cout: int) -> None:
         if len(inputs) > 2 and tuple(inputs[2].dims) != (cout,):
             raise self.error(
@@ -136,7 +274,8 @@ class IConvNode(ConvLike):
 
     NHWC input [N, H, W, Cin] and filter [Cout, Kh, Kw, Cin/group] by default. Example: a 3x3
     filter, stride 2, pads 1 on a [1, 32, 32, 3] input gives [1, 16, 16, Cout]. Depthwise
-    convolution is ``set_group(Cin)`` with a filter [Cin * multiplier, Kh, Kw, 1].
+    convolution is ``set_group(Cin)`` with a filter [Cin * multiplier, Kh, Kw, 1]. Until
+    ``set_layout`` and ``set_group`` are called, the shapes imply them (see ``ConvLike``).
     """
 
     node_type = "IConvNode"
@@ -146,6 +285,7 @@ class IConvNode(ConvLike):
         require_rank(self, inputs[0], 0, 4)
         require_rank(self, inputs[1], 1, 4)
         require_float(self, inputs, range(len(inputs)))
+        self.check_filter_static(inputs)
         n, h, w, cin = self.to_nhwc(inputs[0].dims)
         cout, kh, kw, cin_g = self.filter_ohwi(inputs[1].dims)
         g = self.attrs["group"]
@@ -156,13 +296,18 @@ class IConvNode(ConvLike):
                 f"= {cin_g * g}; fix the filter's Cin/group dimension or set_group"
             )
         if cout % g:
-            raise self.error(f"the filter's {cout} output channels do not divide into {g} groups")
+            raise self.error(
+                f"the filter (shape {list(inputs[1].dims)}) has {cout} output channels, which do "
+                f"not divide into {g} groups (input shape {list(inputs[0].dims)}); use a group "
+                "that divides both the input and the output channels"
+            )
         self.check_bias(inputs, cout)
         (sh, sw), (dh, dw) = self.attrs["stride"], self.attrs["dilation"]
         pt, pb, pl, pr = self.pads_for(h, w, kh, kw)
         ho = -1 if h < 0 else window_out(h, kh, sh, pt + pb, dh)
         wo = -1 if w < 0 else window_out(w, kw, sw, pl + pr, dw)
-        if ho == 0 or wo == 0 or ho < -1 or wo < -1:
+        # window_out can return -1 for a known size too, so test the known sizes, not the result
+        if (h >= 0 and ho <= 0) or (w >= 0 and wo <= 0):
             raise self.error(
                 f"the {kh}x{kw} filter (dilation {dh}x{dw}) does not fit the padded {h}x{w} input "
                 f"{list(inputs[0].dims)}; lower the kernel or dilation or add padding"

@@ -1,0 +1,73 @@
+"""The samples run as written, and the generated docs and schemas are current."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mmbuild as mm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "samples"))
+
+
+def test_sample_cnn_runs_and_gives_probabilities(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(ROOT / "samples" / "sample_cnn.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "IConvNode" in out and "IInnerProductNode" in out and "probabilities [2, 10]" in out
+    from sample_cnn import build_cnn
+
+    net = build_cnn()
+    x = np.random.default_rng(3).standard_normal((3, 16, 16, 3)).astype(np.float32)
+    probs = mm.run_reference(net, [x])["probabilities"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert {n.get_node_type() for n in net.get_all_nodes_in_network()} >= {
+        "IConvNode",
+        "IFusedBatchNormNode",
+        "IMaxPool2DNode",
+        "IAvgPool2DNode",
+        "IInnerProductNode",
+        "ISoftmaxNode",
+    }
+
+
+def test_sample_transformer_runs_and_matches_numpy(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(ROOT / "samples" / "sample_transformer.py"), run_name="__main__")
+    assert "output [2, 16, 32]" in capsys.readouterr().out
+    from sample_transformer import build_transformer_block
+
+    net = build_transformer_block()
+    types = {n.get_node_type() for n in net.get_all_nodes_in_network()}
+    assert types >= {
+        "IMatMulNode",
+        "ILayerNormNode",
+        "ISoftmaxNode",
+        "IReshapeNode",
+        "IPermuteNode",
+    }
+    # the attention rows of the softmax each sum to one
+    x = np.random.default_rng(4).standard_normal((1, 16, 32)).astype(np.float32)
+    every = mm.run_reference(net, [x], keep_all=True)
+    attn = every[net.find_node_by_name("softmax_0").get_output(0).get_tensor_name()]
+    np.testing.assert_allclose(attn.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_ops_doc_is_current() -> None:
+    from mmbuild.tools import op_table
+
+    assert (ROOT / "docs" / "ops.md").read_text() == op_table.render(), (
+        "docs/ops.md is stale: run python -m mmbuild.tools.op_table"
+    )
+    for cls in mm.ops.OPS.values():
+        assert cls.node_type in op_table.render()
+
+
+def test_schemas_are_current() -> None:
+    from mmbuild.tools.write_schemas import render_schemas
+
+    for name, text in render_schemas().items():
+        assert (ROOT / "include" / name).read_text() == text, f"include/{name} is stale"
