@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from mmbuild.calib import CalibDataInterface, Calibrator, QuantizationAlgorithm
 from mmbuild.config import BuilderConfig
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.network import Network
@@ -20,6 +21,8 @@ globals().update(_OPS_PUBLIC)  # node classes and their enums: mm.IActivation, m
 
 __all__ = [
     "BuilderConfig",
+    "CalibDataInterface",
+    "Calibrator",
     "Code",
     "DataType",
     "Dims",
@@ -29,6 +32,7 @@ __all__ = [
     "MMError",
     "Network",
     "Policy",
+    "QuantizationAlgorithm",
     "Range",
     "Status",
     "__version__",

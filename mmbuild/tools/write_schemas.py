@@ -29,6 +29,7 @@ SCHEMA_BASE_URL = "https://mmbuild.dev/schemas/"
 # file name under include/ -> "module:Class" of the pydantic model it is generated from.
 SCHEMAS: dict[str, str] = {
     "builder_config.schema.json": "mmbuild.config.schema:BuilderConfigModel",
+    "calibration_cache.schema.json": "mmbuild.calib.cache:CalibrationCacheModel",
 }
 
 # include/ of the source tree (the package is installed editable, so this is the repository's).
