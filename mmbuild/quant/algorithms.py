@@ -322,11 +322,18 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
 def _weighted_mse(
     x: np.ndarray, weight: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool
 ) -> np.ndarray:
-    """The mean squared error of fake-quantizing x (weighted) with each candidate range."""
+    """The mean squared error of fake-quantizing x (weighted) with each candidate range, in units
+    of ``max|x|^2`` (only the ordering of the candidates matters).
+
+    The error is that of the float32 values the kernels see, summed in float32: a float64 copy of
+    the (candidates x bins) error array would cost more than the quantization itself. Dividing by
+    ``max|x|`` first keeps the squares of errors of large values (1e20 and up) finite.
+    """
     qp = choose_qparams(lo, hi, bits=bits, symmetric=symmetric, axis=0)
-    grid = np.broadcast_to(x, (lo.size, x.size))
-    err = fake_quantize(grid, qp).astype(np.float64) - x
-    return (err * err) @ weight / weight.sum()
+    x32 = x.astype(np.float32)
+    err = fake_quantize(np.broadcast_to(x32, (lo.size, x.size)), qp) - x32
+    err /= np.float32(max(float(np.abs(x32).max()), _F32_TINY))
+    return np.square(err) @ (weight / weight.sum()).astype(np.float32)
 
 
 def _best_threshold(x: np.ndarray, weight: np.ndarray, amax: float, bits: int) -> float:
