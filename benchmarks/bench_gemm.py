@@ -1,0 +1,263 @@
+"""GEMM throughput of mmbuild's kernels against numpy and onnxruntime, and compile / start times.
+
+    python benchmarks/bench_gemm.py                 # throughput table, all threads
+    python benchmarks/bench_gemm.py --threads 1     # one thread everywhere
+    python benchmarks/bench_gemm.py --startup       # cold compile and warm start, in subprocesses
+
+For each shape M x K x N it times, on the same inputs and thread count:
+
+- mmbuild int8 (``gemm_u8s8``, float32 output with scale and bias fused) against onnxruntime
+  ``MatMulInteger`` (int32 output, no epilogue) and mmbuild's fused uint8 requantisation against
+  ``QLinearMatMul``;
+- mmbuild fp32 and fp16-weight GEMM (``gemm_f32``) against onnxruntime ``MatMul`` and numpy's
+  ``matmul`` (OpenBLAS);
+
+and prints GOPS (2 * M * N * K per second) and each ratio as "baseline time / mmbuild time"
+(above 1: mmbuild is faster). Times are the best of several rounds of the median of many calls,
+so other work on the machine shows up as spread rather than as a wrong number; the script warns
+when the load average says the machine is busy. This is a script, not a test: nothing asserts a
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SHAPES = [(512, 512, 512), (3136, 576, 64), (64, 64, 64), (1, 1024, 1000)]
+
+
+def best_median(fn: Callable[[], Any], rounds: int = 5, min_round_s: float = 0.2) -> float:
+    """Seconds per call: the smallest, over ``rounds``, of the median of a round's calls."""
+    for _ in range(3):
+        fn()
+    t = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t, 1e-7)
+    reps = int(min(5000, max(20, min_round_s / one)))
+    best = float("inf")
+    for _ in range(rounds):
+        times = np.empty(reps)
+        for r in range(reps):
+            t = time.perf_counter()
+            fn()
+            times[r] = time.perf_counter() - t
+        best = min(best, float(np.median(times)))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime models
+# ---------------------------------------------------------------------------------------------
+def _ort_session(nodes: list, inputs: list, outputs: list, inits: list, threads: int) -> Any:
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort_matmul_integer(w: np.ndarray, za: int, threads: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    return _ort_session(
+        [helper.make_node("MatMulInteger", ["A", "B", "za"], ["Y"])],
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", n])],
+        [numpy_helper.from_array(w, "B"), numpy_helper.from_array(np.array(za, np.uint8), "za")],
+        threads,
+    )
+
+
+def ort_qlinear_matmul(w: np.ndarray, sa: float, za: int, sw: float, sy: float, zy: int,
+                       threads: int) -> Any:  # fmt: skip
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    consts = {"as": np.float32(sa), "az": np.uint8(za), "B": w, "bs": np.float32(sw),
+              "bz": np.int8(0), "ys": np.float32(sy), "yz": np.uint8(zy)}  # fmt: skip
+    return _ort_session(
+        [helper.make_node("QLinearMatMul", ["A", "as", "az", "B", "bs", "bz", "ys", "yz"], ["Y"])],
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.UINT8, ["M", n])],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in consts.items()],
+        threads,
+    )
+
+
+def ort_matmul(w: np.ndarray, threads: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    return _ort_session(
+        [helper.make_node("MatMul", ["A", "B"], ["Y"])],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        [numpy_helper.from_array(w, "B")],
+        threads,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+# ---------------------------------------------------------------------------------------------
+def _row(shape: str, name: str, seconds: float, ops: float, ratios: str = "") -> None:
+    print(f"{shape:>16} {name:<34} {seconds * 1e3:8.3f} {ops / seconds / 1e9:7.0f}  {ratios}")
+
+
+def bench_shape(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> None:
+    from mmbuild.kernels.cpu.gemm import (
+        Activation,
+        Epilogue,
+        OutKind,
+        gemm_f32,
+        gemm_u8s8,
+        pack_float_weights,
+        pack_int8_weights,
+    )
+
+    shape = f"{m}x{k}x{n}"
+    ops = 2.0 * m * n * k
+
+    # int8: uint8 activations with zero point 128, symmetric int8 weights
+    a8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w8 = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    za, sa, sw = 128, 0.02, 0.01
+    sy = sa * sw * 3000
+    packed8 = pack_int8_weights(w8)
+    ep_f = Epilogue.create(n, scale_a=sa, scale_w=sw, bias=rng.standard_normal(n))
+    ep_u8 = Epilogue.create(
+        n, scale_a=sa, scale_w=sw, act=Activation.RELU, out_kind=OutKind.U8, out_scale=sy
+    )
+    out_f = np.empty((m, n), np.float32)
+    out_u8 = np.empty((m, n), np.uint8)
+    t_i8 = best_median(lambda: gemm_u8s8(a8, za, packed8, ep_f, out_f))
+    t_u8 = best_median(lambda: gemm_u8s8(a8, za, packed8, ep_u8, out_u8))
+    mmi = ort_matmul_integer(w8, za, threads)
+    qmm = ort_qlinear_matmul(w8, sa, za, sw, sy, 0, threads)
+    t_mmi = best_median(lambda: mmi.run(None, {"A": a8}))
+    t_qmm = best_median(lambda: qmm.run(None, {"A": a8}))
+    _row(shape, "int8 -> f32 (scale, bias)", t_i8, ops, f"MatMulInteger {t_mmi / t_i8:.2f}")
+    _row(shape, "int8 -> u8 (requantised, relu)", t_u8, ops, f"QLinearMatMul {t_qmm / t_u8:.2f}")
+
+    # float: fp32 activations, fp32 or fp16 weights
+    af = rng.standard_normal((m, k)).astype(np.float32)
+    wf = rng.standard_normal((k, n)).astype(np.float32)
+    wh = wf.astype(np.float16)
+    mm = ort_matmul(wf, threads)
+    t_ort = best_median(lambda: mm.run(None, {"A": af}))
+    out_np = np.empty((m, n), np.float32)
+    t_np = best_median(lambda: np.matmul(af, wf, out=out_np))
+    t_np_h = best_median(lambda: np.matmul(af, wh.astype(np.float32), out=out_np))
+    ep = Epilogue.create(n)
+    packed = pack_float_weights(wf)
+    t = best_median(lambda: gemm_f32(af, packed, ep, out_f))
+    _row(shape, "fp32 -> f32", t, ops, f"ORT MatMul {t_ort / t:.2f}  numpy {t_np / t:.2f}")
+    packed_h = pack_float_weights(wf, half=True)
+    t = best_median(lambda: gemm_f32(af, packed_h, ep, out_f))
+    _row(shape, "fp16 weights -> f32", t, ops,
+         f"ORT MatMul {t_ort / t:.2f}  numpy (widen + matmul) {t_np_h / t:.2f}")  # fmt: skip
+    _row(shape, "(ORT int8 MatMulInteger)", t_mmi, ops)
+    _row(shape, "(ORT fp32 MatMul)", t_ort, ops)
+    _row(shape, "(numpy fp32 matmul)", t_np, ops)
+
+
+def throughput(threads: int | None) -> None:
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from mmbuild.kernels.cpu import features
+
+    if threads:
+        numba.set_num_threads(threads)
+    nt = numba.get_num_threads()
+    print(f"# {features.describe()}; numba threads {nt}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"# warning: load average {load:.2f}: other work may slow every column")
+    print(f"{'M x K x N':>16} {'kernel':<34} {'ms':>8} {'GOPS':>7}  ratios (baseline / mmbuild)")
+    rng = np.random.default_rng(0)
+    with threadpool_limits(nt):
+        for m, k, n in SHAPES:
+            bench_shape(m, k, n, nt, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cold compile and warm start
+# ---------------------------------------------------------------------------------------------
+_CHILD = """
+import json, time
+t0 = time.perf_counter()
+import numpy as np
+from mmbuild.kernels.cpu import gemm as G
+t_import = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+a = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+w = G.pack_int8_weights(rng.integers(-127, 128, (64, 64), dtype=np.int8))
+af = rng.standard_normal((64, 64)).astype(np.float32)
+wf = rng.standard_normal((64, 64)).astype(np.float32)
+a16 = rng.integers(-999, 999, (64, 64), dtype=np.int16)
+w16 = G.pack_int16_weights(rng.integers(-999, 999, (64, 64), dtype=np.int16))
+times = {"import": t_import}
+def first(name, fn):
+    t = time.perf_counter(); fn(); times[name] = time.perf_counter() - t
+for kind in G.OutKind:
+    ep = G.Epilogue.create(64, out_kind=kind)
+    out = np.empty((64, 64), kind.dtype)
+    first(f"int8 -> {kind.name}", lambda: G.gemm_u8s8(a, 128, w, ep, out))
+ep = G.Epilogue.create(64)
+out = np.empty((64, 64), np.float32)
+first("fp32", lambda: G.gemm_f32(af, G.pack_float_weights(wf), ep, out))
+first("fp16 weights", lambda: G.gemm_f32(af, G.pack_float_weights(wf, half=True), ep, out))
+first("int16", lambda: G.gemm_s16(a16, 3, w16, ep, out))
+times["total"] = time.perf_counter() - t0
+print(json.dumps(times))
+"""
+
+
+def startup() -> None:
+    """Run the same first calls twice in fresh processes sharing fresh, empty caches."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, MMBUILD_CACHE_DIR=os.path.join(tmp, "mmbuild"),
+                   NUMBA_CACHE_DIR=os.path.join(tmp, "numba"))  # fmt: skip
+        runs = []
+        for _ in range(2):
+            done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                                  text=True, check=True)  # fmt: skip
+            runs.append(json.loads(done.stdout))
+    print(f"{'first call':<22} {'cold (s)':>9} {'warm (s)':>9}")
+    for name in runs[0]:
+        print(f"{name:<22} {runs[0][name]:9.2f} {runs[1][name]:9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: all)")
+    parser.add_argument("--startup", action="store_true", help="measure cold and warm start")
+    args = parser.parse_args()
+    if args.startup:
+        startup()
+    else:
+        throughput(args.threads)
+
+
+if __name__ == "__main__":
+    main()

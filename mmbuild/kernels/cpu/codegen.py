@@ -1,0 +1,210 @@
+"""Source text of the register-tiled micro-kernels, and loading generated modules from disk.
+
+A micro-kernel keeps an ``MR x NR`` tile of accumulators in registers, so each accumulator must
+be a named local of a vector type: that is written out here as Python source, one function per
+tile shape, instead of by hand. A generated module is written to a per-user cache directory, never
+into the source tree, and imported from there with importlib, so that numba's ``cache=True``
+(which needs a real file) works for it:
+
+- the directory is ``$MMBUILD_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mmbuild/kernels``, else
+  ``~/.cache/mmbuild/kernels``, with a temporary-directory fallback when that is not writable;
+- each module lives in a sub-directory named by a digest of its text, of the source of the
+  modules it imports kernels from, and of the numba, llvmlite and Python versions. A change to
+  any of them gives a new file, so numba (whose cache checks only the file's own time stamp)
+  never loads machine code compiled from older sources;
+- files are written to a temporary name and renamed into place, so concurrent processes (pytest
+  workers, several services) see either no file or a complete one, and a file whose text differs
+  from what it should be is rewritten.
+
+Numba's own cache for a generated module goes wherever numba puts it: ``NUMBA_CACHE_DIR`` when set,
+else ``__pycache__`` beside the generated file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import llvmlite
+import numba
+
+__all__ = [
+    "JIT_OPTIONS",
+    "cache_root",
+    "float_tile_source",
+    "int8_tile_source",
+    "load_module",
+]
+
+CACHE_ENV = "MMBUILD_CACHE_DIR"
+
+# Options of every generated kernel. No fastmath: the epilogues must match numpy's float32
+# arithmetic bit for bit, and fastmath's 'contract' would fuse a multiply and an add into an FMA
+# and its 'reassoc' would reorder sums. The micro-kernels do not need it: their FMAs are explicit.
+JIT_OPTIONS = 'cache=True, error_model="numpy", boundscheck=False'
+
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-kernel text
+# ---------------------------------------------------------------------------------------------
+def int8_tile_name(mr: int, nrv: int) -> str:
+    return f"u8s8_tile_{mr}x{nrv}"
+
+
+def float_tile_name(mr: int, nrv: int) -> str:
+    return f"f32_tile_{mr}x{nrv}"
+
+
+def int8_tile_source(mr: int, nrv: int, ldt: int) -> str:
+    """An int8 micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
+
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, T)``. Row ``r`` of
+    the A operand is ``nseg`` runs of ``4 * k4 + ktail`` bytes, the first at ``A[ao_r]`` and the
+    next ``seg_stride`` bytes further on (one run for a plain GEMM, one per kernel row for an
+    implicit-GEMM convolution). ``Bp[b_off:]`` is the panel, ``[nseg][k4 + (ktail > 0)][16 *
+    nrv][4]`` int8 with zero padding. The raw int32 sums ``sum_k A[..] * B[k, j]`` (unsigned by
+    signed, wrapping) go to ``T[r * ldt + j]``.
+    """
+    rows = range(mr)
+    vecs = range(nrv)
+    step = 64 * nrv
+    lines = [
+        f"@njit({JIT_OPTIONS})",
+        f"def {int8_tile_name(mr, nrv)}("
+        f"A, {', '.join(f'ao{r}' for r in rows)}, nseg, seg_stride, k4, ktail, Bp, b_off, T):",
+    ]
+    lines += [f"    c{r}_{v} = vzero_i32()" for r in rows for v in vecs]
+    lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
+    lines += [f"        p{r} = ao{r} + so" for r in rows]
+
+    def step_body(indent: str, a_expr: str) -> list[str]:
+        body = [f"{indent}b{v} = vload_i32(Bp, bo + {64 * v})" for v in vecs]
+        for r in rows:
+            body.append(f"{indent}a = {a_expr.format(p=f'p{r}')}")
+            body += [f"{indent}c{r}_{v} = vdpbusd(c{r}_{v}, a, b{v})" for v in vecs]
+        body.append(f"{indent}bo += {step}")
+        return body
+
+    lines.append("        for kk in range(k4):")
+    lines += step_body(" " * 12, "vbcast4_u8(A, {p} + 4 * kk)")
+    lines.append("        if ktail > 0:")
+    lines += step_body(" " * 12, "vsplat_i32(load_u8_tail(A, {p} + 4 * k4, ktail))")
+    lines += [f"    vstore_i32(T, {r * ldt + 16 * v}, c{r}_{v})" for r in rows for v in vecs]
+    return "\n".join(lines) + "\n"
+
+
+def float_tile_source(mr: int, nrv: int, ldt: int) -> str:
+    """A float micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
+
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, seg_len, Bp, b_off, T)``. A is float32
+    or fp16 bits, ``Bp[b_off:]`` the panel ``[nseg * seg_len][16 * nrv]`` (float32 or fp16 bits,
+    widened on load); ``T[r * ldt + j]`` receives the float32 sums, accumulated with FMA in the
+    order of k.
+    """
+    rows = range(mr)
+    vecs = range(nrv)
+    lines = [
+        f"@njit({JIT_OPTIONS})",
+        f"def {float_tile_name(mr, nrv)}("
+        f"A, {', '.join(f'ao{r}' for r in rows)}, nseg, seg_stride, seg_len, Bp, b_off, T):",
+    ]
+    lines += [f"    c{r}_{v} = vzero_f32()" for r in rows for v in vecs]
+    lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
+    lines += [f"        p{r} = ao{r} + so" for r in rows]
+    lines.append("        for k in range(seg_len):")
+    lines += [f"            b{v} = vload_f32(Bp, bo + {16 * v})" for v in vecs]
+    for r in rows:
+        lines.append(f"            a = vbcast_f32(A, p{r} + k)")
+        lines += [f"            c{r}_{v} = vfma(c{r}_{v}, a, b{v})" for v in vecs]
+    lines.append(f"            bo += {16 * nrv}")
+    lines += [f"    vstore_f32(T, {r * ldt + 16 * v}, c{r}_{v})" for r in rows for v in vecs]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and importing generated modules
+# ---------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """The per-user directory generated modules are written to (see the module docstring)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "mmbuild" / "kernels"
+
+
+def _fallback_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"mmbuild-{os.getuid()}" / "kernels"
+
+
+def _digest(source: str, dependencies: Sequence[ModuleType]) -> str:
+    h = hashlib.sha256()
+    for part in (sys.version, numba.__version__, llvmlite.__version__, source):
+        h.update(part.encode())
+        h.update(b"\0")
+    for dep in dependencies:
+        h.update(dep.__name__.encode())
+        h.update(inspect.getsource(dep).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_module(name: str, source: str, dependencies: Sequence[ModuleType] = ()) -> ModuleType:
+    """Write ``source`` as ``<cache>/<digest>/<name>.py`` (if needed) and import it.
+
+    ``dependencies`` are the modules whose jitted code the generated one calls; their source is
+    part of the digest. The module is imported once per process and registered in
+    ``sys.modules`` under a name that includes the digest.
+    """
+    digest = _digest(source, dependencies)
+    module_name = f"_mmbuild_generated_{name}_{digest}"
+    with _lock:
+        if module_name in _loaded:
+            return _loaded[module_name]
+        path = cache_root() / digest / f"{name}.py"
+        try:
+            _write_atomically(path, source)
+        except OSError:
+            path = _fallback_root() / digest / f"{name}.py"
+            _write_atomically(path, source)
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import the generated module {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+        _loaded[module_name] = module
+        return module

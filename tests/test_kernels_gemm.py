@@ -1,0 +1,459 @@
+"""The GEMM kernels against numpy references: bit-exact on the integer paths, within a stated
+bound on the float path, on the SIMD kernels (where the CPU has them) and the portable ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmbuild.errors import MMError
+from mmbuild.kernels.cpu import features
+from mmbuild.kernels.cpu.gemm import (
+    Activation,
+    Epilogue,
+    ImplicitRows,
+    OutKind,
+    gemm_f32,
+    gemm_f32_implicit,
+    gemm_s16,
+    gemm_s16_implicit,
+    gemm_u8s8,
+    gemm_u8s8_implicit,
+    pack_float_weights,
+    pack_int8_weights,
+    pack_int16_weights,
+)
+
+# Every test runs the portable kernels; the SIMD ones where this CPU has them.
+INT8_PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(
+    not features.has_vnni(), reason="needs AVX512-VNNI"))]  # fmt: skip
+FLOAT_PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(
+    not features.has_avx512(), reason="needs AVX-512"))]  # fmt: skip
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The numpy reference: the same float32 operations, in the same order
+# ---------------------------------------------------------------------------------------------
+def reference_epilogue(acc: np.ndarray, ep: Epilogue) -> np.ndarray:
+    """``acc`` (exact integers or float sums) through the contract's epilogue."""
+    y = acc.astype(np.float32) * ep.mult
+    y = y + ep.bias
+    a, b = np.float32(ep.act_a), np.float32(ep.act_b)
+    if ep.act is Activation.RELU:
+        y = np.where(y < 0, np.float32(0), y)
+    elif ep.act is Activation.CLIP:
+        y = np.where(y < a, a, np.where(y > b, b, y))
+    elif ep.act is Activation.LEAKY_RELU:
+        y = np.where(y < 0, y * a, y)
+    if ep.out_kind is OutKind.F32:
+        return y
+    if ep.out_kind is OutKind.F16:
+        return y.astype(np.float16).view(np.uint16)
+    q = np.rint(y / np.float32(ep.out_scale)) + np.float32(ep.out_zp)
+    lo, hi = (0, 255) if ep.out_kind is OutKind.U8 else (-32768, 32767)
+    return np.clip(q, lo, hi).astype(ep.out_kind.dtype)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if got.dtype == np.float32:
+        got, want = got.view(np.uint32), want.view(np.uint32)
+    bad = np.argwhere(got != want)
+    if bad.size:
+        at = tuple(bad[0])
+        pytest.fail(f"{len(bad)} elements differ, first at {at}: {got[at]} vs {want[at]}")
+
+
+@st.composite
+def epilogues(draw: st.DrawFn, n: int, acc_scale: float, kinds=tuple(OutKind)) -> Epilogue:  # type: ignore[no-untyped-def]
+    """An epilogue whose output range suits accumulators of magnitude about ``acc_scale``."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale_a = draw(st.sampled_from([1.0, 0.02, 0.0037]))
+    per_column = draw(st.booleans())
+    scale_w = rng.uniform(0.2, 2.0, n) / acc_scale if per_column else 1.0 / acc_scale
+    bias = rng.standard_normal(n).astype(np.float32) if draw(st.booleans()) else None
+    act = draw(st.sampled_from(list(Activation)))
+    act_a, act_b = {
+        Activation.CLIP: (-0.5 * scale_a, 0.75 * scale_a),
+        Activation.LEAKY_RELU: (0.125, 0.0),
+    }.get(act, (0.0, 0.0))
+    kind = draw(st.sampled_from(kinds))
+    return Epilogue.create(
+        n, scale_a=scale_a, scale_w=scale_w, bias=bias, act=act, act_a=act_a, act_b=act_b,
+        out_kind=kind, out_scale=scale_a / 50, out_zp=draw(st.sampled_from([0, 3, 128]))
+        if kind is OutKind.U8 else -7,
+    )  # fmt: skip
+
+
+def output_for(ep: Epilogue, m: int, *, col_pad: int = 0) -> np.ndarray:
+    """``out`` for ``ep``, as a view with a row stride when ``col_pad``."""
+    buf = np.full((m, ep.n + col_pad), 77, ep.out_kind.dtype)
+    return buf[:, col_pad : col_pad + ep.n] if col_pad else buf
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def int8_problems(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    m = draw(st.integers(1, 40))
+    k = draw(st.integers(1, 70))
+    n = draw(st.integers(1, 140))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    fill = draw(st.sampled_from(["random", "random", "extreme"]))
+    lda = k + draw(st.sampled_from([0, 0, 3]))
+    a_buf = rng.integers(0, 256, (m, lda), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    if fill == "extreme":
+        a_buf[:] = 255
+        w[:] = rng.choice(np.array([-128, 127], np.int8), (k, n))
+    za = draw(st.sampled_from([0, 128, 255]) | st.integers(0, 255))
+    ep = draw(epilogues(n, acc_scale=float(40 * 128 * np.sqrt(k))))
+    return a_buf[:, :k], za, w, ep, draw(st.sampled_from([0, 0, 5]))
+
+
+@pytest.mark.parametrize("portable", INT8_PATHS)
+@SETTINGS
+@given(problem=int8_problems())
+def test_u8s8_matches_reference(portable: bool, problem) -> None:  # type: ignore[no-untyped-def]
+    a, za, w, ep, col_pad = problem
+    out = output_for(ep, a.shape[0], col_pad=col_pad)
+    gemm_u8s8(a, za, pack_int8_weights(w), ep, out, portable=portable)
+    acc = (a.astype(np.int64) - za) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+def test_u8s8_worked_example() -> None:
+    """acc = (130 - 128) * 1 + (126 - 128) * 2 = -2; y = -2 * 0.125 + 1 = 0.75; u8 = 3 + 10."""
+    a = np.array([[130, 126]], np.uint8)
+    w = pack_int8_weights(np.array([[1], [2]], np.int8))
+    ep = Epilogue.create(1, scale_a=0.5, scale_w=0.25, bias=np.array([1.0]), act=Activation.RELU,
+                         out_kind=OutKind.U8, out_scale=0.25, out_zp=10)  # fmt: skip
+    out = np.zeros((1, 1), np.uint8)
+    gemm_u8s8(a, 128, w, ep, out)
+    assert out[0, 0] == 13
+
+
+@pytest.mark.parametrize("portable", INT8_PATHS)
+def test_u8s8_largest_k_is_exact(portable: bool) -> None:
+    k = 65793  # 255 * 128 * k is just below 2**31
+    a = np.full((2, k), 255, np.uint8)
+    w = np.full((k, 3), -128, np.int8)
+    w[:, 1] = 127
+    ep = Epilogue.create(3)
+    out = np.zeros((2, 3), np.float32)
+    gemm_u8s8(a, 0, pack_int8_weights(w), ep, out, portable=portable)
+    assert_same_bits(out, reference_epilogue(a.astype(np.int64) @ w.astype(np.int64), ep))
+    with pytest.raises(MMError, match="int32 accumulator"):
+        pack_int8_weights(np.zeros((k + 1, 1), np.int8))
+
+
+@pytest.mark.parametrize("portable", INT8_PATHS)
+def test_u8s8_large_problem_runs_parallel_and_exact(portable: bool) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (300, 301), dtype=np.uint8)
+    w = rng.integers(-128, 128, (301, 150), dtype=np.int8)
+    ep = Epilogue.create(150, scale_a=0.01, scale_w=rng.uniform(1e-4, 1e-3, 150),
+                         bias=rng.standard_normal(150), out_kind=OutKind.U8, out_scale=0.05,
+                         out_zp=100)  # fmt: skip
+    out = np.zeros((300, 150), np.uint8)
+    gemm_u8s8(a, 119, pack_int8_weights(w), ep, out, portable=portable)
+    acc = (a.astype(np.int64) - 119) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+def test_simd_and_portable_agree_bit_for_bit() -> None:
+    if not features.has_vnni():
+        pytest.skip("needs AVX512-VNNI")
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (37, 203), dtype=np.uint8)
+    w = pack_int8_weights(rng.integers(-128, 128, (203, 77), dtype=np.int8))
+    ep = Epilogue.create(77, scale_a=0.003, scale_w=0.01, act=Activation.LEAKY_RELU, act_a=0.1,
+                         out_kind=OutKind.F16)  # fmt: skip
+    outs = [np.zeros((37, 77), np.uint16) for _ in range(2)]
+    gemm_u8s8(a, 7, w, ep, outs[0], portable=False)
+    gemm_u8s8(a, 7, w, ep, outs[1], portable=True)
+    assert_same_bits(outs[0], outs[1])
+
+
+def test_portable_environment_variable_forces_portable_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from mmbuild.kernels.cpu import features
+        from mmbuild.kernels.cpu.gemm import Epilogue, gemm_u8s8, pack_int8_weights
+        assert features.portable_forced() and not features.use_int8_simd()
+        assert not features.use_float_simd()
+        rng = np.random.default_rng(3)
+        a = rng.integers(0, 256, (9, 30), dtype=np.uint8)
+        w = rng.integers(-128, 128, (30, 20), dtype=np.int8)
+        out = np.zeros((9, 20), np.float32)
+        gemm_u8s8(a, 128, pack_int8_weights(w), Epilogue.create(20), out)
+        want = ((a.astype(np.int64) - 128) @ w.astype(np.int64)).astype(np.float32)
+        assert np.array_equal(out, want)
+        print("portable ok")
+        """
+    )
+    env = dict(os.environ, MMBUILD_PORTABLE="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "portable ok" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# int16
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(
+    m=st.integers(1, 20),
+    k=st.integers(1, 50),
+    n=st.integers(1, 90),
+    seed=st.integers(0, 2**32 - 1),
+    extreme=st.booleans(),
+    data=st.data(),
+)
+def test_s16_matches_reference(m, k, n, seed, extreme, data) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-32768, 32768, (m, k), dtype=np.int16)
+    w = rng.integers(-32768, 32768, (k, n), dtype=np.int16)
+    za = data.draw(st.integers(-32768, 32767))
+    if extreme:  # every product is 65535 * -32768, far outside int32
+        a[:], w[:], za = 32767, -32768, -32768
+    ep = data.draw(epilogues(n, acc_scale=float(2**30 * np.sqrt(k))))
+    out = output_for(ep, m)
+    gemm_s16(a, za, pack_int16_weights(w), ep, out)
+    acc = (a.astype(np.int64) - za) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+def test_s16_parallel_and_strided() -> None:
+    rng = np.random.default_rng(4)
+    buf = rng.integers(-32768, 32768, (70, 90), dtype=np.int16)
+    a = buf[:, :80]
+    w = rng.integers(-32768, 32768, (80, 100), dtype=np.int16)
+    ep = Epilogue.create(100, scale_w=1e-9, out_kind=OutKind.I16, out_scale=0.5, out_zp=-3)
+    out = np.zeros((70, 100), np.int16)
+    gemm_s16(a, 1000, pack_int16_weights(w), ep, out)
+    acc = (a.astype(np.int64) - 1000) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+# ---------------------------------------------------------------------------------------------
+# float
+# ---------------------------------------------------------------------------------------------
+def assert_float_close(
+    out: np.ndarray, a64: np.ndarray, b64: np.ndarray, ep: Epilogue, kind: OutKind
+) -> None:
+    """Within ``K * 2**-24 * sum|a||b|`` of the exact product (times the epilogue's scale),
+    a few float32 ulps for the epilogue, and one fp16 ulp where the output is fp16."""
+    k = a64.shape[1]
+    exact = a64 @ b64
+    bound = k * 2.0**-24 * (np.abs(a64) @ np.abs(b64))
+    y = exact * ep.mult.astype(np.float64) + ep.bias.astype(np.float64)
+    if ep.act is Activation.RELU:
+        y = np.maximum(y, 0)
+    elif ep.act is Activation.LEAKY_RELU:
+        y = np.where(y < 0, y * np.float32(ep.act_a), y)
+    elif ep.act is Activation.CLIP:
+        y = np.clip(y, np.float32(ep.act_a), np.float32(ep.act_b))
+    tol = bound * np.abs(ep.mult) + 2.0**-22 * (np.abs(y) + np.abs(ep.bias)) + 1e-30
+    got = out.view(np.float16).astype(np.float64) if kind is OutKind.F16 else out
+    if kind is OutKind.F16:
+        tol = tol + 2.0**-10 * np.abs(y) + 2.0**-24
+    err = np.abs(got - y)
+    assert np.all(err <= tol), f"max error / tolerance = {np.max(err / tol):.3g}"
+
+
+@pytest.mark.parametrize("portable", FLOAT_PATHS)
+@SETTINGS
+@given(
+    m=st.integers(1, 30),
+    k=st.integers(1, 60),
+    n=st.integers(1, 140),
+    half_a=st.booleans(),
+    half_w=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_f32_within_tolerance(portable, m, k, n, half_a, half_w, seed, data) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k + 2)).astype(np.float16 if half_a else np.float32)[:, :k]
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    ep = data.draw(epilogues(n, acc_scale=float(np.sqrt(k)), kinds=(OutKind.F32, OutKind.F16)))
+    out = output_for(ep, m)
+    packed = pack_float_weights(w, half=half_w)
+    gemm_f32(a, packed, ep, out, portable=portable)
+    w_used = w.astype(np.float16) if half_w else w
+    assert_float_close(out, a.astype(np.float64), w_used.astype(np.float64), ep, ep.out_kind)
+
+
+@pytest.mark.parametrize("portable", FLOAT_PATHS)
+def test_f32_large_problem_runs_parallel(portable: bool) -> None:
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((130, 120)).astype(np.float32)
+    w = rng.standard_normal((120, 70)).astype(np.float32)
+    ep = Epilogue.create(70, bias=rng.standard_normal(70), act=Activation.CLIP, act_a=-1, act_b=2)
+    out = np.zeros((130, 70), np.float32)
+    gemm_f32(a, pack_float_weights(w), ep, out, portable=portable)
+    assert_float_close(out, a.astype(np.float64), w.astype(np.float64), ep, OutKind.F32)
+
+
+def test_f32_quantized_output_is_the_rounded_float_result() -> None:
+    a = np.array([[1.0, 2.0]], np.float32)
+    w = pack_float_weights(np.array([[0.5], [0.25]], np.float32))
+    ep = Epilogue.create(1, bias=np.array([0.1]), out_kind=OutKind.U8, out_scale=0.01, out_zp=5)
+    out = np.zeros((1, 1), np.uint8)
+    gemm_f32(a, w, ep, out)
+    assert out[0, 0] == np.rint(np.float32(1.1) / np.float32(0.01)) + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Implicit GEMM (convolution without im2col)
+# ---------------------------------------------------------------------------------------------
+def im2col(xp: np.ndarray, kernel, stride, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
+    b, h, wd, c = xp.shape
+    (kh, kw), (sh, sw), (dh, _) = kernel, stride, dilation
+    ho = (h - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd - kw) // sw + 1
+    cols = np.empty((b, ho, wo, kh, kw, c), xp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j] = xp[:, i * dh : i * dh + sh * (ho - 1) + 1 : sh,
+                                     j : j + sw * (wo - 1) + 1 : sw]  # fmt: skip
+    return cols.reshape(b * ho * wo, kh * kw * c)
+
+
+CONV_CASES = [
+    # batch, height, width, channels, kernel, stride, dilation
+    (1, 6, 7, 3, (3, 3), (1, 1), (1, 1)),
+    (2, 9, 8, 5, (3, 2), (2, 1), (2, 1)),
+    (1, 5, 5, 16, (1, 1), (1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("portable", INT8_PATHS)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_u8s8_implicit_conv_matches_im2col(portable: bool, case) -> None:  # type: ignore[no-untyped-def]
+    b, h, wd, c, kernel, stride, dilation = case
+    rng = np.random.default_rng(6)
+    xp = rng.integers(0, 256, (b, h, wd, c), dtype=np.uint8)
+    cout = 19
+    w = rng.integers(-128, 128, (kernel[0] * kernel[1] * c, cout), dtype=np.int8)
+    rows = ImplicitRows.conv2d_nhwc(b, h, wd, c, kernel, stride, dilation)
+    ep = Epilogue.create(cout, scale_a=0.1, scale_w=0.001, act=Activation.RELU)
+    out = np.zeros((rows.m, cout), np.float32)
+    gemm_u8s8_implicit(xp, rows, 9, pack_int8_weights(w, segments=kernel[0]), ep, out,
+                       portable=portable)  # fmt: skip
+    acc = (im2col(xp, kernel, stride, dilation).astype(np.int64) - 9) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:2])
+def test_s16_and_f32_implicit_conv(case) -> None:  # type: ignore[no-untyped-def]
+    b, h, wd, c, kernel, stride, dilation = case
+    rng = np.random.default_rng(7)
+    rows = ImplicitRows.conv2d_nhwc(b, h, wd, c, kernel, stride, dilation)
+    k = kernel[0] * kernel[1] * c
+    ep = Epilogue.create(11)
+    out = np.zeros((rows.m, 11), np.float32)
+
+    x16 = rng.integers(-32768, 32768, (b, h, wd, c), dtype=np.int16)
+    w16 = rng.integers(-32768, 32768, (k, 11), dtype=np.int16)
+    gemm_s16_implicit(x16, rows, -5, pack_int16_weights(w16, segments=kernel[0]), ep, out)
+    acc = (im2col(x16, kernel, stride, dilation).astype(np.int64) + 5) @ w16.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+    xf = rng.standard_normal((b, h, wd, c)).astype(np.float32)
+    wf = rng.standard_normal((k, 11)).astype(np.float32)
+    gemm_f32_implicit(xf, rows, pack_float_weights(wf, segments=kernel[0]), ep, out)
+    cols = im2col(xf, kernel, stride, dilation).astype(np.float64)
+    assert_float_close(out, cols, wf.astype(np.float64), ep, OutKind.F32)
+
+
+def test_conv_rows_geometry() -> None:
+    rows = ImplicitRows.conv2d_nhwc(2, 5, 6, 3, (3, 3), stride=(2, 1))
+    assert rows.m == 2 * 2 * 4
+    assert rows.seg_stride == 6 * 3
+    assert rows.offsets[:5].tolist() == [0, 3, 6, 9, 2 * 6 * 3]
+    assert rows.offsets[8] == 5 * 6 * 3
+    with pytest.raises(MMError, match="im2col"):
+        ImplicitRows.conv2d_nhwc(1, 5, 5, 1, (3, 3), dilation=(1, 2))
+    with pytest.raises(MMError, match="does not fit"):
+        ImplicitRows.conv2d_nhwc(1, 2, 5, 1, (3, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing, epilogue and argument checks
+# ---------------------------------------------------------------------------------------------
+def test_int8_packing_layout() -> None:
+    w = np.arange(6 * 70, dtype=np.int64).reshape(6, 70).astype(np.int8)
+    p = pack_int8_weights(w)
+    assert (p.k, p.n, p.k_pad, p.n_pad, p.n_panels, p.nrv_last) == (6, 70, 8, 80, 2, 1)
+    first = p.data[: p.kgroups * 64 * 4].reshape(p.kgroups, 64, 4)
+    assert first[0, 5].tolist() == w[0:4, 5].tolist()
+    assert first[1, 5].tolist() == [w[4, 5], w[5, 5], 0, 0]
+    last = p.data[p.kgroups * 64 * 4 :].reshape(p.kgroups, 16, 4)
+    assert last[0, 69 - 64].tolist() == w[0:4, 69].tolist()
+    assert np.all(last[:, 6:] == 0)
+    assert p.colsum.tolist() == w.astype(np.int32).sum(0).tolist()
+
+
+def test_epilogue_create_computes_mult_in_float32() -> None:
+    scale_w = np.array([0.005, 0.3], np.float64)
+    ep = Epilogue.create(2, scale_a=0.02, scale_w=scale_w)
+    assert ep.mult.dtype == np.float32
+    assert_same_bits(ep.mult, np.float32(0.02) * scale_w.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"act": Activation.CLIP, "act_a": 1.0, "act_b": 0.0}, "lo <= hi"),
+        ({"out_kind": OutKind.U8, "out_zp": 256}, "out_zp"),
+        ({"out_kind": OutKind.I16, "out_scale": 0.0}, "out_scale"),
+        ({"bias": np.zeros(3)}, "shape"),
+    ],
+)
+def test_epilogue_refuses_bad_parameters(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(MMError, match=match):
+        Epilogue.create(2, **kwargs)
+
+
+def test_gemm_refuses_mismatched_arguments() -> None:
+    w = pack_int8_weights(np.ones((5, 3), np.int8))
+    ep = Epilogue.create(3)
+    a = np.zeros((2, 5), np.uint8)
+    out = np.zeros((2, 3), np.float32)
+    with pytest.raises(MMError, match="shape"):
+        gemm_u8s8(np.zeros((2, 4), np.uint8), 0, w, ep, out)
+    with pytest.raises(MMError, match="uint8"):
+        gemm_u8s8(a.astype(np.int8), 0, w, ep, out)
+    with pytest.raises(MMError, match="zero point"):
+        gemm_u8s8(a, 256, w, ep, out)
+    with pytest.raises(MMError, match="F16"):
+        gemm_u8s8(a, 0, w, Epilogue.create(3, out_kind=OutKind.F16), out)
+    with pytest.raises(MMError, match="columns"):
+        gemm_u8s8(a, 0, w, Epilogue.create(4), np.zeros((2, 4), np.float32))
+    with pytest.raises(MMError, match="PackedInt8Weights"):
+        gemm_u8s8(a, 0, pack_int16_weights(np.ones((5, 3), np.int16)), ep, out)  # type: ignore[arg-type]
+    with pytest.raises(MMError, match="segments"):
+        pack_int8_weights(np.ones((5, 3), np.int8), segments=2)
+    rows = ImplicitRows(offsets=np.array([0, 10], np.int64), seg_stride=0)
+    with pytest.raises(MMError, match="reach"):
+        gemm_u8s8_implicit(np.zeros(12, np.uint8), rows, 0, w, ep, out)
+
+
+def test_empty_m_is_a_no_op() -> None:
+    w = pack_float_weights(np.ones((4, 3), np.float32))
+    out = np.zeros((0, 3), np.float32)
+    gemm_f32(np.zeros((0, 4), np.float32), w, Epilogue.create(3), out)

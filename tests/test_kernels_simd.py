@@ -1,0 +1,367 @@
+"""The explicit-SIMD layer, the fp16 conversions, feature detection, the generated-module loader
+and the whole-array conversion kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+
+from mmbuild.errors import MMError
+from mmbuild.kernels.cpu import codegen, convert, features, simd
+from mmbuild.kernels.cpu.simd import (
+    f2h,
+    f2h_soft,
+    h2f,
+    h2f_soft,
+    load_f32,
+    load_u8_tail,
+    store_f32,
+    vadd_i32,
+    vbcast4_u8,
+    vbcast_f32,
+    vdpbusd,
+    vfma,
+    vload_f32,
+    vload_i32,
+    vsplat_f32,
+    vsplat_i32,
+    vstore_f32,
+    vstore_i32,
+    vzero_f32,
+    vzero_i32,
+)
+
+needs_vnni = pytest.mark.skipif(not features.has_vnni(), reason="needs AVX512-VNNI")
+needs_avx512 = pytest.mark.skipif(not features.has_avx512(), reason="needs AVX-512")
+
+ALL_HALVES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 <-> fp32
+# ---------------------------------------------------------------------------------------------
+@njit
+def _h2f_all(src, dst, soft):  # type: ignore[no-untyped-def]
+    for i in range(src.size):
+        dst[i] = h2f_soft(src[i]) if soft else h2f(src[i])
+
+
+@njit
+def _f2h_all(src, dst, soft):  # type: ignore[no-untyped-def]
+    for i in range(src.size):
+        dst[i] = f2h_soft(src[i]) if soft else f2h(src[i])
+
+
+def float_patterns() -> np.ndarray:
+    """Every float32 exponent and sign with the mantissa endings that decide half rounding
+    (ties at bit 12, just above and below), plus a million random bit patterns."""
+    high = np.arange(1 << 16, dtype=np.uint32) << 16
+    low = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0xFFFF], np.uint32)
+    rng = np.random.default_rng(0)
+    rand = rng.integers(0, 1 << 32, 1_000_000, dtype=np.uint64).astype(np.uint32)
+    return np.concatenate([(high[:, None] | low[None, :]).ravel(), rand]).view(np.float32)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_h2f_matches_numpy_on_every_half(soft: bool) -> None:
+    got = np.empty(ALL_HALVES.size, np.float32)
+    _h2f_all(ALL_HALVES, got, soft)
+    want = ALL_HALVES.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    # NaN: sign and payload kept, and made quiet (numpy keeps a signalling NaN signalling)
+    assert np.all(np.isnan(got[nan]))
+    quiet = np.uint32(0x400000)
+    assert np.array_equal(got[nan].view(np.uint32) | quiet, want[nan].view(np.uint32) | quiet)
+    assert np.all(got[nan].view(np.uint32) & quiet)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_f2h_matches_numpy_rounding(soft: bool) -> None:
+    src = float_patterns()
+    got = np.empty(src.size, np.uint16)
+    _f2h_all(src, got, soft)
+    with np.errstate(over="ignore"):
+        want = src.astype(np.float16).view(np.uint16)
+    nan = np.isnan(src)
+    assert np.array_equal(got[~nan], want[~nan])
+    # NaN: sign, quiet bit set, top nine payload bits of the float kept
+    bits = src[nan].view(np.uint32)
+    expect = ((bits >> 16) & 0x8000) | 0x7E00 | ((bits >> 13) & 0x1FF)
+    assert np.array_equal(got[nan], expect.astype(np.uint16))
+
+
+def test_hardware_and_integer_conversions_agree_on_every_bit() -> None:
+    a, b = np.empty(ALL_HALVES.size, np.float32), np.empty(ALL_HALVES.size, np.float32)
+    _h2f_all(ALL_HALVES, a, False)
+    _h2f_all(ALL_HALVES, b, True)
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    src = float_patterns()
+    c, d = np.empty(src.size, np.uint16), np.empty(src.size, np.uint16)
+    _f2h_all(src, c, False)
+    _f2h_all(src, d, True)
+    assert np.array_equal(c, d)
+
+
+def test_f2h_worked_values() -> None:
+    src = np.array([1.0, 65504.0, 65519.996, 65520.0, 2.0**-24, 2.0**-25, 1 + 2.0**-11], np.float32)
+    got = np.empty(src.size, np.uint16)
+    _f2h_all(src, got, True)
+    # max half; still rounds down; the tie rounds to even (infinity); the smallest subnormal;
+    # a tie to even zero; a tie to even 1.0
+    assert [hex(x) for x in got] == ["0x3c00", "0x7bff", "0x7bff", "0x7c00", "0x1", "0x0", "0x3c00"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic float32 / fp16-bits element access
+# ---------------------------------------------------------------------------------------------
+@njit
+def _copy_through_f32(src, dst):  # type: ignore[no-untyped-def]
+    for i in range(src.size):
+        store_f32(dst, i, load_f32(src, i) * np.float32(2))
+
+
+@pytest.mark.parametrize("src_dtype", [np.float32, np.uint16])
+@pytest.mark.parametrize("dst_dtype", [np.float32, np.uint16])
+def test_load_store_f32_serve_float32_and_half_bits(src_dtype, dst_dtype) -> None:  # type: ignore[no-untyped-def]
+    values = np.array([0.5, -3.25, 1000.0, 7e-5], np.float32)
+    src = values.astype(np.float16).view(np.uint16) if src_dtype == np.uint16 else values
+    dst = np.zeros(4, dst_dtype)
+    _copy_through_f32(src, dst)
+    widened = src.view(np.float16).astype(np.float32) if src_dtype == np.uint16 else src
+    doubled = widened * np.float32(2)
+    want = doubled.astype(np.float16).view(np.uint16) if dst_dtype == np.uint16 else doubled
+    assert np.array_equal(dst, want)
+    # the Python stubs behave the same way
+    dst2 = np.zeros(4, dst_dtype)
+    for i in range(4):
+        store_f32(dst2, i, load_f32(src, i) * np.float32(2))
+    assert np.array_equal(dst2, want)
+
+
+@njit
+def _tail(arr, i, n):  # type: ignore[no-untyped-def]
+    return load_u8_tail(arr, i, n)
+
+
+def test_load_u8_tail_reads_only_n_bytes() -> None:
+    arr = np.array([1, 2, 3, 0xFF], np.uint8)
+    assert _tail(arr, 0, 0) == 0
+    assert _tail(arr, 0, 3) == 0x030201
+    assert _tail(arr[:3], 1, 2) == 0x0302
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector intrinsics
+# ---------------------------------------------------------------------------------------------
+@njit
+def _dpbusd(acc, a, b, out):  # type: ignore[no-untyped-def]
+    vstore_i32(out, 0, vdpbusd(vload_i32(acc, 0), vload_i32(a, 0), vload_i32(b, 0)))
+
+
+@needs_vnni
+def test_vdpbusd_is_u8_times_s8_summed_in_fours_with_wrap() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a = rng.integers(0, 256, 64, dtype=np.uint8)
+        b = rng.integers(-128, 128, 64, dtype=np.int8)
+        acc = rng.integers(-(2**31), 2**31, 16, dtype=np.int64).astype(np.int32)
+        out = np.empty(16, np.int32)
+        _dpbusd(acc, a, b, out)
+        sums = (a.astype(np.int64) * b.astype(np.int64)).reshape(16, 4).sum(1)
+        want = ((acc.astype(np.int64) + sums + 2**31) % 2**32 - 2**31).astype(np.int32)
+        assert np.array_equal(out, want)
+
+
+@njit
+def _bcast_add(a, i, x, out):  # type: ignore[no-untyped-def]
+    vstore_i32(out, 0, vadd_i32(vbcast4_u8(a, i), vadd_i32(vsplat_i32(x), vzero_i32())))
+
+
+@needs_avx512
+def test_integer_broadcasts_and_add() -> None:
+    a = np.array([9, 1, 2, 3, 4, 5], np.uint8)
+    out = np.empty(16, np.int32)
+    _bcast_add(a, 1, -5, out)
+    assert np.all(out == 0x04030201 - 5)
+
+
+@njit
+def _fma(acc, a, i, b, out):  # type: ignore[no-untyped-def]
+    vstore_f32(out, 0, vfma(vload_f32(acc, 0), vbcast_f32(a, i), vload_f32(b, 0)))
+
+
+@njit
+def _splat_f32(x, out):  # type: ignore[no-untyped-def]
+    vstore_f32(out, 0, vfma(vzero_f32(), vsplat_f32(x), vsplat_f32(2.0)))
+
+
+@needs_avx512
+def test_float_splat_and_zero() -> None:
+    out = np.empty(16, np.float32)
+    _splat_f32(1.25, out)
+    assert np.all(out == 2.5)
+
+
+@needs_avx512
+@pytest.mark.parametrize("half", [False, True])
+def test_vfma_rounds_once_and_loads_widen_halves(half: bool) -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(3).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    if half:  # exercise the fp16 loads: values that are exact halves
+        a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+    # acc = -fl(a * b): a fused multiply-add leaves exactly the rounding error of the product,
+    # which a separate multiply and add would lose
+    acc = -(a[1] * b)
+    out = np.empty(16, np.float32)
+    a_arg = a.astype(np.float16).view(np.uint16) if half else a
+    b_arg = b.astype(np.float16).view(np.uint16) if half else b
+    _fma(acc, a_arg, 1, b_arg, out)
+    want = (np.float64(a[1]) * b.astype(np.float64) + acc.astype(np.float64)).astype(np.float32)
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+    if not half:
+        assert np.any(out != 0)
+
+
+def test_vector_intrinsics_refuse_wrong_types() -> None:
+    @njit
+    def bad(x):  # type: ignore[no-untyped-def]
+        return vload_f32(x, 0)
+
+    with pytest.raises(Exception, match="vload_f32"):
+        bad(np.zeros(16, np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature detection
+# ---------------------------------------------------------------------------------------------
+def test_feature_string_parsing() -> None:
+    assert features._parse_feature_string("+avx2,-avx512f, +fma") == {"avx2", "fma"}
+
+
+def test_feature_answers_are_consistent() -> None:
+    assert not features.has_vnni() or features.has_avx512()
+    assert features.use_int8_simd() <= features.has_vnni()
+    assert "int8_path=" in features.describe()
+
+
+def _run_python(code: str, **env: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_portable_variable_and_generic_cpu_turn_the_simd_paths_off() -> None:
+    code = "from mmbuild.kernels.cpu import features as f; print(f.use_int8_simd(), f.use_float_simd())"
+    assert _run_python(code, MMBUILD_PORTABLE="1") == "False False"
+    generic = (
+        "from mmbuild.kernels.cpu import features as f, simd; import numpy as np; from numba import njit\n"
+        "@njit\ndef r(x): return simd.f2h(simd.h2f(x))\n"
+        "print(f.has_avx512(), f.has_hw_half(), r(np.uint16(0x3c01)))"
+    )
+    # a feature-less target must neither choose the SIMD path nor crash on half conversions
+    assert _run_python(generic, NUMBA_CPU_NAME="generic") == "False False 15361"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated modules
+# ---------------------------------------------------------------------------------------------
+def test_load_module_writes_once_and_rewrites_a_changed_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(codegen.CACHE_ENV, str(tmp_path))
+    source = "VALUE = 41\n"
+    mod = codegen.load_module("probe", source, dependencies=(simd,))
+    assert mod.VALUE == 41
+    (path,) = tmp_path.glob("*/probe.py")
+    assert path.read_text() == source
+    assert codegen.load_module("probe", source, dependencies=(simd,)) is mod
+    path.write_text("VALUE = 0\n")  # a damaged file is rewritten on the next process's load
+    codegen._loaded.clear()
+    assert codegen.load_module("probe", source, dependencies=(simd,)).VALUE == 41
+    assert codegen.load_module("probe", "VALUE = 42\n").VALUE == 42
+    assert len(list(tmp_path.glob("*/probe.py"))) == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_micro_kernel_sources_name_their_accumulators() -> None:
+    text = codegen.int8_tile_source(4, 2, 64)
+    assert "def u8s8_tile_4x2(A, ao0, ao1, ao2, ao3," in text
+    assert text.count("vdpbusd(") == 2 * 4 * 2
+    assert "vstore_i32(T, 208, c3_1)" in text  # row 3, second vector: 3 * 64 + 16
+    ftext = codegen.float_tile_source(6, 1, 64)
+    assert ftext.count("vfma(") == 6
+    compile(text + ftext, "<tiles>", "exec")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-array conversions
+# ---------------------------------------------------------------------------------------------
+def test_fp16_array_conversions_match_numpy() -> None:
+    src = ALL_HALVES.view(np.float16)
+    wide = np.empty(src.size, np.float32)
+    convert.f16_to_f32(src, wide)
+    finite = ~np.isnan(src)
+    assert np.array_equal(wide[finite], src[finite].astype(np.float32))
+    back = np.empty(src.size, np.float16)
+    convert.f32_to_f16(wide, back)
+    assert np.array_equal(back.view(np.uint16)[finite], ALL_HALVES[finite])
+
+
+@pytest.mark.parametrize("out_dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize("half", [False, True])
+def test_quantize_matches_reference(out_dtype, half: bool) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(5000) * 4).astype(np.float32)
+    x[:6] = [0.5, 1.5, 2.5, -0.5, 1e9, -1e9]  # ties to even, saturation
+    with np.errstate(over="ignore"):  # +-1e9 become +-inf in fp16, and still saturate
+        src = x.astype(np.float16) if half else x
+    scale, zp = (0.05, 128) if out_dtype == np.uint8 else (0.001, -100)
+    out = np.empty(x.size, out_dtype)
+    convert.quantize(src, scale, zp, out)
+    lo, hi = (0, 255) if out_dtype == np.uint8 else (-32768, 32767)
+    xs = src.astype(np.float32)
+    want = np.clip(np.rint(xs / np.float32(scale)) + np.float32(zp), lo, hi).astype(out_dtype)
+    assert np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("src_dtype", [np.uint8, np.int8, np.int16])
+def test_dequantize_matches_reference(src_dtype) -> None:  # type: ignore[no-untyped-def]
+    info = np.iinfo(src_dtype)
+    q = np.arange(info.min, info.max + 1, dtype=np.int64).astype(src_dtype)
+    out = np.empty(q.size, np.float32)
+    convert.dequantize(q, 0.0123, 7, out)
+    want = (q.astype(np.int64) - 7).astype(np.float32) * np.float32(0.0123)
+    assert np.array_equal(out, want)
+    out16 = np.empty(q.size, np.float16)
+    convert.dequantize(q, 0.0123, 7, out16)
+    assert np.array_equal(out16, want.astype(np.float16))
+
+
+def test_large_arrays_take_the_parallel_loop() -> None:
+    x = np.random.default_rng(4).standard_normal(convert.PARALLEL_MIN_SIZE + 17).astype(np.float32)
+    q = np.empty(x.size, np.uint8)
+    convert.quantize(x, 0.02, 128, q)
+    want = np.clip(np.rint(x / np.float32(0.02)) + 128, 0, 255).astype(np.uint8)
+    assert np.array_equal(q, want)
+    back = np.empty(x.size, np.float32)
+    convert.dequantize(q, 0.02, 128, back)
+    assert np.array_equal(back, (q.astype(np.int64) - 128).astype(np.float32) * np.float32(0.02))
+
+
+def test_conversions_refuse_bad_arguments() -> None:
+    with pytest.raises(MMError, match="float32"):
+        convert.f16_to_f32(np.zeros(3, np.float16), np.zeros(3, np.float64))
+    with pytest.raises(MMError, match="elements"):
+        convert.f32_to_f16(np.zeros(3, np.float32), np.zeros(4, np.uint16))
+    with pytest.raises(MMError, match="zero point"):
+        convert.quantize(np.zeros(3, np.float32), 0.1, 300, np.zeros(3, np.uint8))
+    with pytest.raises(MMError, match="scale"):
+        convert.quantize(np.zeros(3, np.float32), 0.0, 0, np.zeros(3, np.uint8))
+    with pytest.raises(MMError, match="contiguous"):
+        convert.dequantize(np.zeros((4, 4), np.uint8)[:, ::2], 1.0, 0, np.zeros(8, np.float32))
