@@ -21,17 +21,27 @@ from mmbuild.kernels.cpu.simd import (
     load_f32,
     load_u8_tail,
     store_f32,
+    vadd_f32,
     vadd_i32,
     vbcast4_u8,
     vbcast_f32,
+    vcvt_f32,
+    vdiv_f32,
     vdpbusd,
     vfma,
     vload_f32,
     vload_i32,
+    vmul_f32,
+    vrint_f32,
+    vselect_lt,
     vsplat_f32,
     vsplat_i32,
     vstore_f32,
     vstore_i32,
+    vstore_n_f16,
+    vstore_n_f32,
+    vstore_n_i16,
+    vstore_n_u8,
     vzero_f32,
     vzero_i32,
 )
@@ -229,6 +239,41 @@ def test_vfma_rounds_once_and_loads_widen_halves(half: bool) -> None:
         assert np.any(out != 0)
 
 
+@njit
+def _epilogue_ops(x, y, ints, n, out_f, out_h, out_b, out_s, out_c):  # type: ignore[no-untyped-def]
+    a = vload_f32(x, 0)
+    b = vload_f32(y, 0)
+    vstore_n_f32(out_f, 0, vselect_lt(a, b, vadd_f32(a, b), vdiv_f32(vmul_f32(a, b), b)), n)
+    vstore_n_f16(out_h, 0, a, n)
+    q = vrint_f32(a)
+    vstore_n_u8(out_b, 0, q, n)
+    vstore_n_i16(out_s, 0, q, n)
+    vstore_n_f32(out_c, 0, vcvt_f32(vload_i32(ints, 0)), 16)
+
+
+@needs_avx512
+@pytest.mark.parametrize("n", [16, 5, 0])
+def test_epilogue_vector_ops_round_like_scalar_float32(n: int) -> None:
+    a = np.array([0.5, 1.5, 2.5, -0.5, 3.7, 100.2, 254.5, 7.0, 0.1, 9.5, 1e-3, 12.5,
+                  -0.0, 200.0, 33.3, 65.5], np.float32)  # fmt: skip
+    b = np.array([1.0, -2.0, 3.0, np.nan, 0.3, 7.0, 255.0, 0.5, 2.0, 9.0, 1.0, 3.0, 1.0, 1.0,
+                  np.inf, 2.0], np.float32)  # fmt: skip
+    ints = np.array([2**24 + 1, 2**24 + 3, -(2**31), 2**31 - 1, *range(12)], np.int32)
+    outs = [np.full(64 + 8, 0xEE, np.uint8) for _ in range(5)]
+    with np.errstate(invalid="ignore"):
+        _epilogue_ops(a, b, ints, n, *outs)
+        want_f = np.where(a < b, a + b, (a * b) / b)  # NaN compares false, as in numpy
+    sentinel = np.full(64, 0xEE, np.uint8)
+    assert np.array_equal(outs[0][: 4 * n], want_f.view(np.uint8)[: 4 * n])
+    assert np.array_equal(outs[0][4 * n :], np.full(72 - 4 * n, 0xEE, np.uint8))
+    assert np.array_equal(outs[1][: 2 * n], a.astype(np.float16).view(np.uint8)[: 2 * n])
+    assert np.array_equal(outs[1][2 * n : 32], sentinel[: 32 - 2 * n])
+    assert np.array_equal(outs[2][:n], np.rint(a).astype(np.uint8)[:n] if n else [])
+    assert np.array_equal(outs[2][n:16], sentinel[: 16 - n])
+    assert np.array_equal(outs[3][: 2 * n], np.rint(a).astype(np.int16).view(np.uint8)[: 2 * n])
+    assert np.array_equal(outs[4][:64].view(np.float32), ints.astype(np.float32))
+
+
 def test_vector_intrinsics_refuse_wrong_types() -> None:
     @njit
     def bad(x):  # type: ignore[no-untyped-def]
@@ -259,10 +304,14 @@ def _run_python(code: str, **env: str) -> str:
 
 
 def test_portable_variable_and_generic_cpu_turn_the_simd_paths_off() -> None:
-    code = "from mmbuild.kernels.cpu import features as f; print(f.use_int8_simd(), f.use_float_simd())"
+    code = (
+        "from mmbuild.kernels.cpu import features as f\n"
+        "print(f.use_int8_simd(), f.use_float_simd())"
+    )
     assert _run_python(code, MMBUILD_PORTABLE="1") == "False False"
     generic = (
-        "from mmbuild.kernels.cpu import features as f, simd; import numpy as np; from numba import njit\n"
+        "from mmbuild.kernels.cpu import features as f, simd\n"
+        "import numpy as np\nfrom numba import njit\n"
         "@njit\ndef r(x): return simd.f2h(simd.h2f(x))\n"
         "print(f.has_avx512(), f.has_hw_half(), r(np.uint16(0x3c01)))"
     )
@@ -290,12 +339,15 @@ def test_load_module_writes_once_and_rewrites_a_changed_file(tmp_path, monkeypat
 
 
 def test_micro_kernel_sources_name_their_accumulators() -> None:
-    text = codegen.int8_tile_source(4, 2, 64)
+    text = codegen.int8_tile_source(4, 2, "epi")
     assert "def u8s8_tile_4x2(A, ao0, ao1, ao2, ao3," in text
-    assert text.count("vdpbusd(") == 2 * 4 * 2
-    assert "vstore_i32(T, 208, c3_1)" in text  # row 3, second vector: 3 * 64 + 16
-    ftext = codegen.float_tile_source(6, 1, 64)
+    assert text.count("vdpbusd(") == 2 * 4 * 2  # the K loop and the K tail
+    # row 3, second vector: columns n0 + 16.., stored only if the tile has 4 rows
+    assert "    if mr > 3:\n" in text
+    assert "epi(c3_1, n0 + 16, out, o_off + 3 * ldo + 16, nn - 16, comp, ep_args)" in text
+    ftext = codegen.float_tile_source(6, 1, "epf")
     assert ftext.count("vfma(") == 6
+    assert "epf(c5_0, n0 + 0, out, o_off + 5 * ldo + 0, nn - 0, ep_args)" in ftext
     compile(text + ftext, "<tiles>", "exec")
 
 

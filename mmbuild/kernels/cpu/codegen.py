@@ -17,7 +17,12 @@ into the source tree, and imported from there with importlib, so that numba's ``
   from what it should be is rewritten.
 
 Numba's own cache for a generated module goes wherever numba puts it: ``NUMBA_CACHE_DIR`` when set,
-else ``__pycache__`` beside the generated file.
+else ``__pycache__`` beside the generated file. Directories of older digests are left in place
+(delete the cache directory to reclaim them).
+
+Micro-kernels are compiled with ``forceinline`` into the driver that calls them once per tile:
+called as a function, a numba kernel takes and drops a reference on each of its array arguments,
+atomic operations that cost a fifth of the int8 throughput at 4 x 64 tiles.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ import llvmlite
 import numba
 
 __all__ = [
+    "CACHE_ENV",
     "JIT_OPTIONS",
     "cache_root",
+    "float_tile_name",
     "float_tile_source",
+    "int8_tile_name",
     "int8_tile_source",
     "load_module",
 ]
@@ -66,23 +74,38 @@ def float_tile_name(mr: int, nrv: int) -> str:
     return f"f32_tile_{mr}x{nrv}"
 
 
-def int8_tile_source(mr: int, nrv: int, ldt: int) -> str:
+def _epilogue_lines(mr: int, nrv: int, call: str) -> list[str]:
+    """Hand every accumulator to the epilogue: rows past ``mr`` are skipped, the last vector of
+    a row stores its first ``nn - 16 * v`` lanes only (a masked store)."""
+    lines = []
+    for r in range(mr):
+        indent = "    " if r == 0 else "        "
+        if r:
+            lines.append(f"    if mr > {r}:")
+        for v in range(nrv):
+            args = f"c{r}_{v}, n0 + {16 * v}, out, o_off + {r} * ldo + {16 * v}, nn - {16 * v}"
+            lines.append(f"{indent}{call.format(args=args)}")
+    return lines
+
+
+def int8_tile_source(mr: int, nrv: int, epilogue: str) -> str:
     """An int8 micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
 
-    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, T)``. Row ``r`` of
-    the A operand is ``nseg`` runs of ``4 * k4 + ktail`` bytes, the first at ``A[ao_r]`` and the
-    next ``seg_stride`` bytes further on (one run for a plain GEMM, one per kernel row for an
-    implicit-GEMM convolution). ``Bp[b_off:]`` is the panel, ``[nseg][k4 + (ktail > 0)][16 *
-    nrv][4]`` int8 with zero padding. The raw int32 sums ``sum_k A[..] * B[k, j]`` (unsigned by
-    signed, wrapping) go to ``T[r * ldt + j]``.
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, mr, nn, n0, comp,
+    ep_args, out, o_off, ldo)``. Row ``r`` of the A operand is ``nseg`` runs of ``4 * k4 + ktail``
+    bytes, the first at ``A[ao_r]`` and the next ``seg_stride`` bytes further on (one run for a
+    plain GEMM, one per kernel row for an implicit-GEMM convolution). ``Bp[b_off:]`` is the
+    panel, ``[nseg][k4 + (ktail > 0)][16 * nrv][4]`` int8 with zero padding. The int32 sums
+    ``sum_k A[..] * B[k, j]`` (unsigned by signed, wrapping) of the first ``mr`` rows and ``nn``
+    columns go to ``epilogue(acc, n, out, o, count, comp, ep_args)``, which stores them.
     """
     rows = range(mr)
     vecs = range(nrv)
     step = 64 * nrv
     lines = [
-        f"@njit({JIT_OPTIONS})",
-        f"def {int8_tile_name(mr, nrv)}("
-        f"A, {', '.join(f'ao{r}' for r in rows)}, nseg, seg_stride, k4, ktail, Bp, b_off, T):",
+        f"@njit(forceinline=True, {JIT_OPTIONS})",
+        f"def {int8_tile_name(mr, nrv)}(A, {', '.join(f'ao{r}' for r in rows)}, nseg, "
+        "seg_stride, k4, ktail, Bp, b_off, mr, nn, n0, comp, ep_args, out, o_off, ldo):",
     ]
     lines += [f"    c{r}_{v} = vzero_i32()" for r in rows for v in vecs]
     lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
@@ -100,24 +123,24 @@ def int8_tile_source(mr: int, nrv: int, ldt: int) -> str:
     lines += step_body(" " * 12, "vbcast4_u8(A, {p} + 4 * kk)")
     lines.append("        if ktail > 0:")
     lines += step_body(" " * 12, "vsplat_i32(load_u8_tail(A, {p} + 4 * k4, ktail))")
-    lines += [f"    vstore_i32(T, {r * ldt + 16 * v}, c{r}_{v})" for r in rows for v in vecs]
+    lines += _epilogue_lines(mr, nrv, f"{epilogue}({{args}}, comp, ep_args)")
     return "\n".join(lines) + "\n"
 
 
-def float_tile_source(mr: int, nrv: int, ldt: int) -> str:
+def float_tile_source(mr: int, nrv: int, epilogue: str) -> str:
     """A float micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
 
-    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, seg_len, Bp, b_off, T)``. A is float32
-    or fp16 bits, ``Bp[b_off:]`` the panel ``[nseg * seg_len][16 * nrv]`` (float32 or fp16 bits,
-    widened on load); ``T[r * ldt + j]`` receives the float32 sums, accumulated with FMA in the
-    order of k.
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, seg_len, Bp, b_off, mr, nn, n0, ep_args,
+    out, o_off, ldo)``. A is float32 or fp16 bits, ``Bp[b_off:]`` the panel ``[nseg * seg_len][16 *
+    nrv]`` (float32 or fp16 bits, widened on load). The float32 sums, accumulated with FMA in the
+    order of k, go to ``epilogue(acc, n, out, o, count, ep_args)``.
     """
     rows = range(mr)
     vecs = range(nrv)
     lines = [
-        f"@njit({JIT_OPTIONS})",
-        f"def {float_tile_name(mr, nrv)}("
-        f"A, {', '.join(f'ao{r}' for r in rows)}, nseg, seg_stride, seg_len, Bp, b_off, T):",
+        f"@njit(forceinline=True, {JIT_OPTIONS})",
+        f"def {float_tile_name(mr, nrv)}(A, {', '.join(f'ao{r}' for r in rows)}, nseg, "
+        "seg_stride, seg_len, Bp, b_off, mr, nn, n0, ep_args, out, o_off, ldo):",
     ]
     lines += [f"    c{r}_{v} = vzero_f32()" for r in rows for v in vecs]
     lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
@@ -128,7 +151,7 @@ def float_tile_source(mr: int, nrv: int, ldt: int) -> str:
         lines.append(f"            a = vbcast_f32(A, p{r} + k)")
         lines += [f"            c{r}_{v} = vfma(c{r}_{v}, a, b{v})" for v in vecs]
     lines.append(f"            bo += {16 * nrv}")
-    lines += [f"    vstore_f32(T, {r * ldt + 16 * v}, c{r}_{v})" for r in rows for v in vecs]
+    lines += _epilogue_lines(mr, nrv, f"{epilogue}({{args}}, ep_args)")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ entry          A (activations)                         B (packed weights)       
 ``gemm_f32``   float32, or uint16 holding fp16 bits    float32, or fp16 bits       float32
 =============  ======================================  ==========================  ============
 
-Each has an ``*_implicit`` twin for implicit-GEMM convolution (see :class:`ImplicitRows`).
+Each takes ``rows=`` for an implicit-GEMM convolution (see :class:`ImplicitRows`), and has a
+``bind_*`` form that checks the operands once and returns a :class:`BoundGemm` to run many times.
 
 Integer accumulation is exact: ``acc[m, n] = sum_k (a[m, k] - za) * w[k, n]``. The int8 kernels
 compute it as ``vpdpbusd`` on the raw uint8 bytes plus ``-za * colsum(w)[n]`` in the epilogue,
@@ -28,23 +29,27 @@ with no fused multiply-add or reordering (the kernels are compiled without fastm
    already rounded to fp16 and widened back, the kernel does not round it;
 3. the activation: ``RELU`` ``y < 0 -> 0``; ``CLIP`` ``y < lo -> lo, y > hi -> hi`` (relu6 is
    CLIP with 0 and 6); ``LEAKY_RELU`` ``y < 0 -> y * alpha``. Written as comparisons, so NaN
-   passes through and ``-0.0`` stays ``-0.0``, as with ``np.maximum`` / ``np.clip``;
+   passes through and ``-0.0`` stays ``-0.0`` (a reference must use the same comparisons:
+   ``np.maximum`` is free to return either zero);
 4. the store (:func:`.convert.store_output`): float32; fp16 bits (round to nearest even); uint8
    or int16 ``clip(rint(y / out_scale) + out_zp)``, dividing by the float32 scale as the numpy
-   reference does.
+   reference does (multiplying by a reciprocal would differ in the last bit).
 
 So the integer paths match a numpy reference written with the same float32 operations bit for
 bit, on the SIMD and the portable kernels alike. The float path cannot match numpy's matmul
-exactly (the summation order differs); against an exact product its error is bounded by
-``K * 2**-24 * sum_k |a[m, k] * b[k, n]|`` (a few ulps in practice) before the epilogue, plus
-one fp16 rounding of each operand or of the output where those are fp16.
+exactly (the summation order differs, and the SIMD kernels fuse each multiply-add); against an
+exact product its error is bounded by ``K * 2**-24 * sum_k |a[m, k] * b[k, n]|`` (a few ulps in
+practice) before the epilogue, plus one fp16 rounding of each operand or of the output where
+those are fp16.
 
 Layout. B is packed into column panels of ``NR = 64`` (the last one narrower, a multiple of 16),
 int8 as ``[K/4][NR][4]`` per panel (each K segment padded to a multiple of 4 with zeros), float
 and int16 as ``[K][NR]``. The driver splits the work into (panel, block of ``MC`` rows) items, n
-major, and runs them on all threads only when the product is large enough to pay for a parallel
-launch (see ``PARALLEL_MIN_MACS``); a micro-kernel computes ``MR`` rows of one panel
-(4 x 64 int8, 6 x 64 float) into a small scratch tile that the epilogue then stores.
+major, and runs them on all threads when the product is large enough to pay for a parallel
+launch or streams many weights (``PARALLEL_MIN_MACS``, ``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD
+micro-kernel computes ``MR`` rows of one panel (4 x 64 int8, 6 x 64 float, and a 1-row variant
+for a single row) and applies the epilogue to its registers, with masked stores at the right
+edge; the portable kernels fill a scratch tile that a scalar epilogue stores.
 
 A may have a row stride (``a = buf[:, :K]``), and K needs no padding: the int8 kernels read the
 last ``K % 4`` bytes of a row one by one. ``out`` may have a row stride too (a slice of a wider
@@ -57,7 +62,7 @@ import enum
 import functools
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -67,23 +72,41 @@ from numba.extending import overload
 from mmbuild.errors import MMError
 from mmbuild.kernels.cpu import codegen, convert, features, simd
 from mmbuild.kernels.cpu.convert import store_output
-from mmbuild.kernels.cpu.simd import load_f32
+from mmbuild.kernels.cpu.simd import (
+    load_f32,
+    vadd_f32,
+    vadd_i32,
+    vcvt_f32,
+    vdiv_f32,
+    vload_f32,
+    vload_i32,
+    vmul_f32,
+    vrint_f32,
+    vselect_lt,
+    vsplat_f32,
+    vstore_n_f16,
+    vstore_n_f32,
+    vstore_n_i16,
+    vstore_n_u8,
+    vzero_f32,
+)
 
 __all__ = [
     "NR",
     "Activation",
+    "BoundGemm",
     "Epilogue",
     "ImplicitRows",
     "OutKind",
     "PackedFloatWeights",
     "PackedInt8Weights",
     "PackedInt16Weights",
+    "bind_gemm_f32",
+    "bind_gemm_s16",
+    "bind_gemm_u8s8",
     "gemm_f32",
-    "gemm_f32_implicit",
     "gemm_s16",
-    "gemm_s16_implicit",
     "gemm_u8s8",
-    "gemm_u8s8_implicit",
     "pack_float_weights",
     "pack_int8_weights",
     "pack_int16_weights",
@@ -98,6 +121,7 @@ S16_MR, S16_MC = 4, 32
 # Multiply-accumulates below which a product runs on one thread. A parallel launch costs 1-2 us;
 # one core does about 450 G int8 MAC/s and 110 G float MAC/s here, so these are a few us of work.
 PARALLEL_MIN_MACS = {"u8s8": 1 << 21, "f32": 1 << 18, "s16": 1 << 16}
+PARALLEL_MIN_WEIGHT_BYTES = 1 << 18
 
 _INT8_MAX_K = (2**31 - 1) // (255 * 128)  # |(a - za) * w| <= 255 * 128
 
@@ -144,7 +168,8 @@ def _float32_vector(values: Any, n: int, what: str, default: float) -> np.ndarra
 class Epilogue:
     """The per-column scale, bias, activation and output conversion fused into a GEMM's store.
 
-    Build it with :meth:`create`, which computes ``mult`` the way the contract says. Worked
+    Build it with :meth:`create`, which computes ``mult`` the way the contract says; the kernels
+    use copies of ``mult`` and ``bias`` taken when the epilogue is made. Worked
     through for one column: acc = 1000, scale_a = 0.02, scale_w = 0.005 -> mult =
     float32(0.02) * float32(0.005) = 1.0e-4 (in float32); y = 1000 * 1.0e-4 = 0.1; + bias 0.25
     -> 0.35; RELU keeps 0.35; U8 with out_scale 0.01, out_zp 10 -> rint(35.0) + 10 = 45.
@@ -193,9 +218,15 @@ class Epilogue:
             lo, hi = self.act_a, self.act_b
         elif act is Activation.LEAKY_RELU:
             slope = self.act_a
+        # mult and bias padded to whole 16-lane vectors for the SIMD epilogue's loads
+        n_pad = -(-self.n // 16) * 16
+        mult = np.zeros(n_pad, np.float32)
+        bias = np.zeros(n_pad, np.float32)
+        mult[: self.n] = self.mult
+        bias[: self.n] = self.bias
         f32 = np.float32
-        args = (self.mult, self.bias, f32(slope), f32(lo), f32(hi), f32(self.out_scale),
-                f32(self.out_zp), np.int64(kind))  # fmt: skip
+        args = (mult, bias, f32(slope), f32(lo), f32(hi), f32(self.out_scale), f32(self.out_zp),
+                np.int64(kind))  # fmt: skip
         object.__setattr__(self, "_args", args)
 
     @property
@@ -293,7 +324,7 @@ class _Packed:
 class PackedInt8Weights(_Packed):
     """int8 weights in ``vpdpbusd`` panels, plus their column sums for the zero-point term."""
 
-    colsum: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    colsum: np.ndarray  # int32 [n]: sum_k w[k, n]
 
     @property
     def k4(self) -> int:
@@ -477,34 +508,34 @@ def _row_offset(rows, lda, m):  # type: ignore[no-untyped-def]
     return rows[m] if rows.size > 0 else m * lda
 
 
-def _acc_value(T: np.ndarray, i: int, za: int, colsum: Any, n: int) -> np.float32:
-    """The accumulator ``T[i]`` as float32, with the int8 zero-point term when ``colsum``."""
-    if colsum is None:
+def _acc_value(T: np.ndarray, i: int, comp: Any, n: int) -> np.float32:
+    """The accumulator ``T[i]`` as float32, plus the int8 zero-point term ``comp[n]``."""
+    if comp is None:
         return np.float32(T[i])
-    return np.float32(np.int32(T[i] - za * colsum[n]))
+    return np.float32(np.int32(T[i] + comp[n]))
 
 
 @overload(_acc_value)
-def _acc_value_overload(T, i, za, colsum, n):  # type: ignore[no-untyped-def]
-    if isinstance(colsum, types.NoneType):
-        return lambda T, i, za, colsum, n: np.float32(T[i])
-    # the raw vpdpbusd sum minus za * colsum, wrapped to int32 exactly as the hardware sums
-    return lambda T, i, za, colsum, n: np.float32(np.int32(T[i] - za * colsum[n]))
+def _acc_value_overload(T, i, comp, n):  # type: ignore[no-untyped-def]
+    if isinstance(comp, types.NoneType):
+        return lambda T, i, comp, n: np.float32(T[i])
+    # the raw vpdpbusd sum plus -za * colsum, wrapped to int32 exactly as the hardware adds
+    return lambda T, i, comp, n: np.float32(np.int32(T[i] + comp[n]))
 
 
-def _colsum_row(colsum: Any, n0: int, nn: int) -> Any:
-    return None if colsum is None else colsum[n0 : n0 + nn]
+def _comp_row(comp: Any, n0: int, nn: int) -> Any:
+    return None if comp is None else comp[n0 : n0 + nn]
 
 
-@overload(_colsum_row)
-def _colsum_row_overload(colsum, n0, nn):  # type: ignore[no-untyped-def]
-    if isinstance(colsum, types.NoneType):
-        return lambda colsum, n0, nn: None
-    return lambda colsum, n0, nn: colsum[n0 : n0 + nn]
+@overload(_comp_row)
+def _comp_row_overload(comp, n0, nn):  # type: ignore[no-untyped-def]
+    if isinstance(comp, types.NoneType):
+        return lambda comp, n0, nn: None
+    return lambda comp, n0, nn: comp[n0 : n0 + nn]
 
 
 @njit(error_model="numpy", boundscheck=False)
-def _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo):  # type: ignore[no-untyped-def]
+def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type: ignore[no-untyped-def]
     """``T[r * ldt + j]`` -> ``out[o_off + r * ldo + j]`` for one tile, ``out`` typed.
 
     Every activation is the same two steps, ``y < 0 -> y * slope`` then a clamp to ``[lo, hi]``
@@ -515,12 +546,12 @@ def _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo):  #
     # wrap-around test in the loop, and that test stops LLVM from vectorising it
     m_row = mult[n0 : n0 + nn]
     b_row = bias[n0 : n0 + nn]
-    c_row = _colsum_row(colsum, n0, nn)
+    c_row = _comp_row(comp, n0, nn)
     for r in range(mr):
         acc = T[r * ldt : r * ldt + nn]
         dst = out[o_off + r * ldo : o_off + r * ldo + nn]
         for j in range(nn):
-            y = _acc_value(acc, j, za, c_row, j) * m_row[j]
+            y = _acc_value(acc, j, c_row, j) * m_row[j]
             y = y + b_row[j]
             if y < 0:
                 y = y * slope
@@ -532,24 +563,66 @@ def _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo):  #
 
 
 @njit(error_model="numpy", boundscheck=False)
-def _finish_tile(T, ldt, mr, nn, za, colsum, n0, ep_args, out_bytes, o_off, ldo):  # type: ignore[no-untyped-def]
-    """The epilogue of one tile into ``out_bytes``, the output's bytes (its kind in ``ep_args``).
+def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # type: ignore[no-untyped-def]
+    """The scalar epilogue of one tile of the portable kernels, into ``out_bytes``.
 
-    Passing the output as bytes and choosing its type here keeps one compiled driver for all
-    output kinds instead of one per kind, which would multiply the compile time by four.
+    The output arrives as bytes and its type (``ep_args[7]``) is chosen here, so that one
+    compiled driver serves every output kind.
     """
     kind = ep_args[7]
     if kind == 0:
         out = out_bytes.view(np.float32)
-        _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo)
+        _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
     elif kind == 1:
         out = out_bytes.view(np.uint16)
-        _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo)
+        _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
     elif kind == 2:
-        _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out_bytes, o_off, ldo)
+        _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo)
     else:
         out = out_bytes.view(np.int16)
-        _epilogue_rows(T, ldt, mr, nn, za, colsum, n0, ep_args, out, o_off, ldo)
+        _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
+
+
+# The same epilogue on 16 accumulators at once, in the SIMD micro-kernels' registers: the same
+# IEEE operations in the same order (no fast-math), so the bits equal the scalar epilogue's.
+# Forced inline: a call per accumulator vector would cost as much as the epilogue itself.
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
+    _, _, slope, lo, hi, oscale, ozp, kind = ep_args
+    y = vselect_lt(y, vzero_f32(), vmul_f32(y, vsplat_f32(slope)), y)
+    vlo = vsplat_f32(lo)
+    vhi = vsplat_f32(hi)
+    y = vselect_lt(y, vlo, vlo, y)
+    y = vselect_lt(vhi, y, vhi, y)
+    n = min(count, 16)
+    if kind == 0:
+        vstore_n_f32(out, o, y, n)
+    elif kind == 1:
+        vstore_n_f16(out, o, y, n)
+    else:
+        q = vadd_f32(vrint_f32(vdiv_f32(y, vsplat_f32(oscale))), vsplat_f32(ozp))
+        qlo = vsplat_f32(0.0 if kind == 2 else -32768.0)
+        qhi = vsplat_f32(255.0 if kind == 2 else 32767.0)
+        q = vselect_lt(q, qlo, qlo, q)
+        q = vselect_lt(qhi, q, qhi, q)
+        if kind == 2:
+            vstore_n_u8(out, o, q, n)
+        else:
+            vstore_n_i16(out, o, q, n)
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _vec_epilogue_i32(acc, n, out, o, count, comp, ep_args):  # type: ignore[no-untyped-def]
+    """Epilogue of int32 lanes ``acc`` (columns ``n .. n+15``); ``comp = -za * colsum``."""
+    y = vmul_f32(vcvt_f32(vadd_i32(acc, vload_i32(comp, n))), vload_f32(ep_args[0], n))
+    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n)), out, o, count, ep_args)
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _vec_epilogue_f32(acc, n, out, o, count, ep_args):  # type: ignore[no-untyped-def]
+    """Epilogue of float32 lanes ``acc`` (columns ``n .. n+15``)."""
+    y = vmul_f32(acc, vload_f32(ep_args[0], n))
+    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n)), out, o, count, ep_args)
 
 
 @njit(error_model="numpy", boundscheck=False)
@@ -621,14 +694,17 @@ def _s16_row(A, ao, nseg, seg_stride, seg_len, za, Bp, b_off, nr, T, t0):  # typ
 # The generated module: micro-kernels and the drivers that call them
 # ---------------------------------------------------------------------------------------------
 # Arguments of every generated driver, after the item range.
-_COMMON = "n_mb, A, lda, rows, M, nseg, seg_stride, {kargs}, Bp, n_panels, nrv_last, panel_size, za, colsum, ep_args, out, ldo, N"  # noqa: E501
+_COMMON = (
+    "n_mb, A, lda, rows, M, nseg, seg_stride, {kargs}, Bp, n_panels, nrv_last, panel_size, za, "
+    "comp, ep_args, out, ldo, N"
+)
 _KARGS = {"u8s8": "k4, ktail", "f32": "seg_len", "s16": "seg_len"}
 
 _ITEMS = '''
 @njit({jit})
 def {kind}_items_{flavor}(first, last, {common}):
     """Work items [first, last): item t is panel t // n_mb, rows block t % n_mb."""
-    T = np.empty({tile}, np.{acc})
+{scratch}
     for t in range(first, last):
         p = t // n_mb
         mb = t - p * n_mb
@@ -640,46 +716,61 @@ def {kind}_items_{flavor}(first, last, {common}):
             mr = min({mr}, M - m0)
 {offsets}
 {tile_call}
-            _finish_tile(T, {nr}, mr, nn, za, colsum, n0, ep_args, out, m0 * ldo + n0, ldo)
 
 
 @njit(parallel=True, {jit})
 def {kind}_parallel_{flavor}(n_items, n_chunks, {common}):
     for c in prange(n_chunks):
-        {kind}_items_{flavor}(c * n_items // n_chunks, (c + 1) * n_items // n_chunks, {call})
+        {kind}_items_{flavor}(c * n_items // n_chunks, (c + 1) * n_items // n_chunks, {common})
 '''
 
 
-def _simd_tile_call(tile_name: Any, kernel_args: str, mr: int) -> str:
-    lines = []
-    for nrv in range(_NRV, 0, -1):
-        kw = "if" if nrv == _NRV else "elif"
-        aos = ", ".join(f"ao{r}" for r in range(mr))
-        lines.append(f"            {kw} nrv == {nrv}:")
-        lines.append(f"                {tile_name(mr, nrv)}(A, {aos}, {kernel_args}, T)")
+def _simd_tile_call(tile_name: Any, kernel_args: str, mr: int, single_row: bool) -> str:
+    """Dispatch to the micro-kernel for the panel width (which also stores the tile).
+
+    With ``single_row`` a lone row (M = 1, or the last row) has its own kernels: the ``mr``-row
+    one would compute that row ``mr`` times, which costs int8 (whose inner loop is compute
+    bound) more than float (bound by loading B).
+    """
+    lines = ["            if mr == 1:"] if single_row else []
+    for rows in (1, mr) if single_row else (mr,):
+        indent = " " * (16 if single_row else 12)
+        if single_row and rows == mr:
+            lines.append("            else:")
+        aos = ", ".join(f"ao{r}" for r in range(rows))
+        for nrv in range(_NRV, 0, -1):
+            lines.append(f"{indent}{'if' if nrv == _NRV else 'elif'} nrv == {nrv}:")
+            lines.append(
+                f"{indent}    {tile_name(rows, nrv)}(A, {aos}, {kernel_args}, m0 * ldo + n0, ldo)"
+            )
     return "\n".join(lines)
 
 
 def _row_tile_call(row_fn: str, kernel_args: str, mr: int) -> str:
+    """The portable kernels: one row at a time into the scratch tile, then the scalar epilogue."""
     lines = []
     for r in range(mr):
         call = f"{row_fn}(A, ao{r}, {kernel_args}, 16 * nrv, T, {r * NR})"
-        if r == 0:
-            lines.append(f"            {call}")
-        else:
-            lines += [f"            if mr > {r}:", f"                {call}"]
+        lines += (
+            [f"            {call}"]
+            if r == 0
+            else [f"            if mr > {r}:", f"{' ' * 16}{call}"]
+        )
+    lines.append(
+        f"            _finish_tile(T, {NR}, mr, nn, comp, n0, ep_args, out, m0 * ldo + n0, ldo)"
+    )
     return "\n".join(lines)
 
 
-def _items_source(kind: str, flavor: str, acc: str, mr: int, mc: int, tile_call: str) -> str:
-    common = _COMMON.format(kargs=_KARGS[kind])
+def _items_source(kind: str, flavor: str, acc: str | None, mr: int, mc: int, tile_call: str) -> str:
     offsets = "\n".join(
         f"            ao{r} = _row_offset(rows, lda, m0 + min({r}, mr - 1))" for r in range(mr)
     )
     return _ITEMS.format(
-        jit=codegen.JIT_OPTIONS, kind=kind, flavor=flavor, common=common,
-        call=common, tile=mr * NR, acc=acc, nrv=_NRV, nr=NR, mc=mc, mr=mr,
-        offsets=offsets, tile_call=tile_call,
+        jit=codegen.JIT_OPTIONS, kind=kind, flavor=flavor,
+        common=_COMMON.format(kargs=_KARGS[kind]),
+        scratch=f"    T = np.empty({mr * NR}, np.{acc})" if acc else "", nrv=_NRV, nr=NR, mc=mc,
+        mr=mr, offsets=offsets, tile_call=tile_call,
     )  # fmt: skip
 
 
@@ -690,26 +781,28 @@ def _generated_source() -> str:
         "from numba import njit, prange",
         "from mmbuild.kernels.cpu.simd import (",
         "    load_u8_tail, vbcast4_u8, vbcast_f32, vdpbusd, vfma, vload_f32, vload_i32,",
-        "    vsplat_i32, vstore_f32, vstore_i32, vzero_f32, vzero_i32,",
+        "    vsplat_i32, vzero_f32, vzero_i32,",
         ")",
         "from mmbuild.kernels.cpu.gemm import (",
         "    _finish_tile, _float_row_portable, _row_offset, _s16_row, _u8s8_row_portable,",
+        "    _vec_epilogue_f32, _vec_epilogue_i32,",
         ")",
         "",
     ]
     for nrv in range(1, _NRV + 1):
-        parts.append(codegen.int8_tile_source(INT8_MR, nrv, NR))
-        parts.append(codegen.float_tile_source(FLOAT_MR, nrv, NR))
+        for rows in (1, INT8_MR):
+            parts.append(codegen.int8_tile_source(rows, nrv, "_vec_epilogue_i32"))
+        parts.append(codegen.float_tile_source(FLOAT_MR, nrv, "_vec_epilogue_f32"))
     int8_args = "nseg, seg_stride, k4, ktail, Bp, b_off"
     float_args = "nseg, seg_stride, seg_len, Bp, b_off"
     s16_args = "nseg, seg_stride, seg_len, za, Bp, b_off"
     parts += [
-        _items_source("u8s8", "simd", "int32", INT8_MR, INT8_MC,
-                      _simd_tile_call(codegen.int8_tile_name, int8_args, INT8_MR)),
+        _items_source("u8s8", "simd", None, INT8_MR, INT8_MC, _simd_tile_call(
+            codegen.int8_tile_name, int8_args + ", mr, nn, n0, comp, ep_args, out", INT8_MR, True)),
         _items_source("u8s8", "portable", "int32", INT8_MR, INT8_MC,
                       _row_tile_call("_u8s8_row_portable", int8_args, INT8_MR)),
-        _items_source("f32", "simd", "float32", FLOAT_MR, FLOAT_MC,
-                      _simd_tile_call(codegen.float_tile_name, float_args, FLOAT_MR)),
+        _items_source("f32", "simd", None, FLOAT_MR, FLOAT_MC, _simd_tile_call(
+            codegen.float_tile_name, float_args + ", mr, nn, n0, ep_args, out", FLOAT_MR, False)),
         _items_source("f32", "portable", "float32", FLOAT_MR, FLOAT_MC,
                       _row_tile_call("_float_row_portable", float_args, FLOAT_MR)),
         _items_source("s16", "portable", "float32", S16_MR, S16_MC,
@@ -799,54 +892,109 @@ def _check_implicit(x: np.ndarray, rows: Any, w: _Packed) -> None:
 
 _NO_ROWS = np.empty(0, np.int64)
 _MC = {"u8s8": INT8_MC, "f32": FLOAT_MC, "s16": S16_MC}
+_PACKED = {"u8s8": PackedInt8Weights, "f32": PackedFloatWeights, "s16": PackedInt16Weights}
 
 
-def _launch(kind: str, simd_path: bool, m: int, w: _Packed, args: tuple) -> None:
-    """Run the items of a product serially, or on all threads when it is large enough."""
-    mod = _kernels()
-    flavor = "simd" if simd_path else "portable"
-    n_mb = -(-m // _MC[kind])
-    n_items = w.n_panels * n_mb
-    if m * w.n * w.k >= PARALLEL_MIN_MACS[kind] and n_items > 1:
-        threads = numba.get_num_threads()
-        if threads > 1:
-            parallel = getattr(mod, f"{kind}_parallel_{flavor}")
-            parallel(n_items, min(n_items, threads), n_mb, *args)
-            return
-    getattr(mod, f"{kind}_items_{flavor}")(0, n_items, n_mb, *args)
+def _nothing() -> None:
+    return None
 
 
-def _run(
+class BoundGemm:
+    """A GEMM whose operands are checked and bound once: each call runs the kernel again.
+
+    A plan runs the same products on the same buffers many times; binding moves the argument
+    checks and the kernel choice out of the run, leaving about a microsecond of call overhead.
+    The bound buffers are used in place, so their contents may change between calls, but they
+    must not be replaced. ``kernel`` names the kernel for layer reports.
+    """
+
+    __slots__ = ("_args", "_fn", "kernel")
+
+    def __init__(self, fn: Any, args: tuple, kernel: str) -> None:
+        self._fn = fn
+        self._args = args
+        self.kernel = kernel
+
+    def __call__(self) -> None:
+        self._fn(*self._args)
+
+    def __repr__(self) -> str:
+        return f"BoundGemm({self.kernel})"
+
+
+def _bind(
     kind: str,
-    a: np.ndarray,
-    lda: int,
-    rows: np.ndarray,
-    m: int,
-    seg_stride: int,
-    za: int,
-    w: _Packed,
-    ep: Epilogue,
-    out: np.ndarray,
-    ldo: int,
+    a: Any,
+    za: Any,
+    w: Any,
+    ep: Any,
+    out: Any,
+    rows: ImplicitRows | None,
     portable: bool,
-) -> None:
-    """Check the weights' type and launch; ``rows`` is ``_NO_ROWS`` for a plain GEMM."""
-    packed_type = {"u8s8": PackedInt8Weights, "f32": PackedFloatWeights, "s16": PackedInt16Weights}
-    if not isinstance(w, packed_type[kind]):
-        raise MMError(f"gemm_{kind} needs {packed_type[kind].__name__}, got {type(w).__name__}")
-    if m == 0:
-        return
+) -> BoundGemm:
+    """Check the operands of a product and choose its kernel (see ``bind_gemm_u8s8``)."""
+    if not (isinstance(w, _Packed) and isinstance(w, _PACKED[kind])):
+        raise MMError(f"gemm_{kind} needs {_PACKED[kind].__name__}, got {type(w).__name__}")
+    w = cast(_Packed, w)
+    a_dtypes = {"u8s8": (np.uint8,), "s16": (np.int16,),
+                "f32": (np.float32, np.float16, np.uint16)}[kind]  # fmt: skip
+    if rows is None:
+        m = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 2 else -1
+        a_flat, lda = _flat_matrix(a, m, w.k, a_dtypes, "a")
+        offsets, seg_stride = _NO_ROWS, w.seg_len
+    else:
+        a_flat = _flat_buffer(a, a_dtypes, "a (the input of an implicit GEMM)")
+        _check_implicit(a_flat, rows, w)
+        m, lda, offsets, seg_stride = rows.m, 0, rows.offsets, rows.seg_stride
+    out_flat, ldo = _check_epilogue(ep, w, out, m)
+    comp: np.ndarray | None = None
     if isinstance(w, PackedInt8Weights):
+        z = _check_zero_point(za, 0, 255)
         k_args: tuple[int, ...] = (w.k4, w.ktail)
         panel_size = w.kgroups * 4 * NR
-        colsum = w.colsum
+        # the zero-point term of every column, padded to whole vectors; |za * colsum| < 2**31
+        comp = np.zeros(w.n_pad, np.int32)
+        comp[: w.n] = -z * w.colsum
         simd_path = features.use_int8_simd()
     else:
-        k_args, panel_size, colsum = (w.seg_len,), w.k * NR, None
-        simd_path = isinstance(w, PackedFloatWeights) and features.use_float_simd()
-    args = (a, lda, rows, m, w.segments, seg_stride, *k_args, w.data, w.n_panels, w.nrv_last,
-            panel_size, za, colsum, ep._args, out.view(np.uint8), ldo, w.n)  # fmt: skip
-    _launch(kind, simd_path and not portable, m, w, args)
+        z = _check_zero_point(za, -32768, 32767)
+        k_args, panel_size = (w.seg_len,), w.k * NR
+        simd_path = kind == "f32" and features.use_float_simd()
+    flavor = "simd" if simd_path and not portable else "portable"
+    if m == 0:
+        return BoundGemm(_nothing, (), f"gemm_{kind}/{flavor}")
+    n_mb = -(-m // _MC[kind])
+    n_items = w.n_panels * n_mb
+    out_bytes = out_flat.view(np.uint8)
+    args = (n_mb, a_flat, lda, offsets, m, w.segments, seg_stride, *k_args, w.data, w.n_panels,
+            w.nrv_last, panel_size, z, comp, ep._args, out_bytes, ldo, w.n)  # fmt: skip
+    mod = _kernels()
+    # Large products, and products that stream many weights (a batch-1 fully connected layer is
+    # bound by reading them, which two cores do faster than one), run on all threads.
+    large = n_items > 1 and (
+        m * w.n * w.k >= PARALLEL_MIN_MACS[kind] or w.data.nbytes >= PARALLEL_MIN_WEIGHT_BYTES
+    )
+    threads = numba.get_num_threads() if large else 1
+    if threads > 1:
+        fn = getattr(mod, f"{kind}_parallel_{flavor}")
+        return BoundGemm(fn, (n_items, min(n_items, threads), *args), f"gemm_{kind}/{flavor}/mt")
+    fn = getattr(mod, f"{kind}_items_{flavor}")
+    return BoundGemm(fn, (0, n_items, *args), f"gemm_{kind}/{flavor}")
+
+
+def bind_gemm_u8s8(
+    a: np.ndarray,
+    za: int,
+    w: PackedInt8Weights,
+    ep: Epilogue,
+    out: np.ndarray,
+    *,
+    rows: ImplicitRows | None = None,
+    portable: bool = False,
+) -> BoundGemm:
+    """Check and bind ``out = epilogue((a - za) @ w)`` for uint8 activations; see
+    :func:`gemm_u8s8`. Call the result to run it."""
+    return _bind("u8s8", a, za, w, ep, out, rows, portable)
 
 
 def gemm_u8s8(
@@ -856,63 +1004,62 @@ def gemm_u8s8(
     ep: Epilogue,
     out: np.ndarray,
     *,
+    rows: ImplicitRows | None = None,
     portable: bool = False,
 ) -> None:
-    """``out = epilogue((a - za) @ w)`` for uint8 ``a[M, K]`` and packed int8 weights.
+    """``out = epilogue((a - za) @ w)`` for uint8 activations and packed int8 weights.
 
-    ``a`` may be a view with a row stride (``buf[:, :K]``); ``out`` is ``[M, N]`` of the
-    epilogue's output type. ``portable=True`` runs the portable kernels, which give the same bits
-    and run on any CPU (the SIMD ones are used only where the CPU has AVX512-VNNI, and never
-    under ``MMBUILD_PORTABLE=1``).
+    ``a`` is ``[M, K]`` and may be a view with a row stride (``buf[:, :K]``); with ``rows`` it is
+    instead the contiguous input that the rows are gathered from (an implicit-GEMM convolution,
+    ``M = rows.m``). ``za`` is the activations' zero point in [0, 255]; ``out`` is ``[M, N]`` of
+    the epilogue's output type, rows contiguous. ``portable=True`` runs the portable kernels,
+    which give the same bits and run on any CPU (the SIMD ones run only where the CPU has
+    AVX512-VNNI, and never under ``MMBUILD_PORTABLE=1``).
     """
-    m = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 2 else -1
-    a_flat, lda = _flat_matrix(a, m, getattr(w, "k", -1), (np.uint8,), "a")
-    out_flat, ldo = _check_epilogue(ep, w, out, m)
-    z = _check_zero_point(za, 0, 255)
-    _run("u8s8", a_flat, lda, _NO_ROWS, m, w.seg_len, z, w, ep, out_flat, ldo, portable)
+    _bind("u8s8", a, za, w, ep, out, rows, portable)()
 
 
-def gemm_u8s8_implicit(
-    x: np.ndarray,
-    rows: ImplicitRows,
+def bind_gemm_s16(
+    a: np.ndarray,
     za: int,
-    w: PackedInt8Weights,
+    w: PackedInt16Weights,
     ep: Epilogue,
     out: np.ndarray,
     *,
-    portable: bool = False,
+    rows: ImplicitRows | None = None,
+) -> BoundGemm:
+    """Check and bind :func:`gemm_s16`. Call the result to run it."""
+    return _bind("s16", a, za, w, ep, out, rows, True)
+
+
+def gemm_s16(
+    a: np.ndarray,
+    za: int,
+    w: PackedInt16Weights,
+    ep: Epilogue,
+    out: np.ndarray,
+    *,
+    rows: ImplicitRows | None = None,
 ) -> None:
-    """The int8 GEMM whose A rows are gathered from ``x`` as ``rows`` says (implicit conv)."""
-    x_flat = _flat_buffer(x, (np.uint8,), "x")
-    _check_implicit(x_flat, rows, w)
-    out_flat, ldo = _check_epilogue(ep, w, out, rows.m)
-    z = _check_zero_point(za, 0, 255)
-    _run(
-        "u8s8", x_flat, 0, rows.offsets, rows.m, rows.seg_stride, z, w, ep, out_flat, ldo, portable
-    )
+    """``out = epilogue((a - za) @ w)`` for int16 activations, accumulated exactly in int64.
 
-
-def gemm_s16(a: np.ndarray, za: int, w: PackedInt16Weights, ep: Epilogue, out: np.ndarray) -> None:
-    """``out = epilogue((a - za) @ w)`` for int16 ``a[M, K]``, accumulated exactly in int64.
-
-    One portable kernel serves every CPU; ``a`` and ``out`` as for :func:`gemm_u8s8`.
+    One portable kernel serves every CPU; the arguments are as for :func:`gemm_u8s8`, with
+    ``za`` in [-32768, 32767].
     """
-    m = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 2 else -1
-    a_flat, lda = _flat_matrix(a, m, getattr(w, "k", -1), (np.int16,), "a")
-    out_flat, ldo = _check_epilogue(ep, w, out, m)
-    z = _check_zero_point(za, -32768, 32767)
-    _run("s16", a_flat, lda, _NO_ROWS, m, w.seg_len, z, w, ep, out_flat, ldo, True)
+    _bind("s16", a, za, w, ep, out, rows, True)()
 
 
-def gemm_s16_implicit(
-    x: np.ndarray, rows: ImplicitRows, za: int, w: PackedInt16Weights, ep: Epilogue, out: np.ndarray
-) -> None:
-    """The int16 GEMM whose A rows are gathered from ``x`` as ``rows`` says."""
-    x_flat = _flat_buffer(x, (np.int16,), "x")
-    _check_implicit(x_flat, rows, w)
-    out_flat, ldo = _check_epilogue(ep, w, out, rows.m)
-    z = _check_zero_point(za, -32768, 32767)
-    _run("s16", x_flat, 0, rows.offsets, rows.m, rows.seg_stride, z, w, ep, out_flat, ldo, True)
+def bind_gemm_f32(
+    a: np.ndarray,
+    w: PackedFloatWeights,
+    ep: Epilogue,
+    out: np.ndarray,
+    *,
+    rows: ImplicitRows | None = None,
+    portable: bool = False,
+) -> BoundGemm:
+    """Check and bind :func:`gemm_f32`. Call the result to run it."""
+    return _bind("f32", a, 0, w, ep, out, rows, portable)
 
 
 def gemm_f32(
@@ -921,31 +1068,13 @@ def gemm_f32(
     ep: Epilogue,
     out: np.ndarray,
     *,
+    rows: ImplicitRows | None = None,
     portable: bool = False,
 ) -> None:
-    """``out = epilogue(a @ w)`` for float ``a[M, K]`` (float32, or fp16 as float16/uint16 bits).
+    """``out = epilogue(a @ w)`` for float activations (float32, or fp16 as float16 or uint16
+    bits) and packed float32 or fp16 weights, accumulated in float32 with FMA.
 
-    Accumulates in float32 with FMA (see the module docstring for the tolerance). ``portable``
-    as for :func:`gemm_u8s8`; the SIMD kernels need AVX-512 F/BW/VL, FMA and F16C.
+    The tolerance against an exact product is in the module docstring; the other arguments are
+    as for :func:`gemm_u8s8`. The SIMD kernels need AVX-512 F/BW/VL, FMA and F16C.
     """
-    m = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 2 else -1
-    dtypes = (np.float32, np.float16, np.uint16)
-    a_flat, lda = _flat_matrix(a, m, getattr(w, "k", -1), dtypes, "a")
-    out_flat, ldo = _check_epilogue(ep, w, out, m)
-    _run("f32", a_flat, lda, _NO_ROWS, m, w.seg_len, 0, w, ep, out_flat, ldo, portable)
-
-
-def gemm_f32_implicit(
-    x: np.ndarray,
-    rows: ImplicitRows,
-    w: PackedFloatWeights,
-    ep: Epilogue,
-    out: np.ndarray,
-    *,
-    portable: bool = False,
-) -> None:
-    """The float GEMM whose A rows are gathered from ``x`` as ``rows`` says."""
-    x_flat = _flat_buffer(x, (np.float32, np.float16, np.uint16), "x")
-    _check_implicit(x_flat, rows, w)
-    out_flat, ldo = _check_epilogue(ep, w, out, rows.m)
-    _run("f32", x_flat, 0, rows.offsets, rows.m, rows.seg_stride, 0, w, ep, out_flat, ldo, portable)
+    _bind("f32", a, 0, w, ep, out, rows, portable)()

@@ -1,13 +1,23 @@
-"""The explicit-SIMD layer: 512-bit vector values in numba and the few intrinsics kernels use.
+"""The explicit-SIMD layer: 512-bit vector values in numba and the intrinsics kernels use.
 
 LLVM never emits ``vpdpbusd`` from a numba loop, whatever its shape, and its best auto-vectorised
 int8 loop reaches about a sixth of the machine's int8 peak. So the micro-kernels are written with
-two numba types backed by LLVM vectors, ``<16 x i32>`` and ``<16 x float>``, and a dozen
-``@intrinsic`` functions that emit one instruction each. A micro-kernel keeps its accumulators in
-local variables of these types, which LLVM keeps in zmm registers.
+two numba types backed by LLVM vectors, ``i32x16`` (``<16 x i32>``) and ``f32x16``
+(``<16 x float>``), and ``@intrinsic`` functions that emit one instruction (or a few) each. A
+micro-kernel keeps its accumulators in local variables of these types, which LLVM keeps in zmm
+registers. Three groups:
+
+- int8 products: ``vzero_i32``, ``vload_i32``, ``vbcast4_u8``, ``vsplat_i32``, ``vdpbusd``,
+  ``vadd_i32``, ``vstore_i32``;
+- float products: ``vzero_f32``, ``vload_f32`` / ``vbcast_f32`` (float32, or fp16 bits widened),
+  ``vsplat_f32``, ``vfma``, ``vstore_f32``;
+- fused epilogues: ``vcvt_f32``, ``vadd_f32``, ``vmul_f32``, ``vdiv_f32``, ``vselect_lt``,
+  ``vrint_f32`` and the masked stores ``vstore_n_{f32,f16,u8,i16}`` (first ``count`` lanes, into
+  a byte buffer). These are plain IEEE operations without fast-math flags, so a vector epilogue
+  rounds exactly as the same scalar float32 code does.
 
 Indices are in elements of the array's own dtype, loads and stores are unaligned, and nothing is
-bounds-checked: the caller guarantees the 64 bytes (or 32 for halves) exist.
+bounds-checked: the caller guarantees the elements exist.
 
 The vector intrinsics are x86 AVX-512 (``vdpbusd`` needs AVX512-VNNI): call them only from kernels
 chosen through :mod:`mmbuild.kernels.cpu.features`.
@@ -27,11 +37,15 @@ The scalar helpers work on every target:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.extending import intrinsic as _numba_intrinsic
+from numba.extending import models, overload, register_model
 
 from mmbuild.kernels.cpu import features
 
@@ -45,20 +59,34 @@ __all__ = [
     "load_f32",
     "load_u8_tail",
     "store_f32",
+    "vadd_f32",
     "vadd_i32",
     "vbcast4_u8",
     "vbcast_f32",
+    "vcvt_f32",
+    "vdiv_f32",
     "vdpbusd",
     "vfma",
     "vload_f32",
     "vload_i32",
+    "vmul_f32",
+    "vrint_f32",
+    "vselect_lt",
     "vsplat_f32",
     "vsplat_i32",
     "vstore_f32",
     "vstore_i32",
+    "vstore_n_f16",
+    "vstore_n_f32",
+    "vstore_n_i16",
+    "vstore_n_u8",
     "vzero_f32",
     "vzero_i32",
 ]
+
+# Intrinsics take numba's typing context as a hidden first argument; typed as Any, callers in
+# jitted code type-check without an ignore per call.
+intrinsic: Callable[..., Any] = _numba_intrinsic
 
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
@@ -311,6 +339,119 @@ def vstore_f32(typingctx, arr, idx, v):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------------------------------------
+# float32 x 16 arithmetic for the fused epilogues
+# ---------------------------------------------------------------------------------------------
+# Plain IEEE operations without fast-math flags: LLVM may not fuse or reorder them, so a vector
+# epilogue rounds exactly like the same scalar float32 code (and numpy).
+@intrinsic
+def vcvt_f32(typingctx, v):  # type: ignore[no-untyped-def]
+    """int32 lanes -> float32 lanes, rounded to nearest even (``vcvtdq2ps``)."""
+    if v != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.sitofp(args[0], _V16F32)
+
+    return f32x16(v), codegen
+
+
+def _binary_f32(op: str):  # type: ignore[no-untyped-def]
+    def typer(typingctx, a, b):  # type: ignore[no-untyped-def]
+        if not (a == f32x16 and b == f32x16):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            return getattr(builder, op)(args[0], args[1])
+
+        return f32x16(a, b), codegen
+
+    return typer
+
+
+vadd_f32 = intrinsic(_binary_f32("fadd"))
+vadd_f32.__doc__ = "Lane-wise float32 ``a + b``."
+vmul_f32 = intrinsic(_binary_f32("fmul"))
+vmul_f32.__doc__ = "Lane-wise float32 ``a * b``."
+vdiv_f32 = intrinsic(_binary_f32("fdiv"))
+vdiv_f32.__doc__ = "Lane-wise float32 ``a / b``."
+
+
+@intrinsic
+def vselect_lt(typingctx, a, b, x, y):  # type: ignore[no-untyped-def]
+    """Lane-wise ``x if a < b else y`` (false for NaN, as the scalar comparison)."""
+    if not all(t == f32x16 for t in (a, b, x, y)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.select(builder.fcmp_ordered("<", args[0], args[1]), args[2], args[3])
+
+    return f32x16(a, b, x, y), codegen
+
+
+@intrinsic
+def vrint_f32(typingctx, v):  # type: ignore[no-untyped-def]
+    """Round each lane to an integral value, half to even (``np.rint``)."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _call_llvm(builder, "llvm.rint.v16f32", _V16F32, [args[0]])
+
+    return f32x16(v), codegen
+
+
+def _store_n(elem_ty, suffix, convert):  # type: ignore[no-untyped-def]
+    """An intrinsic storing the first ``count`` lanes of a float32 vector, converted, into a byte
+    buffer at element ``idx`` of the converted type (a masked store: nothing else is touched)."""
+    vec_ty = ir.VectorType(elem_ty, 16)
+
+    def typer(typingctx, buf, idx, v, count):  # type: ignore[no-untyped-def]
+        if not (_is_array_of(buf, types.uint8) and v == f32x16):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            data = context.make_array(sig.args[0])(context, builder, value=args[0]).data
+            base = builder.bitcast(data, elem_ty.as_pointer())
+            offset = context.cast(builder, args[1], sig.args[1], types.intp)
+            ptr = builder.bitcast(builder.gep(base, [offset]), vec_ty.as_pointer())
+            n = context.cast(builder, args[3], sig.args[3], types.int32)
+            lanes = ir.Constant(_V16I32, list(range(16)))
+            mask = builder.icmp_signed("<", lanes, _splat(builder, _V16I32, n))
+            value = convert(builder, args[2], vec_ty)
+            name = f"llvm.masked.store.v16{suffix}.p0"
+            fnty = ir.FunctionType(ir.VoidType(), [vec_ty, ptr.type, _I32, mask.type])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+            builder.call(fn, [value, ptr, ir.Constant(_I32, 1), mask])
+            return context.get_dummy_value()
+
+        return types.void(buf, idx, v, count), codegen
+
+    return typer
+
+
+def _as_float(builder, v, vec_ty):  # type: ignore[no-untyped-def]
+    return v
+
+
+def _as_half(builder, v, vec_ty):  # type: ignore[no-untyped-def]
+    return builder.fptrunc(v, vec_ty)
+
+
+def _as_int(builder, v, vec_ty):  # type: ignore[no-untyped-def]
+    return builder.trunc(builder.fptosi(v, _V16I32), vec_ty)
+
+
+vstore_n_f32 = intrinsic(_store_n(_F32, "f32", _as_float))
+vstore_n_f32.__doc__ = "Store ``count`` float32 lanes at float32 element ``idx`` of a byte buffer."
+vstore_n_f16 = intrinsic(_store_n(_HALF, "f16", _as_half))
+vstore_n_f16.__doc__ = "Store ``count`` lanes as fp16 (nearest even) at half element ``idx``."
+vstore_n_u8 = intrinsic(_store_n(ir.IntType(8), "i8", _as_int))
+vstore_n_u8.__doc__ = "Store ``count`` lanes (integral, in [0, 255]) as uint8 at byte ``idx``."
+vstore_n_i16 = intrinsic(_store_n(_I16, "i16", _as_int))
+vstore_n_i16.__doc__ = "Store ``count`` lanes (integral, in int16 range) at int16 element ``idx``."
+
+
+# ---------------------------------------------------------------------------------------------
 # Scalars: bit casts and half <-> float
 # ---------------------------------------------------------------------------------------------
 @intrinsic
@@ -355,11 +496,11 @@ def _h2f_soft_impl(h):  # type: ignore[no-untyped-def]
             m <<= 1
             e -= 1
         bits = sign | ((e + 112) << 23) | ((m & 0x3FF) << 13)
-    return _bits_to_f32(bits)  # type: ignore[call-arg]
+    return _bits_to_f32(bits)
 
 
 def _f2h_soft_impl(f):  # type: ignore[no-untyped-def]
-    u = np.int64(_f32_to_bits(np.float32(f)))  # type: ignore[call-arg]
+    u = np.int64(_f32_to_bits(np.float32(f)))
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
     if a >= 0x7F800000:
@@ -446,7 +587,7 @@ def _load_f32_overload(arr, i):  # type: ignore[no-untyped-def]
     if _is_array_of(arr, types.float32):
         return lambda arr, i: arr[i]
     if _is_array_of(arr, types.uint16):
-        return lambda arr, i: h2f(arr[i])  # type: ignore[call-arg]
+        return lambda arr, i: h2f(arr[i])
     return None
 
 
@@ -461,7 +602,7 @@ def _store_f32_overload(arr, i, v):  # type: ignore[no-untyped-def]
     if _is_array_of(arr, types.uint16):
 
         def store_half(arr, i, v):  # type: ignore[no-untyped-def]
-            arr[i] = f2h(np.float32(v))  # type: ignore[call-arg]
+            arr[i] = f2h(np.float32(v))
 
         return store_half
     return None
