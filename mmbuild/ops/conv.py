@@ -259,6 +259,28 @@ class ConvLike(ImpliedAttrs):
                 "must be known when the node is added (declare them without -1)"
             )
 
+    def reference_nhwc(
+        self, arrays: Sequence[np.ndarray], filter_perm: Sequence[int], window: Any, *extra: Any
+    ) -> list[np.ndarray]:
+        """The reference frame conv and deconv share: input to NHWC, filter permuted by
+        ``filter_perm``, ``window(x, w, stride, pads, dilation, group, *extra)`` in float64, bias
+        added, result in the output layout as float32."""
+        x = arrays[0].transpose(0, 2, 3, 1) if self.attrs["layout"][0] is Layout.NCHW else arrays[0]
+        w = arrays[1].transpose(filter_perm)
+        y = window(
+            x.astype(np.float64),
+            w.astype(np.float64),
+            self.attrs["stride"],
+            self.pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2]),
+            self.attrs["dilation"],
+            self.attrs["group"],
+            *extra,
+        )
+        if len(arrays) > 2:
+            y = y + arrays[2].astype(np.float64)
+        y = y.transpose(0, 3, 1, 2) if self.attrs["layout"][2] is Layout.NCHW else y
+        return [y.astype(np.float32)]
+
     def check_bias(self, inputs: Sequence[TensorSpec], cout: int) -> None:
         if len(inputs) > 2 and tuple(inputs[2].dims) != (cout,):
             raise self.error(
@@ -315,21 +337,7 @@ class IConvNode(ConvLike):
         return [TensorSpec(self.from_nhwc((n, ho, wo, cout)), inputs[0].dtype)]
 
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        x, w = arrays[0], arrays[1]
-        x = x.transpose(0, 2, 3, 1) if self.attrs["layout"][0] is Layout.NCHW else x
-        w = w.transpose(_FILTER_TO_OHWI[self.attrs["layout"][1]])
-        y = conv2d_nhwc(
-            x.astype(np.float64),
-            w.astype(np.float64),
-            self.attrs["stride"],
-            self.pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2]),
-            self.attrs["dilation"],
-            self.attrs["group"],
-        )
-        if len(arrays) > 2:
-            y = y + arrays[2].astype(np.float64)
-        y = y.transpose(0, 3, 1, 2) if self.attrs["layout"][2] is Layout.NCHW else y
-        return [y.astype(np.float32)]
+        return self.reference_nhwc(arrays, _FILTER_TO_OHWI[self.attrs["layout"][1]], conv2d_nhwc)
 
 
 def conv2d_nhwc(

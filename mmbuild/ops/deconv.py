@@ -13,7 +13,6 @@ import numpy as np
 
 from mmbuild.errors import Status
 from mmbuild.ir.node import TensorSpec
-from mmbuild.ir.types import Layout
 from mmbuild.ops._common import require_float, require_rank
 from mmbuild.ops.conv import ConvLike, IPaddingMode
 from mmbuild.ops.registry import register_op
@@ -153,22 +152,7 @@ class IDeconvNode(ConvLike):
         return [TensorSpec(self.from_nhwc((n, ho, wo, cout)), inputs[0].dtype)]
 
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        x, w = arrays[0], arrays[1]
-        x = x.transpose(0, 2, 3, 1) if self.attrs["layout"][0] is Layout.NCHW else x
-        w = w.transpose(self.filter_perm())
-        y = deconv2d_nhwc(
-            x.astype(np.float64),
-            w.astype(np.float64),
-            self.attrs["stride"],
-            self.pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2]),
-            self.attrs["dilation"],
-            self.attrs["group"],
-            self.output_padding(),
-        )
-        if len(arrays) > 2:
-            y = y + arrays[2].astype(np.float64)
-        y = y.transpose(0, 3, 1, 2) if self.attrs["layout"][2] is Layout.NCHW else y
-        return [y.astype(np.float32)]
+        return self.reference_nhwc(arrays, self.filter_perm(), deconv2d_nhwc, self.output_padding())
 
     def filter_perm(self) -> tuple[int, ...]:
         """The axis permutation that brings the filter to [Cin, Kh, Kw, Cout/group]."""
