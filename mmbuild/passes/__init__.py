@@ -1,0 +1,84 @@
+"""The graph passes: a named pipeline of small rewrites of a ``Graph`` (never of the user's
+``Network``).
+
+Each pass is a function ``graph -> number of rewrites``; ``run_passes`` runs ``PIPELINE`` in
+order and returns ``{pass name: count}``, logging each through ``logging``. Every pass keeps
+the graph's numbers (``graph.run_reference`` gives the same results before and after, exactly
+for data movement, within float32 rounding for folding) and its precisions coherent (an inserted
+node runs in the type of the data it moves; a node that absorbs another takes its output types
+and lists it in ``fused``).
+
+Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
+``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
+``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_activations": 1, "convert_layout": 0,
+"cancel_permutes": 0, "remove_dead_nodes": 0}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from mmbuild.errors import Code, MMError
+from mmbuild.graph import Graph
+from mmbuild.passes.dce import remove_dead_nodes
+from mmbuild.passes.fold import fold_batch_norm, fold_constants
+from mmbuild.passes.fuse import epilogue_activation, fuse_activations
+from mmbuild.passes.layout import cancel_permutes, convert_layout
+
+__all__ = [
+    "PIPELINE",
+    "Pass",
+    "cancel_permutes",
+    "convert_layout",
+    "epilogue_activation",
+    "fold_batch_norm",
+    "fold_constants",
+    "fuse_activations",
+    "remove_dead_nodes",
+    "run_passes",
+]
+
+log = logging.getLogger(__name__)
+
+Pass = Callable[[Graph], int]
+
+PIPELINE: tuple[Pass, ...] = (
+    # first: weights computed by constant subgraphs become plain constants the folds can read
+    fold_constants,
+    # before fusion: conv -> bn -> relu must lose the bn before the relu can meet the conv
+    fold_batch_norm,
+    # before layout: the activation still reads the conv directly, not a permute after it
+    fuse_activations,
+    # after fusion: one permute pair per spatial node, around its fused epilogue
+    convert_layout,
+    # right after layout: the back-to-back pairs it leaves between NCHW nodes
+    cancel_permutes,
+    # last: whatever the rewrites left unread
+    remove_dead_nodes,
+)
+
+
+def run_passes(graph: Graph, skip: Iterable[str] = ()) -> dict[str, int]:
+    """Run ``PIPELINE`` on ``graph`` in place; ``skip`` names passes not to run.
+
+    Returns the number of rewrites of each pass that ran, in pipeline order. An unknown name in
+    ``skip`` raises ``MMError`` listing the pass names.
+    """
+    names = [p.__name__ for p in PIPELINE]
+    skipped = set(skip)
+    unknown = sorted(skipped.difference(names))
+    if unknown:
+        raise MMError(
+            f"unknown pass name(s) {', '.join(map(repr, unknown))} in skip; the passes are: "
+            f"{', '.join(names)}",
+            Code.INVALID_ARGUMENT,
+        )
+    counts: dict[str, int] = {}
+    for name, run in zip(names, PIPELINE):
+        if name in skipped:
+            log.info("pass %s: skipped", name)
+            continue
+        counts[name] = run(graph)
+        log.info("pass %s: %d rewrite(s), %d nodes left", name, counts[name], len(graph.nodes))
+    return counts

@@ -1,0 +1,139 @@
+"""Folding passes: work done once at build time instead of on every run.
+
+``fold_constants`` evaluates nodes whose inputs are all constants; ``fold_batch_norm`` merges an
+inference batch norm into the weights of the convolution or inner product before it:
+
+    s[c]      = gamma[c] / sqrt(var[c] + eps)
+    W'[c,...] = W[c,...] * s[c]                 (c the output channel of the weight)
+    b'[c]     = (b[c] - mean[c]) * s[c] + beta[c]   (b = 0 when the node has no bias)
+
+Worked example, one channel: W = 2, b = 1, mean = 3, var = 3, eps = 1, gamma = 4, beta = 0.5:
+s = 4 / sqrt(4) = 2, W' = 4, b' = (1 - 3) * 2 + 0.5 = -3.5. For x = 5 the two nodes give
+(2 * 5 + 1 - 3) / 2 * 4 + 0.5 = 16.5 and the folded one 4 * 5 - 3.5 = 16.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmbuild.graph import Graph, Node, reference_outputs
+from mmbuild.ir.types import DataType, Layout
+from mmbuild.ops.conv import ConvLike
+from mmbuild.ops.deconv import IDeconvNode
+from mmbuild.ops.registry import get_op
+from mmbuild.passes._rewrite import CHANNEL_WEIGHT_OPS, absorb, is_a, sole_reader
+
+__all__ = ["fold_batch_norm", "fold_constants"]
+
+
+def fold_constants(graph: Graph) -> int:
+    """Evaluate every node whose inputs are all constants; its outputs become constants.
+
+    Before: ``c1 (const) -> reshape -> c2 -> conv`` (filter input). After: ``c2 (const) ->
+    conv``. A node that produces a network output is kept (the output stays a computed tensor).
+    Values are float32 for float tensors (rounded through float16 first when the tensor's type
+    is FLOAT16, as the node would have stored it) and keep their dtype otherwise. Nodes are
+    visited in order, so a chain of constant nodes folds in one pass.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if any(t in graph.outputs for t in node.outputs):
+            continue
+        values = [v for v in map(graph.value, node.inputs) if v is not None]
+        if len(values) < len(node.inputs):
+            continue
+        args = [v.astype(np.float32) if v.dtype == np.float16 else v for v in values]
+        for name, result in zip(node.outputs, reference_outputs(node, args)):
+            tensor = graph.tensors[name]
+            if result.dtype.kind == "f" and tensor.dtype is DataType.FLOAT16:
+                result = result.astype(np.float16).astype(np.float32)
+            tensor.value = np.ascontiguousarray(result)
+            tensor.dims = tuple(result.shape)
+        graph.remove(node)
+        count += 1
+    return count
+
+
+def fold_batch_norm(graph: Graph) -> int:
+    """Fold a ``fused_batch_norm`` into the conv, deconv or inner product that feeds it.
+
+    Before: ``x -> conv(W, b) -> t -> bn(mean, var, gamma, beta) -> y``. After:
+    ``x -> conv(W', b') -> y`` (formulas in the module docstring), computed in float64 and
+    stored float32 (new FLOAT32 constants; the node's precisions say what it computes in). A
+    conv without bias gains a bias constant and a third input whose precision is that of the
+    batch norm's offset, the parameter it mostly carries. The conv takes over ``y`` and the
+    batch norm's output types, and lists the batch norm in ``fused``.
+
+    It fires only when ``t`` is read by the batch norm alone and is no network output, the batch
+    norm works on the node's channel axis (1 for an NCHW output or an inner product, 3 for
+    NHWC), the weights, bias and batch norm parameters are constants, the node has no fused
+    activation yet, and every ``s[c]`` is finite. Otherwise the graph is left as it was.
+    """
+    count = 0
+    for bn in [n for n in graph.nodes if n.op == "fused_batch_norm"]:
+        main = graph.producer(bn.inputs[0])
+        if main is None or not _foldable(graph, main, bn):
+            continue
+        mean, var, gamma, beta = (_f64(graph, t) for t in bn.inputs[1:5])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = gamma / np.sqrt(var + float(bn.attrs["eps"]))
+        if not np.all(np.isfinite(s)):
+            continue
+        w = _f64(graph, main.inputs[1])
+        b = _f64(graph, main.inputs[2]) if len(main.inputs) > 2 else np.zeros_like(s)
+        new_w = (w * _weight_multiplier(main, w.shape, s)).astype(np.float32)
+        new_b = ((b - mean) * s + beta).astype(np.float32)
+        main.inputs[1] = graph.add_const(f"{main.name}/filter_bn", new_w)
+        bias = graph.add_const(f"{main.name}/bias_bn", new_b)
+        if len(main.inputs) > 2:
+            main.inputs[2] = bias
+        else:
+            main.inputs.append(bias)
+            main.precisions.append(bn.precisions[4])
+        absorb(graph, main, bn)
+        count += 1
+    if count:
+        graph.prune_tensors()
+    return count
+
+
+def _foldable(graph: Graph, main: Node, bn: Node) -> bool:
+    if not is_a(main, CHANNEL_WEIGHT_OPS) or "activation" in main.attrs:
+        return False
+    if len(main.outputs) != 1 or sole_reader(graph, bn.inputs[0]) is not bn:
+        return False
+    if any(graph.value(t) is None for t in [*main.inputs[1:], *bn.inputs[1:]]):
+        return False
+    rank = len(graph.tensors[bn.inputs[0]].dims)
+    return int(bn.attrs["axis"]) % rank == _channel_axis(main)
+
+
+def _channel_axis(node: Node) -> int:
+    """The output axis that holds the output channels."""
+    if is_a(node, (ConvLike,)):
+        return 1 if node.attrs["layout"][2] is Layout.NCHW else 3
+    return 1  # inner product: [N, N_out]
+
+
+def _weight_multiplier(node: Node, shape: tuple[int, ...], s: np.ndarray) -> np.ndarray:
+    """``s`` laid out to multiply the weight of ``node`` (of ``shape``) per output channel."""
+    if not is_a(node, (ConvLike,)):
+        return s[:, None]  # inner product weight [N_out, K]
+    decl = node.declaration()
+    assert isinstance(decl, ConvLike)
+    perm = decl.filter_ohwi((0, 1, 2, 3))  # filter axes -> the canonical [A, Kh, Kw, B]
+    a, b = shape[perm[0]], shape[perm[3]]
+    if issubclass(get_op(node.op), IDeconvNode):
+        # canonical [Cin, Kh, Kw, Cout/g]: input channel ci of group ci // (Cin/g) feeds output
+        # channels g * Cout/g + o, so row ci scales by s[g * Cout/g : (g + 1) * Cout/g]
+        group = int(node.attrs["group"])
+        m = np.repeat(s.reshape(group, b), a // group, axis=0).reshape(a, 1, 1, b)
+    else:
+        m = s.reshape(a, 1, 1, 1)  # canonical [Cout, Kh, Kw, Cin/g]
+    return m.transpose(np.argsort(perm))
+
+
+def _f64(graph: Graph, tensor: str) -> np.ndarray:
+    value = graph.value(tensor)
+    assert value is not None  # checked by _foldable
+    return np.asarray(value, dtype=np.float64)
