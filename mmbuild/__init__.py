@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from mmbuild.builder import Builder
 from mmbuild.calib import CalibDataInterface, Calibrator, QuantizationAlgorithm
 from mmbuild.config import BuilderConfig
 from mmbuild.errors import Code, MMError, Status
@@ -14,22 +15,28 @@ from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
 from mmbuild.reference import run_reference
+from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
 
 __version__ = "0.1.0"
 
 globals().update(_OPS_PUBLIC)  # node classes and their enums: mm.IActivation, mm.IConvNode, ...
 
 __all__ = [
+    "Builder",
     "BuilderConfig",
     "CalibDataInterface",
     "Calibrator",
     "Code",
+    "Context",
     "DataType",
     "Dims",
+    "Engine",
     "INode",
+    "IRTTensor",
     "ITensor",
     "Layout",
     "MMError",
+    "Model",
     "Network",
     "Policy",
     "QuantizationAlgorithm",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "mmbuild" / "numba"))
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "samples"))
 
 from hypothesis import settings
 

@@ -127,8 +127,14 @@ def register_kernel(cls: type[Kernel]) -> type[Kernel]:
     return cls
 
 
+def load_kernels() -> None:
+    """Import every kernel module, so that their ``@register_kernel`` entries are in the table."""
+    import mmbuild.kernels.cpu.all  # noqa: F401
+
+
 def find_kernel(node: Node) -> Kernel:
     """The kernel for ``node`` in the precision it computes in."""
+    load_kernels()
     precision = node.compute_precision
     try:
         return KERNELS[node.op, precision]
@@ -142,6 +148,7 @@ def find_kernel(node: Node) -> Kernel:
 
 
 def kernel_named(name: str) -> Kernel:
+    load_kernels()
     try:
         return KERNELS_BY_NAME[name]
     except KeyError:

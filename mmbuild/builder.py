@@ -1,0 +1,194 @@
+"""Builder: a Network and a BuilderConfig in, a Model whose every step is a numba kernel out.
+
+``build_model(name, network, config)`` runs, in order:
+
+1. ``INode.validate`` on every node (values the shapes implied but no setter confirmed);
+2. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
+3. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
+   never edited), rewritten by the pass pipeline (:mod:`mmbuild.passes`);
+4. conversions: where a node's input precision differs from the float type its input arrives
+   in, a ``cast`` node is inserted (shared by all readers that need the same conversion), and a
+   constant read at run time is stored in the precision of its reader;
+5. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
+   prepares what it needs once (weights quantized and packed, epilogues).
+
+Example: in ``qint8_mixed_float16`` the sample CNN's first conv reads the float32 network input
+and quantizes it itself (its input precision is QINT8); the batch norm is folded into it and the
+relu fused into its epilogue; the max pool after it computes in float16 on its fp16 output.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mmbuild._aliases import CamelCaseAliases
+from mmbuild.config import BuilderConfig
+from mmbuild.errors import MMError
+from mmbuild.graph import Graph, Node, Tensor
+from mmbuild.ir.network import Network
+from mmbuild.ir.node import Policy
+from mmbuild.ir.types import DataType
+from mmbuild.kernels.table import Step, buffer_dtype, find_kernel, from_float
+from mmbuild.ops.registry import get_op
+from mmbuild.precision import plan_precision
+
+if TYPE_CHECKING:
+    from mmbuild.runtime.engine import Model
+
+log = logging.getLogger(__name__)
+
+
+class Builder(CamelCaseAliases):
+    """Builds models (``mm.Builder().build_model(name, network, config)``)."""
+
+    def build_model(
+        self, name: str, network: Network, config: BuilderConfig | None = None
+    ) -> Model:
+        """Build ``network`` in the precision ``config`` asks for (force_float32 without one)."""
+        from mmbuild.calib.cache import network_fingerprint
+        from mmbuild.runtime.engine import Model
+        from mmbuild.runtime.model_file import ModelData, TensorInfo
+
+        if not isinstance(network, Network):
+            raise MMError(f"build_model: network must be an mm.Network, not {type(network)!r}")
+        if config is not None and not isinstance(config, BuilderConfig):
+            raise MMError(
+                f"build_model: config must be an mm.BuilderConfig or omitted, not {type(config)!r}"
+            )
+        config = config or BuilderConfig()
+        if not network.outputs:
+            raise MMError(
+                f"build_model({name!r}): the network has no outputs; mark them with "
+                "net.mark_output(tensor)"
+            )
+        for inode in network.nodes:
+            inode.validate()
+        plan = plan_precision(network, config)
+        graph = lower_graph(network, config, plan)
+        steps = lower_steps(graph)
+
+        def info(t: str) -> TensorInfo:
+            return TensorInfo(t, graph.tensors[t].dims, graph.tensors[t].dtype)
+
+        read = {t for s in steps for t in s.inputs}
+        constants = {
+            t: constant_buffer(graph.tensors[t]) for t in sorted(read) if graph.tensors[t].is_const
+        }
+        used = read | {t for s in steps for t in s.outputs} | set(graph.inputs)
+        data = ModelData(
+            name=name,
+            mode=config.precision_mode,
+            inputs=[info(t) for t in graph.inputs],
+            outputs=[info(t) for t in graph.outputs],
+            tensors={t: info(t) for t in sorted(used)},
+            constants=constants,
+            steps=steps,
+            warnings=list(plan.warnings),
+            fingerprint=network_fingerprint(network),
+        )
+        log.info("built %r: %d steps in %s", name, len(steps), config.precision_mode)
+        return Model._from_data(data)
+
+
+def lower_graph(network: Network, config: BuilderConfig, plan: object) -> Graph:
+    """The network as a graph with the plan's precisions, passes run and casts inserted."""
+    from mmbuild.passes import run_passes
+
+    graph = Graph.from_network(network, plan)  # type: ignore[arg-type]
+    graph.options = {
+        "weight_quant_granularity": config.weight_quant_granularity,
+        "activation_quant_algo": config.activation_quant_algo,
+    }
+    run_passes(graph)
+    insert_conversions(graph)
+    _check_outputs_produced(graph)
+    return graph
+
+
+def lower_steps(graph: Graph) -> list[Step]:
+    """One step per node: its kernel from the table and what the kernel prepared."""
+    steps = []
+    for node in graph.nodes:
+        kernel = find_kernel(node)
+        lowered = kernel.lower(node, graph)
+        steps.append(
+            Step(
+                name=node.name,
+                op=node.op,
+                kernel=kernel.name,
+                op_attrs=dict(node.attrs),
+                inputs=list(node.inputs),
+                outputs=list(node.outputs),
+                precisions=list(node.precisions),
+                output_types=list(node.output_types),
+                lowered=lowered,
+                notes=list(node.notes),
+                fused=list(node.fused),
+            )
+        )
+    return steps
+
+
+def insert_conversions(graph: Graph) -> None:
+    """Make every node read its inputs in the precision the plan gave each slot.
+
+    A run-time tensor arriving as float32 in a float16 slot (or the reverse) gets a ``cast``
+    node ``<tensor>/to_float16``; a constant gets a converted copy. QINT slots read the float
+    tensor as it is: their kernels quantize it. Constant inputs of quantizable ops stay as they
+    are, since their kernels prepare them at build time from the float values.
+    """
+    casts: dict[tuple[str, DataType], str] = {}
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        always = get_op(node.op).policy is Policy.ALWAYS
+        for i, (t, want) in enumerate(zip(node.inputs, node.precisions)):
+            tensor = graph.tensors[t]
+            if not (want.is_float and tensor.dtype.is_float) or want is tensor.dtype:
+                continue
+            if tensor.is_const:
+                if always:
+                    continue
+                value = tensor.value.astype(want.numpy_dtype)  # type: ignore[union-attr]
+                node.inputs[i] = graph.add_const(f"{t}/{want.name.lower()}", value, want)
+                continue
+            key = (t, want)
+            if key not in casts:
+                cast = Node(
+                    name=graph.unique_node_name(f"{t}/to_{want.name.lower()}"),
+                    op="cast",
+                    attrs={"dtype": want},
+                    inputs=[t],
+                    outputs=[f"{t}/{want.name.lower()}"],
+                    precisions=[tensor.dtype],
+                    output_types=[want],
+                    notes=[f"inserted: {node.name} reads {t} in {want.name}"],
+                )
+                graph.tensors[cast.outputs[0]] = Tensor(cast.outputs[0], tensor.dims, want)
+                casts[key] = cast.outputs[0]
+                nodes.append(cast)
+            node.inputs[i] = casts[key]
+        nodes.append(node)
+    graph.nodes = nodes
+
+
+def constant_buffer(tensor: Tensor) -> np.ndarray:
+    """A constant as the runtime holds it: fp16 as uint16 bits, others in their own dtype."""
+    value = np.asarray(tensor.value)
+    dtype = tensor.dtype
+    if dtype.is_float or dtype.is_quantized:
+        ftype = dtype if dtype.is_float else DataType.FLOAT32
+        return np.ascontiguousarray(from_float(value.astype(np.float32), ftype))
+    return np.ascontiguousarray(value.astype(buffer_dtype(dtype)))
+
+
+def _check_outputs_produced(graph: Graph) -> None:
+    produced = {t for n in graph.nodes for t in n.outputs} | set(graph.inputs)
+    for t in graph.outputs:
+        if t not in produced:
+            raise MMError(
+                f"network output {t!r} is a constant; mmbuild runs computed outputs only. "
+                "Unmark it (net.unmark_output) and read the constant from the network instead"
+            )

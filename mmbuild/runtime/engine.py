@@ -1,0 +1,385 @@
+"""Model, Engine, Context and IRTTensor: running a built plan (API.md "Build and run").
+
+* ``Model`` holds the plan as data (steps, constants, tensor types): it is what the builder
+  returns and what the model file stores.
+* ``Engine`` binds every step to its kernel once (weights packed) and plans buffers per set of
+  input shapes; it is shared, read-only, by its contexts.
+* ``Context`` owns the buffers of one stream of inferences; several contexts of one engine may
+  run at once in different threads.
+
+Shapes: a ``-1`` dimension is fixed by the arrays given to ``enqueue``; every step's output
+shape is then inferred by its op's own rule, and the buffers are planned: intermediates share
+one arena, a buffer being reused once its last reader has run (the layer report states the
+peak). Example: the sample CNN at batch 8 in float32 needs 2 buffers of 8*16*16*16 floats at its
+peak, not one per tensor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmbuild._aliases import CamelCaseAliases
+from mmbuild.errors import Code, MMError, Status
+from mmbuild.graph import Node
+from mmbuild.ir.node import INode, TensorSpec
+from mmbuild.ir.types import DataType, Dims
+from mmbuild.kernels.table import Runner, Step, buffer_dtype, kernel_named
+
+if TYPE_CHECKING:
+    from mmbuild.report import ErrorReport, LayerReport
+    from mmbuild.runtime.inspect import ValidationReport
+    from mmbuild.runtime.model_file import ModelData, TensorInfo
+
+_ALIGN = 64
+
+
+class IRTTensor(CamelCaseAliases):
+    """A tensor at the API boundary: a name, a type, dims and (once set) a numpy array."""
+
+    def __init__(self, name: str, dtype: DataType, dims: Sequence[int]) -> None:
+        self._name = name
+        self._dtype = dtype
+        self._dims = tuple(dims)
+        self._array: np.ndarray | None = None
+
+    @classmethod
+    def _wrap(cls, name: str, dtype: DataType, buffer: np.ndarray) -> IRTTensor:
+        t = cls(name, dtype, buffer.shape)
+        t._array = buffer.view(np.float16) if dtype is DataType.FLOAT16 else buffer
+        return t
+
+    def from_numpy(self, array: np.ndarray) -> Status:
+        """Set the contents; the array must have this tensor's dtype and fit its dims."""
+        array = np.asarray(array)
+        want = self._dtype.numpy_dtype
+        if array.dtype != want:
+            raise MMError(
+                f"tensor {self._name!r}: array of dtype {array.dtype} given; it takes {want} "
+                f"({self._dtype.name}). Convert with array.astype(np.{want})"
+            )
+        if array.ndim != len(self._dims) or any(
+            d not in (-1, s) for d, s in zip(self._dims, array.shape)
+        ):
+            raise MMError(
+                f"tensor {self._name!r}: array of shape {list(array.shape)} given; it takes "
+                f"dims {list(self._dims)} (-1 = any size)"
+            )
+        self._array = np.ascontiguousarray(array)
+        return Status.OK()
+
+    def asnumpy(self) -> np.ndarray:
+        if self._array is None:
+            raise MMError(f"tensor {self._name!r} holds no data yet; call from_numpy first")
+        return self._array
+
+    def get_tensor_name(self) -> str:
+        return self._name
+
+    def get_data_type(self) -> DataType:
+        return self._dtype
+
+    def get_dimensions(self) -> Dims:
+        return Dims(self._array.shape if self._array is not None else self._dims)
+
+    def get_size(self) -> int:
+        """Bytes of the data (0 before any is set)."""
+        return 0 if self._array is None else int(self._array.nbytes)
+
+    def __repr__(self) -> str:
+        return f"IRTTensor({self._name!r}, {self._dtype.name}, {list(self.get_dimensions())})"
+
+
+class Model(CamelCaseAliases):
+    """A built model: build it with ``mm.Builder``, or ``deserialize_from_file``."""
+
+    def __init__(self) -> None:
+        self._data: ModelData | None = None
+
+    @classmethod
+    def _from_data(cls, data: ModelData) -> Model:
+        model = cls()
+        model._set_data(data)
+        return model
+
+    def _set_data(self, data: ModelData) -> None:
+        for step in data.steps:
+            kernel_named(step.kernel)  # an unknown kernel is refused here, before any run
+        self._data = data
+
+    @property
+    def data(self) -> ModelData:
+        if self._data is None:
+            raise MMError(
+                "this Model is empty; build one with mm.Builder().build_model(...) or call "
+                "deserialize_from_file(path)"
+            )
+        return self._data
+
+    # -- files -------------------------------------------------------------------------------
+    def serialize_to_file(self, path: str) -> Status:
+        from mmbuild.runtime.model_file import write_model_file
+
+        write_model_file(path, self.data)
+        return Status.OK()
+
+    def deserialize_from_file(self, path: str) -> Status:
+        from mmbuild.runtime.model_file import read_model_file
+
+        self._set_data(read_model_file(path))
+        return Status.OK()
+
+    # -- queries -----------------------------------------------------------------------------
+    def get_name(self) -> str:
+        return self.data.name
+
+    def get_input_num(self) -> int:
+        return len(self.data.inputs)
+
+    def get_output_num(self) -> int:
+        return len(self.data.outputs)
+
+    def get_input_names(self) -> list[str]:
+        return [t.name for t in self.data.inputs]
+
+    def get_output_names(self) -> list[str]:
+        return [t.name for t in self.data.outputs]
+
+    def get_input_dimensions(self) -> list[Dims]:
+        return [Dims(t.dims) for t in self.data.inputs]
+
+    def get_output_dimensions(self) -> list[Dims]:
+        return [Dims(t.dims) for t in self.data.outputs]
+
+    def get_input_data_types(self) -> list[DataType]:
+        return [t.dtype for t in self.data.inputs]
+
+    def get_output_data_types(self) -> list[DataType]:
+        return [t.dtype for t in self.data.outputs]
+
+    # -- running and reports -----------------------------------------------------------------
+    def create_i_engine(self) -> Engine:
+        return Engine(self.data)
+
+    def get_layer_report(
+        self, inputs: Sequence[np.ndarray] | np.ndarray | None = None
+    ) -> LayerReport:
+        """One row per step of the plan; with ``inputs`` the shapes and the peak activation
+        memory are those of that run, else those known at build time (-1 where dynamic)."""
+        from mmbuild.runtime.inspect import layer_report
+
+        return layer_report(self, inputs)
+
+    inspect = get_layer_report
+
+    def validate(self, inputs: Sequence[np.ndarray] | np.ndarray) -> ValidationReport:
+        """Run every step and, on the same inputs, the numpy reference of its precision; the
+        result names the first step that differs (``str()`` says which and by how much)."""
+        from mmbuild.runtime.inspect import validate
+
+        return validate(self, inputs)
+
+    def get_error_report(self, inputs: Sequence[np.ndarray] | np.ndarray) -> ErrorReport:
+        """Each step's output against a float32 run of the same plan: SQNR, cosine, max abs
+        error, worst first."""
+        from mmbuild.runtime.inspect import error_report
+
+        return error_report(self, inputs)
+
+    def __repr__(self) -> str:
+        if self._data is None:
+            return "Model(empty)"
+        return f"Model({self._data.name!r}, {self._data.mode}, {len(self._data.steps)} steps)"
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """Shapes of every tensor for one set of input shapes, and where intermediates live."""
+
+    shapes: dict[str, tuple[int, ...]]
+    offsets: dict[str, int]  # arena byte offset of each intermediate tensor
+    arena_bytes: int
+
+
+class Engine(CamelCaseAliases):
+    """A model's steps bound to their kernels; create contexts to run it."""
+
+    def __init__(self, data: ModelData) -> None:
+        self.data = data
+        self.runners: list[Runner] = [kernel_named(s.kernel).bind(s) for s in data.steps]
+        self._declarations: list[INode] = [_declaration(s) for s in data.steps]
+        self._constants = {k: v for k, v in data.constants.items()}
+        self._plans: dict[tuple[tuple[int, ...], ...], BufferPlan] = {}
+        self._lock = threading.Lock()
+
+    def create_i_context(self) -> Context:
+        return Context(self)
+
+    def buffer_plan(self, input_shapes: tuple[tuple[int, ...], ...]) -> BufferPlan:
+        """The shapes and buffer offsets for these input shapes (computed once, cached)."""
+        with self._lock:
+            plan = self._plans.get(input_shapes)
+        if plan is None:
+            plan = self._plan(input_shapes)
+            with self._lock:
+                self._plans[input_shapes] = plan
+        return plan
+
+    def _plan(self, input_shapes: tuple[tuple[int, ...], ...]) -> BufferPlan:
+        data = self.data
+        shapes: dict[str, tuple[int, ...]] = dict(zip((t.name for t in data.inputs), input_shapes))
+        shapes.update({k: v.shape for k, v in self._constants.items()})
+        for step, decl in zip(data.steps, self._declarations):
+            specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
+            for t, spec in zip(step.outputs, decl.infer(specs)):
+                shapes[t] = tuple(spec.dims)
+        offsets, arena = _plan_arena(data, shapes)
+        return BufferPlan(shapes, offsets, arena)
+
+
+def _declaration(step: Step) -> INode:
+    node = Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
+                step.precisions, step.output_types)  # fmt: skip
+    return node.declaration()
+
+
+def _nbytes(info: TensorInfo, shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * buffer_dtype(info.dtype).itemsize
+
+
+def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int]:
+    """First-fit placement of intermediates: a tensor lives from the step that writes it to the
+    last step that reads it; outputs of a step are placed before its inputs are freed, so no
+    step reads and writes the same bytes."""
+    fixed = {t.name for t in data.inputs} | {t.name for t in data.outputs} | set(data.constants)
+    last_use: dict[str, int] = {}
+    for i, step in enumerate(data.steps):
+        for t in step.inputs:
+            last_use[t] = i
+    free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
+    offsets: dict[str, int] = {}
+    top = 0
+    for i, step in enumerate(data.steps):
+        for t in step.outputs:
+            if t in fixed:
+                continue
+            size = -(-_nbytes(data.tensors[t], shapes[t]) // _ALIGN) * _ALIGN
+            for j, (off, room) in enumerate(free):
+                if room >= size:
+                    offsets[t] = off
+                    free[j] = (off + size, room - size)
+                    break
+            else:
+                offsets[t] = top
+                top += size
+            last_use.setdefault(t, i)
+        for t in {*step.inputs, *step.outputs}:
+            if t in offsets and last_use[t] == i:
+                size = -(-_nbytes(data.tensors[t], shapes[t]) // _ALIGN) * _ALIGN
+                free = _merge([*free, (offsets[t], size)])
+    return offsets, top
+
+
+def _merge(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for off, size in sorted(b for b in blocks if b[1] > 0):
+        if merged and merged[-1][0] + merged[-1][1] == off:
+            merged[-1] = (merged[-1][0], merged[-1][1] + size)
+        else:
+            merged.append((off, size))
+    return merged
+
+
+class Context(CamelCaseAliases):
+    """The buffers of one stream of inferences over an engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._arena = np.empty(0, np.uint8)
+
+    def create_inputs(self) -> list[IRTTensor]:
+        """One empty IRTTensor per network input, in order; fill them with ``from_numpy``."""
+        return [IRTTensor(t.name, t.dtype, t.dims) for t in self._engine.data.inputs]
+
+    def enqueue(self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor]) -> Status:
+        """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output."""
+        if not isinstance(outputs, list):
+            raise MMError("enqueue: outputs must be a list, which enqueue fills")
+        arrays = self._check_inputs(inputs)
+        values = self.run(arrays)
+        data = self._engine.data
+        outputs.clear()
+        outputs.extend(IRTTensor._wrap(t.name, t.dtype, values[t.name]) for t in data.outputs)
+        return Status.OK()
+
+    def run(self, arrays: Sequence[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
+        """Run the plan on checked input buffers; returns the outputs by tensor name (every
+        tensor, copied out of the arena, when ``keep_all``)."""
+        engine, data = self._engine, self._engine.data
+        plan = engine.buffer_plan(tuple(a.shape for a in arrays))
+        if self._arena.size < plan.arena_bytes:
+            self._arena = np.empty(plan.arena_bytes, np.uint8)
+        buffers: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
+        buffers.update(engine._constants)
+        kept: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
+        for step, runner in zip(data.steps, engine.runners):
+            outs = []
+            for t in step.outputs:
+                shape = plan.shapes[t]
+                dtype = buffer_dtype(data.tensors[t].dtype)
+                if t in plan.offsets:
+                    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    off = plan.offsets[t]
+                    buf = self._arena[off : off + n].view(dtype).reshape(shape)
+                else:
+                    buf = np.empty(shape, dtype)
+                buffers[t] = buf
+                outs.append(buf)
+            try:
+                runner([buffers[t] for t in step.inputs], outs)
+            except MMError:
+                raise
+            except Exception as exc:  # a kernel failure is a bug: name the step
+                raise MMError(
+                    f"step {step.name!r} ({step.kernel}) failed: {type(exc).__name__}: {exc}",
+                    Code.INTERNAL,
+                ) from exc
+            if keep_all:
+                kept.update({t: buffers[t].copy() for t in step.outputs})
+        out = {t.name: buffers[t.name] for t in data.outputs}
+        for info in data.inputs:  # an input marked as an output is returned as a copy
+            if info.name in out:
+                out[info.name] = out[info.name].copy()
+        if keep_all:
+            kept.update(out)
+            return kept
+        return out
+
+    def _check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        declared = self._engine.data.inputs
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != len(declared):
+            n = len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+            raise MMError(
+                f"enqueue: got {n} inputs; the model takes {len(declared)}: "
+                f"{[t.name for t in declared]} (use context.create_inputs())"
+            )
+        arrays = []
+        for i, (t, info) in enumerate(zip(inputs, declared)):
+            if not isinstance(t, IRTTensor):
+                raise MMError(f"enqueue: input {i} is a {type(t).__name__}, not an IRTTensor")
+            a = t.asnumpy()
+            if (
+                a.dtype != info.dtype.numpy_dtype
+                or a.ndim != len(info.dims)
+                or any(d not in (-1, s) for d, s in zip(info.dims, a.shape))
+            ):
+                raise MMError(
+                    f"enqueue: input {i} ({info.name!r}) is {a.dtype} {list(a.shape)}; the model "
+                    f"takes {info.dtype.numpy_dtype} {list(info.dims)} (-1 = any size)"
+                )
+            arrays.append(a.view(np.uint16) if info.dtype is DataType.FLOAT16 else a)
+        return arrays
