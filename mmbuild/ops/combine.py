@@ -338,6 +338,8 @@ class IPadNode(INode):
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         x = arrays[0]
         self._check(x.shape)
+        if x.ndim == 0:  # nothing to pad (np.pad refuses an empty pad list)
+            return [x.copy()]
         mode = self.attrs["mode"]
         if mode is IPadMode.CONSTANT:
             return [np.pad(x, self.attrs["pads"], constant_values=self._fill(x.dtype))]
