@@ -284,3 +284,24 @@ def test_four_contexts_in_threads_match_a_single_thread(cnn_model: tuple) -> Non
         assert len(results[k]) == 100
         for y in results[k]:
             assert np.array_equal(y, single[k])
+
+
+def test_concat_of_float32_and_float16_paths_runs_in_the_mode_float() -> None:
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 4, 4, 2]))
+    pool = net.add_i_maxpool2d_node(x)  # FOLLOW: stays in the input's float32
+    pool.set_kernel(2, 2)
+    act = net.add_i_activation_node(x, mm.IActivation.SIGMOID)  # NEVER: float16
+    pool2 = net.add_i_maxpool2d_node(act.get_output(0))
+    pool2.set_kernel(2, 2)
+    cat = net.add_i_concat_node(3, [pool.get_output(0), pool2.get_output(0)])
+    net.mark_output(cat.get_output(0))
+    model = mm.Builder().build_model("cat", net, config_for("force_float16"))
+    row = model.get_layer_report().find(cat.get_node_name())
+    assert row.input_precisions == [mm.DataType.FLOAT16] * 2 and "runs in FLOAT16" in row.notes[0]
+    x_np = np.random.default_rng(0).random((1, 4, 4, 2), np.float32)
+    (y,) = run(model, x_np)
+    assert y.dtype == np.float16
+    expected = mm.run_reference(net, [x_np])[cat.get_output(0).name]
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=1e-3)
+    assert model.validate(x_np).ok()

@@ -1,0 +1,346 @@
+"""The conv kernels: FLOAT32, FLOAT16, QINT8 and QINT16 over NHWC tensors.
+
+``y[b, yo, xo, o] = act(acc * mult[o] + bias[o])`` with
+``acc = sum_{i, j, c} x[b, yo*sh + i*dh - pt, xo*sw + j*dw - pl, g*Cg + c] * w[o, i, j, c]``
+over the group ``g`` of output channel ``o`` (zero outside the input). Float nodes sum the
+float values (``mult = 1``); quantized nodes sum ``(q_x - zp_x) * q_w`` exactly (int32 for QINT8,
+int64 for QINT16) and ``mult[o] = float32(scale_x) * float32(scale_w[o])``.
+
+Three paths, chosen from the filter (same epilogue arithmetic, so the same bits, in each):
+
+- ``group == 1``: one implicit GEMM (``gemm.ImplicitRows.conv2d_nhwc``) over the input, quantized
+  (or copied, for a padded float conv) into a buffer padded with the zero point; a dilation along
+  W puts each output column's taps side by side first. A 1x1, stride 1, unpadded conv is a plain
+  GEMM over ``[N*H*W, Cin]``.
+- depthwise (``Cin/group == 1``, any channel multiplier): a direct loop over the padded NHWC
+  input, accumulating each output pixel's channels in a vector (int64 for quantized inputs: the
+  contract's int32 sums whenever those fit, which they do for any filter of under 65794 taps).
+- other groups: one GEMM per group on that group's channels, written into its output columns.
+
+Lowering converts the filter to OHWI and stores it canonically (``weight``: int8/int16
+quantized, float32, or fp16 bits for FLOAT16 nodes), with ``scale_w`` and the float ``bias``;
+``bind`` packs it. Batch and spatial sizes are read from each run's input.
+
+Worked example (QINT8, symmetric): x range [-2, 2] -> scale_x = 2/127; a 1x1 filter w = [[0.5]]
+-> q_w = 127, scale_w = 0.5/127. x = 1.0 -> q_x = rint(63.5) = 64 (half to even), carried 192
+with za = 128: acc = (192 - 128) * 127 = 8128; mult = float32(2/127) * float32(0.5/127) =
+6.200012e-5; y = 8128 * mult = 0.503937 (+ bias; the fp32 reference gives 0.5).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from mmbuild.errors import Code, MMError
+from mmbuild.graph import Graph, Node
+from mmbuild.ir.types import DataType, Layout
+from mmbuild.kernels.cpu.gemm import ImplicitRows
+from mmbuild.kernels.cpu.qcommon import (
+    PREPARE_FNS,
+    activation_qparams,
+    carrier_dtype,
+    check_int8_k,
+    direct_epilogue_args,
+    epilogue_store,
+    float_bias,
+    gemm_dispatcher,
+    make_epilogue,
+    pack_weights,
+    prepare_input,
+    quantize_input_reference,
+    quantize_node_weights,
+    reference_epilogue,
+    require_constant,
+    run_gemm,
+    step_node,
+    widen,
+)
+from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
+from mmbuild.ops.conv import conv2d_nhwc
+
+__all__ = ["ConvFloat", "ConvQuantized"]
+
+#: Multiply-accumulates of a depthwise conv above which its rows are split over the threads.
+DIRECT_PARALLEL_MIN_MACS = 1 << 18
+
+_F = DataType
+
+
+def _path(group: int, cin_g: int) -> str:
+    if group == 1:
+        return "gemm"
+    return "depthwise" if cin_g == 1 else "grouped"
+
+
+# ---------------------------------------------------------------------------------------------
+# The depthwise loop
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore[no-untyped-def]
+    """Output rows ``[first, last)`` (``b * Ho + yo``) of a depthwise conv.
+
+    ``X`` is the padded NHWC input ``[N, Hp, Wp, C]`` (flat), ``W`` the filter ``[KH*KW, Cout]``
+    with ``o = c * mult + m``; ``geo`` holds ``Hp, Wp, C, mult, KH, KW, sh, sw, dh, dw, Ho, Wo``.
+    The accumulator has ``proto``'s dtype (int64 for quantized inputs, float32 for float ones)
+    and sums the taps in (i, j) order.
+    """
+    hp, wp, c, mult, kh, kw, sh, sw, dh, dw, ho, wo = geo
+    cout = c * mult
+    acc = np.empty_like(proto)
+    for r in range(first, last):
+        b = r // ho
+        yo = r - b * ho
+        for xo in range(wo):
+            acc[:] = 0
+            for i in range(kh):
+                x_row = (b * hp + yo * sh + i * dh) * wp + xo * sw
+                for j in range(kw):
+                    xb = (x_row + j * dw) * c
+                    wb = (i * kw + j) * cout
+                    for ci in range(c):
+                        xv = widen(X, xb + ci) - za
+                        for m in range(mult):
+                            o = ci * mult + m
+                            acc[o] += xv * widen(W, wb + o)
+            ob = (r * wo + xo) * cout
+            for o in range(cout):
+                epilogue_store(acc[o], o, ep, out, ob + o)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _depthwise_parallel(n_rows, n_chunks, X, za, geo, W, ep, out, proto):  # type: ignore[no-untyped-def]
+    for t in prange(n_chunks):
+        _depthwise_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, za, geo, W, ep,
+                        out, proto)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Geometry:
+    """Everything that depends on one input shape."""
+
+    out_shape: tuple[int, ...]
+    pads: tuple[int, int]  # (top, left)
+    buffer: tuple[int, ...] | None  # the prepared input's shape; None reads the input as it is
+    taps: tuple[int, int, int]  # (KW, sw, dw) laid side by side, or (1, 1, 1)
+    rows: ImplicitRows | None  # None: a plain GEMM (or the depthwise loop)
+    direct: tuple[int, ...]  # the depthwise loop's geometry
+
+
+class _ConvRunner:
+    """A bound conv step; ``run`` is thread-safe (per-call buffers, a locked shape cache)."""
+
+    def __init__(self, step: Step) -> None:
+        node = step_node(step)
+        self.decl = node.declaration()
+        arrays, attrs = step.lowered.arrays, step.lowered.attrs
+        w = arrays["weight"]
+        self.cout, self.kh, self.kw, self.cin_g = w.shape
+        self.group = int(step.op_attrs["group"])
+        self.stride = tuple(step.op_attrs["stride"])
+        self.dilation = tuple(step.op_attrs["dilation"])
+        precision = node.compute_precision
+        self.quantized = precision.is_quantized
+        self.carrier = carrier_dtype(precision) if self.quantized else None
+        self.scale_a = np.float32(attrs.get("scale_a", 1.0))
+        self.za = int(attrs.get("za", 0))
+        scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
+        bias = arrays["bias"]
+        out_type = step.output_types[0]
+        self.depthwise = _path(self.group, self.cin_g) == "depthwise"
+        if self.depthwise:
+            ep = make_epilogue(self.cout, step.op_attrs, out_type, scale_a=self.scale_a,
+                               scale_w=scale_w, bias=bias)  # fmt: skip
+            self.ep_args = direct_epilogue_args(ep)
+            self.dw_weight = np.ascontiguousarray(w.reshape(self.cout, -1).T).reshape(-1)
+            self.acc_proto = np.zeros(self.cout, np.int64 if self.quantized else np.float32)
+            fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel)
+        else:
+            cog = self.cout // self.group
+            self.packed, self.eps = [], []
+            for g in range(self.group):
+                cols = slice(g * cog, (g + 1) * cog)
+                w_kn = w[cols].transpose(1, 2, 3, 0).reshape(-1, cog)
+                self.packed.append(pack_weights(w_kn, segments=self.kh))
+                self.eps.append(make_epilogue(cog, step.op_attrs, out_type, scale_a=self.scale_a,
+                                              scale_w=scale_w[cols], bias=bias[cols]))  # fmt: skip
+            a_dtype = self.carrier if self.carrier is not None else np.float32
+            fns = (gemm_dispatcher(self.packed[0], self.eps[0], a_dtype),)
+        self.fns = (*PREPARE_FNS, *fns)
+        self._shapes: dict[tuple[int, ...], _Geometry] = {}
+        self._lock = threading.Lock()
+
+    def geometry(self, shape: tuple[int, ...]) -> _Geometry:
+        with self._lock:
+            geo = self._shapes.get(shape)
+        if geo is None:
+            geo = self._geometry(shape)
+            with self._lock:
+                if len(self._shapes) >= 16:
+                    self._shapes.clear()
+                self._shapes[shape] = geo
+        return geo
+
+    def _geometry(self, shape: tuple[int, ...]) -> _Geometry:
+        n, h, w, c = shape
+        kh, kw, cin_g = self.kh, self.kw, self.cin_g
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        pt, pb, pl, pr = self.decl.pads_for(h, w, kh, kw)  # type: ignore[attr-defined]
+        hp, wp = h + pt + pb, w + pl + pr
+        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        out_shape = (n, ho, wo, self.cout)
+        padded = any((pt, pb, pl, pr))
+        if self.depthwise:
+            buffer = (n, hp, wp, c) if padded or self.quantized else None
+            direct = (hp, wp, c, self.cout // c, kh, kw, sh, sw, dh, dw, ho, wo)
+            return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, direct)
+        if dw > 1 and kw > 1:
+            # the implicit GEMM reads each kernel row as one run: lay the dilated taps of every
+            # output column side by side, and convolve that with a KH x 1 kernel
+            rows = ImplicitRows.conv2d_nhwc(n, hp, wo, kw * cin_g, (kh, 1), (sh, 1), (dh, 1))
+            return _Geometry(out_shape, (pt, pl), (n, hp, wo, kw * cin_g), (kw, sw, dw), rows, ())
+        copy = padded or self.quantized or self.group > 1
+        buffer = (n, hp, wp, cin_g) if copy else None
+        if kh == kw == 1 and sh == sw == 1 and not padded:
+            return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, ())
+        rows = ImplicitRows.conv2d_nhwc(n, hp, wp, cin_g, (kh, kw), (sh, sw), (dh, 1))
+        return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), rows, ())
+
+    def run(self, inputs: Buffers, outputs: Buffers) -> None:
+        x, out = inputs[0], outputs[0]
+        if x.shape[0] == 0:
+            return
+        geo = self.geometry(tuple(x.shape))
+        if tuple(out.shape) != geo.out_shape:
+            raise MMError(f"conv: output buffer {out.shape} is not {geo.out_shape}", Code.INTERNAL)
+        buf = None
+        if geo.buffer is not None:
+            buf = np.empty(geo.buffer, self.carrier if self.carrier is not None else x.dtype)
+        if self.depthwise:
+            if buf is not None:
+                self._prepare(x, buf, geo, 0, x.shape[3])
+            self._run_depthwise(x if buf is None else buf, geo, out)
+            return
+        cog = self.cout // self.group
+        out2 = out.reshape(-1, self.cout)
+        for g, (w, ep) in enumerate(zip(self.packed, self.eps)):
+            a = x
+            if buf is not None:
+                self._prepare(x, buf, geo, g * self.cin_g, self.cin_g)
+                a = buf
+            if geo.rows is None:
+                a = a.reshape(-1, a.shape[-1])
+            run_gemm(a, self.za, w, ep, out2[:, g * cog : (g + 1) * cog], geo.rows)
+
+    def _prepare(self, x: np.ndarray, buf: np.ndarray, geo: _Geometry, c0: int, cg: int) -> None:
+        prepare_input(x, buf, pads=geo.pads, scale=self.scale_a, zero_point=self.za,
+                      channels=(c0, cg), taps=geo.taps)  # fmt: skip
+
+    def _run_depthwise(self, xp: np.ndarray, geo: _Geometry, out: np.ndarray) -> None:
+        za = np.int64(self.za) if self.quantized else np.float32(0)
+        n_rows = out.shape[0] * out.shape[1]
+        args = (xp.reshape(-1), za, geo.direct, self.dw_weight, self.ep_args, out.reshape(-1),
+                self.acc_proto)  # fmt: skip
+        threads = numba.get_num_threads()
+        if threads > 1 and n_rows > 1 and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS:
+            _depthwise_parallel(n_rows, min(n_rows, threads), *args)
+        else:
+            _depthwise_rows(0, n_rows, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel entries
+# ---------------------------------------------------------------------------------------------
+class _ConvKernel(Kernel):
+    ops = ("conv",)
+
+    def lower(self, node: Node, graph: Graph) -> Lowered:
+        layout = node.attrs["layout"]
+        if layout[0] is not Layout.NHWC or layout[2] is not Layout.NHWC:
+            raise MMError(
+                f"{node.node_type} {node.name!r}: the conv kernels take NHWC input and output, "
+                f"not {layout[0].name} -> {layout[2].name}; the layout pass converts NCHW "
+                "networks before lowering",
+                Code.INTERNAL,
+            )
+        w = require_constant(graph, node, 1, "filter")
+        to_ohwi = node.declaration().filter_ohwi((0, 1, 2, 3))  # type: ignore[attr-defined]
+        w_ohwi = np.ascontiguousarray(w.transpose(to_ohwi), np.float32)
+        cout, kh, kw, cin_g = w_ohwi.shape
+        bias = None
+        if len(node.inputs) > 2:
+            bias = require_constant(graph, node, 2, "bias", "fold what computes it into a "
+                                    "constant, or add it with add_i_elementwise_node")  # fmt: skip
+        precision = node.compute_precision
+        path = _path(int(node.attrs["group"]), cin_g)
+        arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
+        attrs: dict[str, Any] = {"path": path}
+        if precision.is_quantized:
+            scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
+            if path != "depthwise":
+                check_int8_k(node, kh * kw * cin_g, precision)
+            arrays["weight"], arrays["scale_w"] = quantize_node_weights(
+                graph, node, w_ohwi, precision, axis=0
+            )
+            attrs.update(scale_a=float(scale_a), za=za)
+        elif precision is _F.FLOAT16:
+            arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
+        else:
+            arrays["weight"] = w_ohwi
+        return Lowered(attrs, arrays)
+
+    def bind(self, step: Step) -> Runner:
+        runner = _ConvRunner(step)
+        return Runner(runner.run, runner.fns)
+
+    def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
+        """Quantized: the input quantized by ``quant.params``, the exact int64 convolution of
+        ``q - zp`` with the integer filter, the epilogue in float32. Float: the float64
+        convolution of the (fp16-rounded) values, the same epilogue."""
+        x = inputs[0]
+        node = step_node(step)
+        arrays, attrs = step.lowered.arrays, step.lowered.attrs
+        w = arrays["weight"]
+        pads = node.declaration().pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2])  # type: ignore[attr-defined]
+        a = step.op_attrs
+        precision = node.compute_precision
+        if precision.is_quantized:
+            xq = quantize_input_reference(x, attrs["scale_a"], attrs["za"], precision)
+            acc = conv2d_nhwc(xq, w.astype(np.int64), a["stride"], pads, a["dilation"], a["group"])
+            mult = np.float32(attrs["scale_a"]) * arrays["scale_w"]
+        else:
+            wf = to_numpy(w, _F.FLOAT16 if w.dtype == np.uint16 else _F.FLOAT32)
+            acc = conv2d_nhwc(_float64(x), wf.astype(np.float64), a["stride"], pads,
+                              a["dilation"], a["group"])  # fmt: skip
+            mult = np.ones(w.shape[0], np.float32)
+        out = reference_epilogue(acc, mult, arrays["bias"], a.get("activation"),
+                                 step.output_types[0])  # fmt: skip
+        return [out]
+
+
+def _float64(x: np.ndarray) -> np.ndarray:
+    return to_numpy(x, _F.FLOAT16 if x.dtype == np.uint16 else _F.FLOAT32).astype(np.float64)
+
+
+@register_kernel
+class ConvFloat(_ConvKernel):
+    """conv in FLOAT32 and FLOAT16 (fp16 weights and input, float32 accumulation)."""
+
+    name = "conv_float"
+    precisions = (_F.FLOAT32, _F.FLOAT16)
+
+
+@register_kernel
+class ConvQuantized(_ConvKernel):
+    """conv in QINT8 (u8 x s8, int32 sums) and QINT16 (int16, int64 sums)."""
+
+    name = "conv_qint"
+    precisions = (_F.QINT8, _F.QINT16)

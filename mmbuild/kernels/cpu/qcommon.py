@@ -1,0 +1,534 @@
+"""What the conv, deconv and linear kernels share: quantization parameters, input preparation,
+the fused epilogue of the direct (non-GEMM) loops and the bit-exact numpy epilogue.
+
+Build time (numpy):
+
+- :func:`activation_qparams`: a QINT input's scale and zero point from its range and the
+  config's ``activation_quant_algo``. QINT8 activations are carried as uint8 ``q + 128`` with
+  zero point ``za = zp + 128`` (so one u8s8 GEMM serves symmetric and asymmetric tensors); QINT16
+  as int16 with ``za = zp``.
+- :func:`quantize_weights`: a constant weight quantized symmetrically, per tensor or per output
+  channel, by ``quant.params`` (the weight's range is its values' ``[min, max]``).
+- :func:`float_bias`: the bias in the node's float precision (fp16-rounded, then widened).
+
+Run time (numba):
+
+- :func:`prepare_input`: converts an NHWC input into the buffer a kernel reads: quantized (or
+  copied, for float kernels), padded with the zero point (0.0 for float), optionally one channel
+  group, optionally with each output column's ``KW`` taps side by side (for a dilation along W,
+  which the implicit GEMM cannot stride over). Quantization is ``quant.params.quantize``'s
+  arithmetic exactly: ``clip(rint(x / scale) + za)`` in float32, NaN to the zero point.
+- :func:`epilogue_store`: the GEMM epilogue (``gemm``'s docstring) for one accumulator of a
+  direct loop, in the same float32 operations and order, so both paths give the same bits.
+
+Reference (numpy): :func:`quantize_input_reference` gives ``q - zp`` as int64, the integer
+product is computed exactly in int64 by the op's own reference, and :func:`reference_epilogue`
+applies ``float32(acc) * mult[n] + bias[n]``, the activation by comparisons and the store.
+
+Worked example (QINT8, asymmetric): range [-1, 3] -> scale = 4 / 255 = 0.015686275, zp = -128 -
+rint(-1 / scale) = -128 + 64 = -64, carried ``za = 64``. x = 0.5 -> rint(31.874998) = 32 -> q =
+-32, carried 96. With a weight q = 10 of scale 0.01: acc = (96 - 64) * 10 = 320, mult =
+float32(0.015686275) * float32(0.01) = 1.5686275e-4, y = 320 * mult = 0.05019608 (+ bias, then
+the activation, then the store as float32 or fp16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from mmbuild.errors import Code, MMError
+from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.gemm import (
+    Activation,
+    Epilogue,
+    ImplicitRows,
+    OutKind,
+    PackedFloatWeights,
+    PackedInt8Weights,
+    PackedInt16Weights,
+    bind_gemm_f32,
+    bind_gemm_s16,
+    bind_gemm_u8s8,
+    pack_float_weights,
+    pack_int8_weights,
+    pack_int16_weights,
+)
+from mmbuild.kernels.cpu.simd import load_f32, store_f32
+from mmbuild.kernels.table import Step, from_float, to_numpy
+from mmbuild.quant.params import QuantParams, choose_qparams, quantize
+
+if TYPE_CHECKING:
+    from mmbuild.graph import Graph, Node
+
+__all__ = [
+    "INT8_MAX_K",
+    "PARALLEL_MIN_ELEMENTS",
+    "PREPARE_FNS",
+    "Packed",
+    "activation_qparams",
+    "carrier_dtype",
+    "check_int8_k",
+    "convert_store",
+    "direct_epilogue_args",
+    "epilogue_activation",
+    "epilogue_store",
+    "float_bias",
+    "gemm_dispatcher",
+    "make_epilogue",
+    "out_kind",
+    "pack_weights",
+    "prepare_input",
+    "quantize_flat",
+    "quantize_input_reference",
+    "quantize_node_weights",
+    "quantize_weights",
+    "reference_epilogue",
+    "require_constant",
+    "run_gemm",
+    "signed_zero_point",
+    "step_node",
+    "weights_per_axis",
+    "widen",
+]
+
+#: The largest K of a QINT8 GEMM: |(a - za) * w| <= 255 * 128 summed K times must fit int32.
+INT8_MAX_K = (2**31 - 1) // (255 * 128)
+#: Elements of a prepared input above which :func:`prepare_input` splits the rows over threads.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
+_BITS = {DataType.QINT8: 8, DataType.QINT16: 16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Build time
+# ---------------------------------------------------------------------------------------------
+def _bits(qtype: DataType) -> int:
+    if qtype not in _BITS:
+        raise MMError(f"{qtype.name} is not a quantized type (QINT8 or QINT16)", Code.INTERNAL)
+    return _BITS[qtype]
+
+
+def carrier_dtype(qtype: DataType) -> np.dtype:
+    """The dtype quantized activations are carried in: uint8 (QINT8) or int16 (QINT16)."""
+    return np.dtype(np.uint8 if _bits(qtype) == 8 else np.int16)
+
+
+def signed_zero_point(za: int, qtype: DataType) -> int:
+    """The zero point of ``quant.params`` for a carried zero point ``za``."""
+    return int(za) - 128 if _bits(qtype) == 8 else int(za)
+
+
+def activation_qparams(graph: Graph, tensor: str, qtype: DataType, node: Node) -> tuple[Any, int]:
+    """(scale as float32, carried zero point) of ``tensor``, an input of ``node`` in ``qtype``.
+
+    The range is ``graph.tensors[tensor].range``; ``graph.options["activation_quant_algo"]``
+    (symmetric | asymmetric) chooses the mapping (``quant.params.choose_qparams``).
+    """
+    rng = graph.tensors[tensor].range
+    where = f"{node.node_type} {node.name!r}: input tensor {tensor!r} runs in {qtype.name}"
+    if rng is None:
+        raise MMError(
+            f"{where} but has no range; calibrate the network (mm.Calibrator), set one with "
+            "tensor.set_dynamic_range(mm.Range(lo, hi)), or give it in the builder config's "
+            "custom_ranges"
+        )
+    if isinstance(rng.min, list) or isinstance(rng.max, list):
+        raise MMError(
+            f"{where} and has a per-axis range; activations are quantized per tensor: set one "
+            "range with tensor.set_dynamic_range(mm.Range(lo, hi))"
+        )
+    algo = graph.options.get("activation_quant_algo", "symmetric")
+    try:
+        qp = choose_qparams(rng.min, rng.max, bits=_bits(qtype), symmetric=algo != "asymmetric")
+    except MMError as exc:
+        raise MMError(f"{where}: its range cannot be quantized: {exc}") from None
+    zp = int(qp.zero_point)
+    return np.float32(qp.scale), zp + 128 if _bits(qtype) == 8 else zp
+
+
+def weights_per_axis(graph: Graph) -> bool:
+    """Whether the config asks for one weight scale per output channel."""
+    return graph.options.get("weight_quant_granularity", "per_tensor") == "per_axis"
+
+
+def quantize_weights(
+    w: np.ndarray, qtype: DataType, per_axis: bool, axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric quantization of a constant weight: (int8/int16 array of ``w``'s shape, float32
+    scales ``[w.shape[axis]]``, equal when ``per_axis`` is False).
+
+    The range is the values' ``[min, max]``, per tensor or per index of ``axis``.
+
+    >>> q, s = quantize_weights(np.array([[1.0, -0.5], [0.25, 2.0]]), DataType.QINT8, True, 1)
+    >>> q.tolist(), s.tolist() == [np.float32(1 / 127), np.float32(2 / 127)]
+    ([[127, -32], [32, 127]], True)
+    """
+    w = np.asarray(w, np.float32)
+    axis %= w.ndim
+    bits = _bits(qtype)
+    if per_axis:
+        others = tuple(a for a in range(w.ndim) if a != axis)
+        qp = choose_qparams(w.min(axis=others), w.max(axis=others), bits=bits, axis=axis)
+        scales = qp.scale
+    else:
+        qp = choose_qparams(float(w.min()), float(w.max()), bits=bits)
+        scales = np.full(w.shape[axis], qp.scale, np.float32)
+    return quantize(w, qp), np.ascontiguousarray(scales, np.float32)
+
+
+def quantize_node_weights(
+    graph: Graph, node: Node, w: np.ndarray, qtype: DataType, axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_weights` of ``node``'s constant weight ``w`` with the config's
+    granularity (per output channel along ``axis`` when ``per_axis``)."""
+    try:
+        return quantize_weights(w, qtype, weights_per_axis(graph), axis)
+    except MMError as exc:
+        raise MMError(
+            f"{node.node_type} {node.name!r}: its weight cannot be quantized: {exc}"
+        ) from None
+
+
+def check_int8_k(node: Node, k: int, qtype: DataType) -> None:
+    """Refuse a QINT8 product too long for the int32 accumulator (:data:`INT8_MAX_K`)."""
+    if qtype is DataType.QINT8 and k > INT8_MAX_K:
+        raise MMError(
+            f"{node.node_type} {node.name!r}: its products sum K = {k} terms, more than the "
+            f"{INT8_MAX_K} a QINT8 (int32) accumulator holds; run it in QINT16 "
+            "(node.set_precision) or split the reduction"
+        )
+
+
+def step_node(step: Step) -> Node:
+    """The graph node a step was lowered from (for its declaration and compute precision)."""
+    from mmbuild.graph import Node
+
+    return Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
+                list(step.precisions), list(step.output_types))  # fmt: skip
+
+
+def float_bias(bias: np.ndarray | None, ftype: DataType, n: int) -> np.ndarray:
+    """The bias as float32 ``[n]``, rounded through fp16 when the node's float precision is
+    FLOAT16 (zeros when there is none: the epilogue always adds it, so ``-0.0`` becomes 0)."""
+    if bias is None:
+        return np.zeros(n, np.float32)
+    b = np.asarray(bias, np.float32).reshape(-1)
+    if ftype is DataType.FLOAT16:
+        b = b.astype(np.float16).astype(np.float32)
+    return np.ascontiguousarray(b)
+
+
+def require_constant(
+    graph: Graph,
+    node: Node,
+    index: int,
+    what: str,
+    hint: str = "use add_i_matmul_node for a computed weight",
+) -> np.ndarray:
+    """The constant value of ``node``'s input ``index``, or an MMError saying it must be one."""
+    value = graph.tensors[node.inputs[index]].value
+    if value is None:
+        raise MMError(
+            f"{node.node_type} {node.name!r}: the {what} (input {index}, tensor "
+            f"{node.inputs[index]!r}) must be a constant; {hint}"
+        )
+    return np.asarray(value)
+
+
+def epilogue_activation(attrs: Mapping[str, Any]) -> tuple[Activation, float, float]:
+    """A node's fused activation (``attrs["activation"]``) as the epilogue's (act, a, b)."""
+    act = attrs.get("activation")
+    if act is None:
+        return Activation.NONE, 0.0, 0.0
+    fn = act["function"]
+    if fn == "relu":
+        return Activation.RELU, 0.0, 0.0
+    if fn == "clip":
+        return Activation.CLIP, float(act["lo"]), float(act["hi"])
+    if fn == "leaky_relu":
+        return Activation.LEAKY_RELU, float(act["alpha"]), 0.0
+    raise MMError(f"unknown fused activation {fn!r}", Code.INTERNAL)
+
+
+def out_kind(dtype: DataType) -> OutKind:
+    """The epilogue store of a float output type."""
+    if dtype is DataType.FLOAT32:
+        return OutKind.F32
+    if dtype is DataType.FLOAT16:
+        return OutKind.F16
+    raise MMError(f"these kernels write FLOAT32 or FLOAT16, not {dtype.name}", Code.INTERNAL)
+
+
+def make_epilogue(
+    n: int,
+    attrs: Mapping[str, Any],
+    out_type: DataType,
+    *,
+    scale_a: float | np.floating = 1.0,
+    scale_w: float | np.ndarray = 1.0,
+    bias: np.ndarray | None = None,
+) -> Epilogue:
+    """The GEMM epilogue of a node: scales, bias, its fused activation, its output type."""
+    act, a, b = epilogue_activation(attrs)
+    return Epilogue.create(n, scale_a=float(scale_a), scale_w=scale_w, bias=bias, act=act, act_a=a,
+                           act_b=b, out_kind=out_kind(out_type))  # fmt: skip
+
+
+def direct_epilogue_args(ep: Epilogue) -> tuple[Any, ...]:
+    """``(mult, bias, slope, lo, hi)`` for :func:`epilogue_store`: every activation as
+    ``y < 0 -> y * slope`` then a clamp to ``[lo, hi]``, as the GEMM kernels apply it."""
+    slope, lo, hi = 1.0, -np.inf, np.inf
+    if ep.act is Activation.RELU:
+        lo = 0.0
+    elif ep.act is Activation.CLIP:
+        lo, hi = ep.act_a, ep.act_b
+    elif ep.act is Activation.LEAKY_RELU:
+        slope = ep.act_a
+    f32 = np.float32
+    return ep.mult, ep.bias, f32(slope), f32(lo), f32(hi)
+
+
+Packed = PackedInt8Weights | PackedInt16Weights | PackedFloatWeights
+
+
+def pack_weights(w_kn: np.ndarray, segments: int = 1) -> Packed:
+    """Pack canonical ``[K, N]`` weights for the GEMM of their dtype: int8 (u8s8), int16 (s16),
+    float32 or uint16 fp16 bits (float GEMM, fp16 weights kept as fp16)."""
+    w = np.ascontiguousarray(w_kn)
+    if w.dtype == np.int8:
+        return pack_int8_weights(w, segments=segments)
+    if w.dtype == np.int16:
+        return pack_int16_weights(w, segments=segments)
+    if w.dtype == np.uint16:
+        return pack_float_weights(w.view(np.float16), half=True, segments=segments)
+    return pack_float_weights(w.astype(np.float32, copy=False), segments=segments)
+
+
+def run_gemm(
+    a: np.ndarray,
+    za: int,
+    w: Packed,
+    ep: Epilogue,
+    out: np.ndarray,
+    rows: ImplicitRows | None = None,
+) -> None:
+    """``out = epilogue((a - za) @ w)`` with the GEMM of ``w``'s type (``za`` unused for float).
+
+    Bound and run at once: the bound form holds its buffers, and runners keep none between
+    calls (binding costs a few microseconds of argument checks).
+    """
+    if isinstance(w, PackedInt8Weights):
+        bind_gemm_u8s8(a, za, w, ep, out, rows=rows)()
+    elif isinstance(w, PackedInt16Weights):
+        bind_gemm_s16(a, za, w, ep, out, rows=rows)()
+    else:
+        bind_gemm_f32(a, w, ep, out, rows=rows)()
+
+
+def gemm_dispatcher(w: Packed, ep: Epilogue, a_dtype: Any) -> Any:
+    """The numba dispatcher a one-row GEMM on ``w`` runs (for ``Runner.fns``)."""
+    a = np.zeros((1, w.k), a_dtype)
+    out = np.zeros((1, w.n), ep.out_kind.dtype)
+    if isinstance(w, PackedInt8Weights):
+        bound = bind_gemm_u8s8(a, 0, w, ep, out)
+    elif isinstance(w, PackedInt16Weights):
+        bound = bind_gemm_s16(a, 0, w, ep, out)
+    else:
+        bound = bind_gemm_f32(a, w, ep, out)
+    return bound._fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Run time: numba
+# ---------------------------------------------------------------------------------------------
+def convert_store(dst: np.ndarray, i: int, y: Any, scale: Any, zp: Any) -> None:
+    """``dst[i] = y`` in ``dst``'s type: float32 or fp16 bits store the value; uint8 and int16
+    store ``clip(rint(y / scale) + zp)`` in float32, with NaN going to ``zp``."""
+    raise NotImplementedError("convert_store runs inside numba kernels")
+
+
+def _quantizing_store(lo: float, hi: float):  # type: ignore[no-untyped-def]
+    flo, fhi = np.float32(lo), np.float32(hi)
+
+    def store(dst, i, y, scale, zp):  # type: ignore[no-untyped-def]
+        q = np.rint(np.float32(y) / scale)
+        if q != q:  # NaN has no integer value: quant.params sends it to the zero point
+            q = np.float32(0)
+        q = q + zp
+        if q < flo:
+            q = flo
+        elif q > fhi:
+            q = fhi
+        dst[i] = q
+
+    return store
+
+
+@overload(convert_store)
+def _convert_store_overload(dst, i, y, scale, zp):  # type: ignore[no-untyped-def]
+    if not isinstance(dst, types.Array):
+        return None
+    if dst.dtype in (types.float32, types.uint16):
+        return lambda dst, i, y, scale, zp: store_f32(dst, i, np.float32(y))
+    if dst.dtype == types.uint8:
+        return _quantizing_store(0, 255)
+    if dst.dtype == types.int16:
+        return _quantizing_store(-32768, 32767)
+    return None
+
+
+def widen(arr: np.ndarray, i: int) -> Any:
+    """``arr[i]`` widened for a product: int64 for integer arrays, float32 for float32 and fp16
+    bits."""
+    raise NotImplementedError("widen runs inside numba kernels")
+
+
+@overload(widen)
+def _widen_overload(arr, i):  # type: ignore[no-untyped-def]
+    if not isinstance(arr, types.Array):
+        return None
+    if arr.dtype in (types.float32, types.uint16):
+        return lambda arr, i: load_f32(arr, i)
+    if isinstance(arr.dtype, types.Integer):
+        return lambda arr, i: np.int64(arr[i])
+    return None
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
+    """Column ``n``'s epilogue of accumulator ``acc`` into ``out[idx]`` (``ep`` from
+    :func:`direct_epilogue_args`): ``float32(acc) * mult[n] + bias[n]``, the activation by
+    comparisons (NaN passes, -0.0 stays), the store rounding to fp16 where ``out`` is."""
+    mult, bias, slope, lo, hi = ep
+    y = np.float32(acc) * mult[n]
+    y = y + bias[n]
+    if y < 0:
+        y = y * slope
+    if y < lo:
+        y = lo
+    if y > hi:
+        y = hi
+    store_f32(out, idx, y)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _prepare_rows(first, last, src, geo, dst, scale, zp):  # type: ignore[no-untyped-def]
+    """Rows ``[first, last)`` (``b * hp + y``) of :func:`prepare_input`; ``geo`` holds
+    ``h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw``."""
+    h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw = geo
+    row = wd * kw * cg
+    for r in range(first, last):
+        b = r // hp
+        ys = r - b * hp - pt
+        o = r * row
+        if ys < 0 or ys >= h:
+            for i in range(row):
+                convert_store(dst, o + i, 0.0, scale, zp)
+            continue
+        s_row = (b * h + ys) * w
+        for x in range(wd):
+            for j in range(kw):
+                xs = x * sw + j * dw - pl
+                if xs < 0 or xs >= w:
+                    for ch in range(cg):
+                        convert_store(dst, o + ch, 0.0, scale, zp)
+                else:
+                    s = (s_row + xs) * c + c0
+                    for ch in range(cg):
+                        convert_store(dst, o + ch, load_f32(src, s + ch), scale, zp)
+                o += cg
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _prepare_parallel(n_rows, n_chunks, src, geo, dst, scale, zp):  # type: ignore[no-untyped-def]
+    for t in prange(n_chunks):
+        _prepare_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, src, geo, dst,
+                      scale, zp)  # fmt: skip
+
+
+#: The dispatchers :func:`prepare_input` runs (for ``Runner.fns``).
+PREPARE_FNS = (_prepare_rows, _prepare_parallel)
+
+
+def prepare_input(
+    src: np.ndarray,
+    dst: np.ndarray,
+    *,
+    pads: tuple[int, int] = (0, 0),
+    scale: Any = 1.0,
+    zero_point: int = 0,
+    channels: tuple[int, int] | None = None,
+    taps: tuple[int, int, int] = (1, 1, 1),
+) -> None:
+    """Fill ``dst [N, Hp, Wd, KW * Cg]`` from the NHWC input ``src [N, H, W, C]`` (float32 or
+    fp16 bits): ``dst[b, y, x, j, c] = convert(src[b, y - pt, x * sw + j * dw - pl, c0 + c])``,
+    and the converted 0.0 (the zero point; 0.0 for a float ``dst``) where that lies outside.
+
+    ``pads = (pt, pl)``; ``channels = (c0, Cg)`` takes one group's channels (all by default);
+    ``taps = (KW, sw, dw)`` lays each output column's kernel taps side by side (the default
+    ``(1, 1, 1)`` is a plain padded copy with ``Wd`` columns). ``dst`` is uint8 or int16
+    (quantized with ``scale`` and the carried ``zero_point``) or float32 / fp16 bits (copied).
+    """
+    n, h, w, c = src.shape
+    c0, cg = channels if channels is not None else (0, c)
+    kw, sw, dw = taps
+    hp, wd = dst.shape[1], dst.shape[2]
+    if dst.shape != (n, hp, wd, kw * cg) or not (dst.flags.c_contiguous and src.flags.c_contiguous):
+        raise MMError(f"prepare_input: dst {dst.shape} does not fit src {src.shape}", Code.INTERNAL)
+    geo = (h, w, c, c0, cg, pads[0], pads[1], hp, wd, kw, sw, dw)
+    s, d = src.reshape(-1), dst.reshape(-1)
+    sc, z = np.float32(scale), np.float32(zero_point)
+    rows = n * hp
+    if d.size >= PARALLEL_MIN_ELEMENTS and rows > 1:
+        _prepare_parallel(rows, min(rows, 64), s, geo, d, sc, z)
+    else:
+        _prepare_rows(0, rows, s, geo, d, sc, z)
+
+
+def quantize_flat(x: np.ndarray, scale: Any, za: int, dtype: Any) -> np.ndarray:
+    """``x`` (float32 or fp16 bits, any shape) quantized into a new ``dtype`` (uint8 or int16)
+    array of the same shape, rows split over the threads when large."""
+    cols = x.shape[-1] if x.ndim else 1
+    rows = x.size // cols if cols else 0
+    out = np.empty(x.shape, dtype)
+    if out.size:
+        prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols), scale=scale,
+                      zero_point=za)  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: numpy
+# ---------------------------------------------------------------------------------------------
+def quantize_input_reference(x: np.ndarray, scale: Any, za: int, qtype: DataType) -> np.ndarray:
+    """``q - zp`` as int64 for an input buffer ``x`` (float32, or uint16 fp16 bits), quantized
+    by ``quant.params.quantize`` with the scale and carried zero point of
+    :func:`activation_qparams`."""
+    xf = to_numpy(x, DataType.FLOAT16 if x.dtype == np.uint16 else DataType.FLOAT32)
+    zp = signed_zero_point(za, qtype)
+    qp = QuantParams(np.array(scale, np.float32), np.array(zp, np.int32), bits=_bits(qtype))
+    return quantize(xf, qp).astype(np.int64) - zp
+
+
+def reference_epilogue(
+    acc: np.ndarray,
+    mult: np.ndarray,
+    bias: np.ndarray,
+    activation: Mapping[str, Any] | None,
+    out_type: DataType,
+) -> np.ndarray:
+    """The bit-exact epilogue of an accumulator ``acc [..., N]`` (int64 integers, or float32
+    sums): ``float32(acc) * mult[n] + bias[n]`` in float32, the fused activation by comparisons
+    (``graph.apply_activation``), stored as ``out_type`` (float32, or fp16 bits)."""
+    from mmbuild.graph import apply_activation
+
+    y = acc.astype(np.float32) * np.asarray(mult, np.float32)
+    y = y + np.asarray(bias, np.float32)
+    if activation is not None:
+        y = apply_activation(y, activation)
+    return from_float(y, out_type)
