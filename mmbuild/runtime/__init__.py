@@ -1,1 +1,2 @@
-"""The runtime: the model file format, and (added with the plan) Model, Engine and Context."""
+"""Running built models: Model, Engine, Context, IRTTensor (:mod:`.engine`), the model file
+(:mod:`.model_file`, :mod:`.manifest`) and what a model reports about itself (:mod:`.inspect`)."""

@@ -30,7 +30,7 @@ SCHEMA_BASE_URL = "https://mmbuild.dev/schemas/"
 SCHEMAS: dict[str, str] = {
     "builder_config.schema.json": "mmbuild.config.schema:BuilderConfigModel",
     "calibration_cache.schema.json": "mmbuild.calib.cache:CalibrationCacheModel",
-    "model_manifest.schema.json": "mmbuild.runtime.model_file:ManifestModel",
+    "model_manifest.schema.json": "mmbuild.runtime.manifest:ManifestModel",
 }
 
 # include/ of the source tree (the package is installed editable, so this is the repository's).
