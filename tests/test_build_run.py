@@ -9,6 +9,8 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sample_cnn import ImageBatches, build_cnn, sample_images
 from sample_transformer import build_transformer_block
 
@@ -305,3 +307,51 @@ def test_concat_of_float32_and_float16_paths_runs_in_the_mode_float() -> None:
     expected = mm.run_reference(net, [x_np])[cat.get_output(0).name]
     np.testing.assert_allclose(y.astype(np.float32), expected, rtol=1e-3)
     assert model.validate(x_np).ok()
+
+
+@pytest.fixture(scope="module")
+def real_model_bytes() -> bytes:
+    from mmbuild.runtime.model_file import model_bytes
+
+    config = config_for("qint8_mixed_float16")
+    return model_bytes(mm.Builder().build_model("cnn", calibrated_cnn(config), config).data)
+
+
+@given(data=st.data())
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_fuzzed_real_model_file_gives_only_mmerror(
+    real_model_bytes: bytes, data: st.DataObject
+) -> None:
+    from mmbuild.runtime.model_file import read_model_bytes
+
+    blob = bytearray(real_model_bytes)
+    if data.draw(st.booleans(), "truncate"):
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1), "length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 4), "flips")):
+            i = data.draw(st.integers(0, len(blob) - 1), "at")
+            blob[i] ^= 1 << data.draw(st.integers(0, 7), "bit")
+    try:
+        loaded = read_model_bytes(bytes(blob))
+    except mm.MMError:
+        return
+    # a flip the format cannot see (zip metadata nobody reads) must leave the model intact
+    assert read_model_bytes(real_model_bytes).steps[0].name == loaded.steps[0].name
+
+
+def test_kernel_table_covers_every_op_in_every_precision_its_policy_allows() -> None:
+    from mmbuild.kernels.table import KERNELS, load_kernels
+    from mmbuild.ops.registry import OPS
+
+    load_kernels()
+    floats = {mm.DataType.FLOAT32, mm.DataType.FLOAT16}
+    for op, cls in OPS.items():
+        if op == "const":
+            continue  # constants are data, not steps
+        wanted = set(floats)
+        if cls.policy is mm.Policy.ALWAYS:
+            wanted |= {mm.DataType.QINT8, mm.DataType.QINT16}
+        missing = {p.name for p in wanted if (op, p) not in KERNELS}
+        assert not missing, f"{op}: no kernel for {sorted(missing)}"

@@ -28,12 +28,10 @@ from mmbuild.ir.types import DataType, Layout
 from mmbuild.kernels.table import Lowered, Step
 from mmbuild.ops import IActivation, IPaddingMode
 from mmbuild.runtime import model_file
+from mmbuild.runtime.manifest import DataTypeName, ModelData, TensorInfo
 from mmbuild.runtime.model_file import (
     MANIFEST,
     MANIFEST_SHA256,
-    DataTypeName,
-    ModelData,
-    TensorInfo,
     model_bytes,
     read_model_bytes,
     read_model_file,
