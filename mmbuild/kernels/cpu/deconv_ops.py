@@ -1,0 +1,323 @@
+"""The deconv (transposed convolution) kernels: FLOAT32, FLOAT16, QINT8 and QINT16 over NHWC.
+
+Every output element gathers the input pixels that scatter onto it:
+``y[b, yo, xo, g*Og + o] = act(acc * mult[g*Og + o] + bias[g*Og + o])`` with
+``acc = sum_{i, j, c} x[b, hi, wi, g*Cg + c] * W[g*Cg + c, i, j, o]`` over the taps ``(i, j)``
+for which ``hi = (yo + pt - i*dh) / sh`` and ``wi = (xo + pl - j*dw) / sw`` are whole numbers
+inside the input (``Cg = Cin / group``, ``Og = Cout / group``; ``pt``, ``pl`` are the crops at
+the head; rows and columns that no tap reaches, such as those of ``output_padding``, get
+``act(bias)``). Float nodes sum the float values in float32 (``mult = 1``); quantized nodes sum
+``(q_x - zp_x) * q_w`` exactly, in int32 for QINT8 and int64 for QINT16, and
+``mult[n] = float32(scale_x) * float32(scale_w[n])``; the epilogue is the GEMM's (``gemm``'s
+docstring), in float32, in the same order, stored as the node's float output type.
+
+One numba loop serves every precision. Its input is float32 (an fp16 input is widened once per
+run, exactly) or the uint8 / int16 carrier that a quantized input is quantized into once per
+run (``qcommon.prepare_input``); its accumulator is float32, int32 or int64, the type the
+filter is converted to, as ``[KH, KW, Cin, Og]``, when the step is bound. Rows of the output
+(``b * Ho + yo``) are split over the threads for large steps; batch and spatial sizes are read
+from each run's input.
+
+Lowering stores the filter per output channel, ``[Cout, KH, KW, Cg]`` (``weight``: int8 / int16
+quantized symmetrically per tensor or per output channel, float32, or fp16 bits for FLOAT16
+nodes), with ``scale_w`` and the float ``bias``.
+
+Worked example (QINT8, symmetric): x range [-1, 1] -> scale_x = 1/127; a 1x1 filter w = [[0.5]]
+(one channel) -> q_w = 127, scale_w = 0.5/127; stride 2. x = [[0.5]] -> q_x = rint(63.5) = 64,
+carried 192 with za = 128. The output is 1x1 (no crop): acc = (192 - 128) * 127 = 8128, mult =
+float32(1/127) * float32(0.5/127) = 3.1000062e-5, y = 8128 * mult = 0.25197 (the fp32 reference
+gives 0.25). With ``output_padding`` (1, 1) the output is 2x2 and its three added elements hold
+``act(bias)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from mmbuild.errors import Code, MMError
+from mmbuild.graph import Graph, Node
+from mmbuild.ir.types import DataType, Layout
+from mmbuild.kernels.cpu.qcommon import (
+    PREPARE_FNS,
+    activation_qparams,
+    carrier_dtype,
+    check_int8_k,
+    direct_epilogue_args,
+    epilogue_store,
+    float_bias,
+    make_epilogue,
+    prepare_input,
+    quantize_input_reference,
+    quantize_node_weights,
+    reference_epilogue,
+    require_constant,
+    step_node,
+    widen,
+)
+from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
+from mmbuild.ops.deconv import deconv2d_nhwc, deconv_out
+
+__all__ = ["DeconvFloat", "DeconvQuantized"]
+
+#: Multiply-accumulates of a deconv above which its output rows are split over the threads.
+PARALLEL_MIN_MACS = 1 << 18
+
+_F = DataType
+
+
+# ---------------------------------------------------------------------------------------------
+# The gather loop
+# ---------------------------------------------------------------------------------------------
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _add_tap(acc, X, xb, za, W, wb, g, cg, og):  # type: ignore[no-untyped-def]
+    """``acc[gi*Og + o] += (X[xb + c] - za) * W[wb + c*Og + o]`` for the channels ``c`` of each
+    group ``gi``: one input pixel through one filter tap.
+
+    Four channels go into each pass over the accumulators (a quarter of the loads and stores
+    of ``acc``); their float products are summed left to right and then added to ``acc``, an
+    order whose rounding the float tolerance covers (integers are exact in any order).
+    """
+    for gi in range(g):
+        a = acc[gi * og : (gi + 1) * og]
+        c0 = gi * cg
+        c4 = c0 + cg - cg % 4
+        for c in range(c0, c4, 4):
+            x0 = widen(X, xb + c) - za
+            x1 = widen(X, xb + c + 1) - za
+            x2 = widen(X, xb + c + 2) - za
+            x3 = widen(X, xb + c + 3) - za
+            w4 = W[wb + c * og : wb + (c + 4) * og]
+            for o in range(og):
+                a[o] += x0 * w4[o] + x1 * w4[og + o] + x2 * w4[2 * og + o] + x3 * w4[3 * og + o]
+        for c in range(c4, c0 + cg):
+            xv = widen(X, xb + c) - za
+            wr = W[wb + c * og : wb + (c + 1) * og]
+            for o in range(og):
+                a[o] += xv * wr[o]
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _deconv_rows(first, last, X, za, geo, W, ep, out):  # type: ignore[no-untyped-def]
+    """Output rows ``[first, last)`` (``b * Ho + yo``) of a transposed convolution.
+
+    ``X`` is the NHWC input ``[N, H, W, Cin]`` (flat), ``za`` its zero point in the
+    accumulator's type, ``W`` the filter ``[KH, KW, Cin, Og]`` (flat, accumulator type), ``geo``
+    holds ``H, W, Cin, G, Cg, Og, KH, KW, sh, sw, dh, dw, pt, pl, Ho, Wo``. Each output pixel
+    sums its taps in (i, j) order into a vector of ``Cout`` accumulators, then stores them
+    through the epilogue ``ep`` (``qcommon.direct_epilogue_args``).
+    """
+    h, w, cin, g, cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = geo
+    cout = g * og
+    acc = np.zeros(cout, W.dtype)
+    for r in range(first, last):
+        b = r // ho
+        yf = r - b * ho + pt  # the row in the uncropped result
+        for xo in range(wo):
+            xf = xo + pl
+            acc[:] = 0
+            for i in range(kh):
+                ty = yf - i * dh
+                if ty < 0:
+                    break
+                yi = ty // sh
+                if yi * sh != ty or yi >= h:
+                    continue
+                for j in range(kw):
+                    tx = xf - j * dw
+                    if tx < 0:
+                        break
+                    xi = tx // sw
+                    if xi * sw != tx or xi >= w:
+                        continue
+                    xb = ((b * h + yi) * w + xi) * cin
+                    _add_tap(acc, X, xb, za, W, (i * kw + j) * cin * og, g, cg, og)
+            ob = (r * wo + xo) * cout
+            for o in range(cout):
+                epilogue_store(acc[o], o, ep, out, ob + o)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _deconv_parallel(n_rows, n_chunks, X, za, geo, W, ep, out):  # type: ignore[no-untyped-def]
+    for t in prange(n_chunks):
+        _deconv_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, za, geo, W, ep, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding
+# ---------------------------------------------------------------------------------------------
+def _swap_channels(w: np.ndarray, group: int) -> np.ndarray:
+    """Swap the roles of a filter's first and last axes within each group: ``[Cout, KH, KW,
+    Cg]`` (per output channel, as lowered) <-> ``[Cin, KH, KW, Og]`` (the op's filter)."""
+    a, kh, kw, b = w.shape
+    return (
+        w.reshape(group, a // group, kh, kw, b)
+        .transpose(0, 4, 2, 3, 1)
+        .reshape(-1, kh, kw, a // group)
+    )
+
+
+class _DeconvRunner:
+    """A bound deconv step; ``run`` keeps nothing between calls, so threads may share it."""
+
+    def __init__(self, step: Step) -> None:
+        node = step_node(step)
+        self.decl = node.declaration()
+        arrays, attrs = step.lowered.arrays, step.lowered.attrs
+        w = arrays["weight"]
+        self.cout, self.kh, self.kw, self.cg = w.shape
+        self.group = int(step.op_attrs["group"])
+        self.stride = tuple(int(s) for s in step.op_attrs["stride"])
+        self.dilation = tuple(int(d) for d in step.op_attrs["dilation"])
+        precision = node.compute_precision
+        self.carrier = carrier_dtype(precision) if precision.is_quantized else None
+        self.scale_a = np.float32(attrs.get("scale_a", 1.0))
+        if precision is _F.QINT8:
+            acc_type: Any = np.int32  # exact: lowering bounds K so that the sums fit
+        elif precision is _F.QINT16:
+            acc_type = np.int64
+        else:
+            acc_type = np.float32
+            if w.dtype == np.uint16:
+                w = w.view(np.float16)  # widened exactly below
+        self.za = acc_type(attrs.get("za", 0))
+        # [Cin, KH, KW, Og] -> [KH, KW, Cin, Og]: a tap's filter rows are contiguous
+        w_k = _swap_channels(w, self.group).transpose(1, 2, 0, 3)
+        self.weight = np.ascontiguousarray(w_k, acc_type).reshape(-1)
+        scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
+        ep = make_epilogue(self.cout, step.op_attrs, step.output_types[0], scale_a=self.scale_a,
+                           scale_w=scale_w, bias=arrays["bias"])  # fmt: skip
+        self.ep_args = direct_epilogue_args(ep)
+        # quantized and fp16 inputs are converted first (see ``run``)
+        converts = precision is not _F.FLOAT32
+        self.fns = (_deconv_rows, _deconv_parallel, *(PREPARE_FNS if converts else ()))
+
+    def geometry(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``geo`` of :func:`_deconv_rows` for an input of ``shape``."""
+        _, h, w, cin = shape
+        kh, kw = self.kh, self.kw
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        pt, pb, pl, pr = self.decl.pads_for(h, w, kh, kw)  # type: ignore[attr-defined]
+        oph, opw = self.decl.output_padding()  # type: ignore[attr-defined]
+        ho = deconv_out(h, kh, sh, pt + pb, dh, oph)
+        wo = deconv_out(w, kw, sw, pl + pr, dw, opw)
+        og = self.cout // self.group
+        return (h, w, cin, self.group, self.cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+
+    def run(self, inputs: Buffers, outputs: Buffers) -> None:
+        x, out = inputs[0], outputs[0]
+        geo = self.geometry(tuple(x.shape))
+        ho, wo = geo[-2:]
+        want = (x.shape[0], ho, wo, self.cout)
+        if tuple(out.shape) != want or not out.flags.c_contiguous:
+            raise MMError(f"deconv: output buffer {out.shape} is not a contiguous {want}",
+                          Code.INTERNAL)  # fmt: skip
+        if out.size == 0:
+            return
+        xs = np.ascontiguousarray(x)
+        if self.carrier is not None or xs.dtype == np.uint16:
+            dtype = self.carrier if self.carrier is not None else np.float32
+            src, xs = xs, np.empty(x.shape, dtype)
+            prepare_input(src, xs, scale=self.scale_a, zero_point=int(self.za))
+        n_rows = x.shape[0] * ho
+        macs = out.size * self.cg * -(-self.kh // self.stride[0]) * -(-self.kw // self.stride[1])
+        args = (xs.reshape(-1), self.za, geo, self.weight, self.ep_args, out.reshape(-1))
+        threads = numba.get_num_threads()
+        if threads > 1 and n_rows > 1 and macs >= PARALLEL_MIN_MACS:
+            _deconv_parallel(n_rows, min(n_rows, 4 * threads), *args)
+        else:
+            _deconv_rows(0, n_rows, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel entries
+# ---------------------------------------------------------------------------------------------
+class _DeconvKernel(Kernel):
+    ops = ("deconv",)
+
+    def lower(self, node: Node, graph: Graph) -> Lowered:
+        layout = node.attrs["layout"]
+        if layout[0] is not Layout.NHWC or layout[2] is not Layout.NHWC:
+            raise MMError(
+                f"{node.node_type} {node.name!r}: the deconv kernels take NHWC input and output, "
+                f"not {layout[0].name} -> {layout[2].name}; the layout pass converts NCHW "
+                "networks before lowering",
+                Code.INTERNAL,
+            )
+        w = require_constant(graph, node, 1, "filter", "fold what computes it into a constant")
+        perm = node.declaration().filter_perm()  # type: ignore[attr-defined]
+        group = int(node.attrs["group"])
+        w_ohwi = np.ascontiguousarray(
+            _swap_channels(np.asarray(w, np.float32).transpose(perm), group)
+        )
+        cout, kh, kw, cg = w_ohwi.shape
+        bias = None
+        if len(node.inputs) > 2:
+            bias = require_constant(graph, node, 2, "bias", "fold what computes it into a "
+                                    "constant, or add it with add_i_elementwise_node")  # fmt: skip
+        precision = node.compute_precision
+        arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
+        attrs: dict[str, Any] = {}
+        if precision.is_quantized:
+            scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
+            check_int8_k(node, kh * kw * cg, precision)
+            arrays["weight"], arrays["scale_w"] = quantize_node_weights(
+                graph, node, w_ohwi, precision, axis=0
+            )
+            attrs.update(scale_a=float(scale_a), za=za)
+        elif precision is _F.FLOAT16:
+            arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
+        else:
+            arrays["weight"] = w_ohwi
+        return Lowered(attrs, arrays)
+
+    def bind(self, step: Step) -> Runner:
+        runner = _DeconvRunner(step)
+        return Runner(runner.run, runner.fns)
+
+    def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
+        """Quantized: the input quantized by ``quant.params``, the exact int64 transposed
+        convolution of ``q - zp`` with the integer filter, the epilogue in float32. Float: the
+        float64 transposed convolution of the (fp16-rounded) values, the same epilogue."""
+        x = inputs[0]
+        node = step_node(step)
+        decl = node.declaration()
+        arrays, attrs, a = step.lowered.arrays, step.lowered.attrs, step.op_attrs
+        w = arrays["weight"]
+        group = int(a["group"])
+        pads = decl.pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2])  # type: ignore[attr-defined]
+        window = (a["stride"], pads, a["dilation"], group, decl.output_padding())  # type: ignore[attr-defined]
+        precision = node.compute_precision
+        if precision.is_quantized:
+            xq = quantize_input_reference(x, attrs["scale_a"], attrs["za"], precision)
+            acc = deconv2d_nhwc(xq, _swap_channels(w.astype(np.int64), group), *window)
+            mult = np.float32(attrs["scale_a"]) * arrays["scale_w"]
+        else:
+            xf, wf = (
+                to_numpy(v, _F.FLOAT16 if v.dtype == np.uint16 else _F.FLOAT32) for v in (x, w)
+            )
+            acc = deconv2d_nhwc(xf.astype(np.float64), _swap_channels(wf, group).astype(np.float64),
+                                *window)  # fmt: skip
+            mult = np.ones(w.shape[0], np.float32)
+        out = reference_epilogue(acc, mult, arrays["bias"], a.get("activation"),
+                                 step.output_types[0])  # fmt: skip
+        return [out]
+
+
+@register_kernel
+class DeconvFloat(_DeconvKernel):
+    """deconv in FLOAT32 and FLOAT16 (fp16 input and filter, float32 accumulation)."""
+
+    name = "deconv_float"
+    precisions = (_F.FLOAT32, _F.FLOAT16)
+
+
+@register_kernel
+class DeconvQuantized(_DeconvKernel):
+    """deconv in QINT8 (uint8 carrier x int8, int32 sums) and QINT16 (int16, int64 sums)."""
+
+    name = "deconv_qint"
+    precisions = (_F.QINT8, _F.QINT16)
