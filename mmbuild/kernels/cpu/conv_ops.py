@@ -39,22 +39,19 @@ from numba import njit, prange
 
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
-from mmbuild.ir.types import DataType, Layout
+from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.gemm import ImplicitRows
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
-    activation_qparams,
     carrier_dtype,
-    check_int8_k,
     direct_epilogue_args,
     epilogue_store,
-    float_bias,
     gemm_dispatcher,
+    lower_filter,
     make_epilogue,
     pack_weights,
     prepare_input,
     quantize_input_reference,
-    quantize_node_weights,
     reference_epilogue,
     require_constant,
     run_gemm,
@@ -263,39 +260,13 @@ class _ConvKernel(Kernel):
     ops = ("conv",)
 
     def lower(self, node: Node, graph: Graph) -> Lowered:
-        layout = node.attrs["layout"]
-        if layout[0] is not Layout.NHWC or layout[2] is not Layout.NHWC:
-            raise MMError(
-                f"{node.node_type} {node.name!r}: the conv kernels take NHWC input and output, "
-                f"not {layout[0].name} -> {layout[2].name}; the layout pass converts NCHW "
-                "networks before lowering",
-                Code.INTERNAL,
-            )
         w = require_constant(graph, node, 1, "filter")
         to_ohwi = node.declaration().filter_ohwi((0, 1, 2, 3))  # type: ignore[attr-defined]
         w_ohwi = np.ascontiguousarray(w.transpose(to_ohwi), np.float32)
-        cout, kh, kw, cin_g = w_ohwi.shape
-        bias = None
-        if len(node.inputs) > 2:
-            bias = require_constant(graph, node, 2, "bias", "fold what computes it into a "
-                                    "constant, or add it with add_i_elementwise_node")  # fmt: skip
-        precision = node.compute_precision
-        path = _path(int(node.attrs["group"]), cin_g)
-        arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
-        attrs: dict[str, Any] = {"path": path}
-        if precision.is_quantized:
-            scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
-            if path != "depthwise":
-                check_int8_k(node, kh * kw * cin_g, precision)
-            arrays["weight"], arrays["scale_w"] = quantize_node_weights(
-                graph, node, w_ohwi, precision, axis=0
-            )
-            attrs.update(scale_a=float(scale_a), za=za)
-        elif precision is _F.FLOAT16:
-            arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
-        else:
-            arrays["weight"] = w_ohwi
-        return Lowered(attrs, arrays)
+        path = _path(int(node.attrs["group"]), w_ohwi.shape[3])
+        lowered = lower_filter(node, graph, w_ohwi, "conv", check_k=path != "depthwise")
+        lowered.attrs["path"] = path
+        return lowered
 
     def bind(self, step: Step) -> Runner:
         runner = _ConvRunner(step)

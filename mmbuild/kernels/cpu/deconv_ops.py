@@ -40,19 +40,16 @@ from numba import njit, prange
 
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
-from mmbuild.ir.types import DataType, Layout
+from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
-    activation_qparams,
     carrier_dtype,
-    check_int8_k,
     direct_epilogue_args,
     epilogue_store,
-    float_bias,
+    lower_filter,
     make_epilogue,
     prepare_input,
     quantize_input_reference,
-    quantize_node_weights,
     reference_epilogue,
     require_constant,
     step_node,
@@ -239,40 +236,11 @@ class _DeconvKernel(Kernel):
     ops = ("deconv",)
 
     def lower(self, node: Node, graph: Graph) -> Lowered:
-        layout = node.attrs["layout"]
-        if layout[0] is not Layout.NHWC or layout[2] is not Layout.NHWC:
-            raise MMError(
-                f"{node.node_type} {node.name!r}: the deconv kernels take NHWC input and output, "
-                f"not {layout[0].name} -> {layout[2].name}; the layout pass converts NCHW "
-                "networks before lowering",
-                Code.INTERNAL,
-            )
         w = require_constant(graph, node, 1, "filter", "fold what computes it into a constant")
         perm = node.declaration().filter_perm()  # type: ignore[attr-defined]
         group = int(node.attrs["group"])
-        w_ohwi = np.ascontiguousarray(
-            _swap_channels(np.asarray(w, np.float32).transpose(perm), group)
-        )
-        cout, kh, kw, cg = w_ohwi.shape
-        bias = None
-        if len(node.inputs) > 2:
-            bias = require_constant(graph, node, 2, "bias", "fold what computes it into a "
-                                    "constant, or add it with add_i_elementwise_node")  # fmt: skip
-        precision = node.compute_precision
-        arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
-        attrs: dict[str, Any] = {}
-        if precision.is_quantized:
-            scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
-            check_int8_k(node, kh * kw * cg, precision)
-            arrays["weight"], arrays["scale_w"] = quantize_node_weights(
-                graph, node, w_ohwi, precision, axis=0
-            )
-            attrs.update(scale_a=float(scale_a), za=za)
-        elif precision is _F.FLOAT16:
-            arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
-        else:
-            arrays["weight"] = w_ohwi
-        return Lowered(attrs, arrays)
+        w_ohwi = _swap_channels(np.asarray(w, np.float32).transpose(perm), group)
+        return lower_filter(node, graph, np.ascontiguousarray(w_ohwi), "deconv")
 
     def bind(self, step: Step) -> Runner:
         runner = _DeconvRunner(step)

@@ -59,7 +59,7 @@ from mmbuild.kernels.cpu.gemm import (
     pack_int16_weights,
 )
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Step, from_float, to_numpy
+from mmbuild.kernels.table import Lowered, Step, from_float, to_numpy
 from mmbuild.quant.params import QuantParams, choose_qparams, quantize
 
 if TYPE_CHECKING:
@@ -238,6 +238,45 @@ def require_constant(
             f"{node.inputs[index]!r}) must be a constant; {hint}"
         )
     return np.asarray(value)
+
+
+def lower_filter(
+    node: Node, graph: Graph, w_ohwi: np.ndarray, what: str, check_k: bool = True
+) -> Lowered:
+    """What a conv-like node prepares at build time from its filter ``[Cout, Kh, Kw, Cin/g]``
+    (already in that layout): the bias in the node's float precision and the filter in its
+    precision: quantized symmetric per tensor or per output channel with the input's
+    ``scale_a``/``za`` for QINT, fp16 bits for FLOAT16, float32 otherwise. ``check_k`` refuses
+    a QINT8 reduction too long for int32 sums (a depthwise filter has its own bound)."""
+    layout = node.attrs["layout"]
+    if (layout[0].name, layout[2].name) != ("NHWC", "NHWC"):
+        raise MMError(
+            f"{node.node_type} {node.name!r}: the {what} kernels take NHWC input and output, "
+            f"not {layout[0].name} -> {layout[2].name}; the layout pass converts NCHW "
+            "networks before lowering",
+            Code.INTERNAL,
+        )
+    cout, kh, kw, cin_g = w_ohwi.shape
+    bias = None
+    if len(node.inputs) > 2:
+        bias = require_constant(graph, node, 2, "bias", "fold what computes it into a "
+                                "constant, or add it with add_i_elementwise_node")  # fmt: skip
+    precision = node.compute_precision
+    arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
+    attrs: dict[str, Any] = {}
+    if precision.is_quantized:
+        scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
+        if check_k:
+            check_int8_k(node, kh * kw * cin_g, precision)
+        arrays["weight"], arrays["scale_w"] = quantize_node_weights(
+            graph, node, w_ohwi, precision, axis=0
+        )
+        attrs.update(scale_a=float(scale_a), za=za)
+    elif precision is DataType.FLOAT16:
+        arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
+    else:
+        arrays["weight"] = np.ascontiguousarray(w_ohwi, np.float32)
+    return Lowered(attrs, arrays)
 
 
 def epilogue_activation(attrs: Mapping[str, Any]) -> tuple[Activation, float, float]:
