@@ -217,7 +217,10 @@ def _guard_float16(
                 f"reaches {_magnitude(rng):.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
                 "keeps FLOAT32 (set_precision / set_output_type to override)"
             )
-            notes.append("fp16 overflow guard: kept FLOAT32")
+            notes.append(
+                f"fp16 overflow guard: {t.get_tensor_name()} reaches {_magnitude(rng):.6g} > "
+                f"{FLOAT16_MAX:g}, kept FLOAT32"
+            )
             plan.warnings.append(msg)
             return DataType.FLOAT32
     return ftype

@@ -355,3 +355,45 @@ def test_kernel_table_covers_every_op_in_every_precision_its_policy_allows() -> 
             wanted |= {mm.DataType.QINT8, mm.DataType.QINT16}
         missing = {p.name for p in wanted if (op, p) not in KERNELS}
         assert not missing, f"{op}: no kernel for {sorted(missing)}"
+
+
+def test_validate_names_the_first_step_whose_kernel_is_wrong(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mmbuild.kernels.table import Runner, kernel_named
+
+    net, model = build_cnn(), None
+    model = mm.Builder().build_model("cnn", net)
+    x = sample_images(2, 0)
+    assert model.validate(x).ok()
+    pool = kernel_named("window.maxpool2d")
+
+    def broken_bind(step: object) -> Runner:
+        good = type(pool).bind(pool, step)  # type: ignore[arg-type]
+
+        def run(inputs: list, outputs: list) -> None:
+            good(inputs, outputs)
+            outputs[0].reshape(-1)[0] += 1  # one element off
+
+        return Runner(run, good.fns)
+
+    monkeypatch.setattr(pool, "bind", broken_bind)
+    result = model.validate(x)
+    assert not result.ok() and result.first_mismatch.name == "maxpool2d_0"
+    assert "maxpool2d_0" in str(result)
+
+
+def test_float16_overflow_guard_is_in_the_layer_report() -> None:
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 4]))
+    big = net.add_i_elementwise_node(x, x, mm.IElementwise.MUL)  # squares: 300**2 = 90000 > 65504
+    out = net.add_i_activation_node(big.get_output(0), mm.IActivation.RELU)
+    net.mark_output(out.get_output(0))
+    big.get_output(0).set_dynamic_range(mm.Range(0.0, 90000.0))
+    model = mm.Builder().build_model("big", net, config_for("force_float16"))
+    row = model.get_layer_report().find(big.get_node_name())
+    assert row.output_types == [mm.DataType.FLOAT32]
+    assert any("reaches 90000 > 65504" in n for n in row.notes), row.notes
+    assert "reaches 90000 > 65504, kept FLOAT32" in str(model.get_layer_report())
+    (y,) = run(model, np.array([[300.0, -2.0, 0.5, 1e3]], np.float32))
+    assert y.dtype == np.float32 and y[0, 0] == 90000.0

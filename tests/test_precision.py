@@ -146,7 +146,9 @@ def test_float16_overflow_guard(caplog: pytest.LogCaptureFixture) -> None:
     net.find_node_by_name("activation_0").get_output(0)._set_calibrated_range(mm.Range(0, 1e5))
     plan = plan_precision(net, config("qint8_mixed_float16"))
     assert plan["activation_0"].outputs == (F32,)
-    assert plan["activation_0"].notes == ("fp16 overflow guard: kept FLOAT32",)
+    assert plan["activation_0"].notes == (
+        "fp16 overflow guard: activation_0:0 reaches 100000 > 65504, kept FLOAT32",
+    )
     assert plan["conv_0"].outputs == (F16,)  # the conv does not touch that tensor
     assert plan["elementwise_0"].outputs == (F32,)
     assert "65504" in caplog.text
