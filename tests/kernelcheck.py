@@ -6,7 +6,14 @@ test (constants it adds become constant inputs of the step), copies the network 
 ``Graph``, gives every float input slot the precision ``precision`` (the output too, unless
 ``output_types`` says otherwise; a cast keeps the type it was asked for), looks the kernel up in
 the kernel table and lowers the node. Attributes and lowered data go through JSON on the way,
-as they do through a model file.
+as they do through a model file. Import the kernel module under test first (otherwise the
+lookup imports every kernel module).
+
+The :class:`OneNode` it returns gives ``buffers(arrays)`` (input buffers: fp16 as uint16 bits,
+constants filled in), ``outputs(inputs)`` (output buffers of the inferred shapes, filled with
+poison bytes), ``runner()``, ``run(inputs)`` and ``reference(inputs)``. :func:`assert_ulps`
+compares buffers in units in the last place of their type; :func:`check_dispatchers` checks
+that a runner calls numba functions.
 
 >>> import numpy as np
 >>> import mmbuild as mm

@@ -1,0 +1,565 @@
+"""Element-wise kernels: activation, clip, elementwise (numpy broadcasting) and cast.
+
+Every float kernel is one numba function that serves FLOAT32 and FLOAT16 by type specialisation:
+``load_f32`` widens an element (float32, or fp16 bits exactly), the arithmetic runs as the op's
+numpy reference runs it, and ``store_f32`` writes the result in the output buffer's type
+(rounding to fp16 once, nearest even). Steps of ``PARALLEL_MIN_WORK`` or more (elements times
+a cost per element, see :func:`split_run`) are split into chunks of ``CHUNK`` elements over the
+threads; each element is computed the same way either way.
+
+Arithmetic, and how close each kernel is to the reference of its precision:
+
+- ``activation``: in float64, as the reference (``ACTIVATIONS`` of ``mmbuild.ops.activation``),
+  then rounded to float32; the piecewise functions compare exactly as numpy does (``maximum``
+  returns its second operand on ties, so RELU(-0.0) is +0.0; ``clip`` keeps x on ties, so
+  RELU6(-0.0) is -0.0; NaN passes). Worked through: GELU(1.0) = 0.5 * (1 + erf(0.7071067811865475))
+  = 0.5 * 1.6826894921370859 = 0.8413447460685429 -> float32 0.84134475. Each piecewise
+  function (RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH, clip) has a loop of its own, which
+  LLVM vectorises; the others share one loop of scalar libm calls. The piecewise functions are
+  bit-exact; exp, tanh, erf and expm1 come from libm where numpy has its own float64
+  implementations, which differ by at most one float64 ulp and so very rarely move the float32
+  result: the tolerance is 1 ulp of the output type (fp16 included: the same float64 -> float32
+  -> fp16 roundings as the reference).
+- ``clip``: ``lo if x < lo else hi if x > hi else x`` (NaN passes); bit-exact.
+- ``elementwise``: ADD SUB MUL DIV MAX MIN in float32, one IEEE operation each, exactly as
+  numpy's float32 ufuncs: bit-exact in fp32 and, since the reference rounds the same float32
+  value to fp16, in fp16. MAX / MIN mirror ``np.maximum`` / ``np.minimum``: NaN on either side
+  gives NaN, and of two equal values (+0.0 and -0.0) the second operand is returned. Example:
+  MAX([-0.0, 1, nan], [0.0, nan, 2]) = [0.0, nan, nan]. Broadcasting is numpy's: the shapes are
+  aligned at the right, each operand gets a stride of 0 along the dimensions it is broadcast
+  over, adjacent dimensions that are contiguous for both operands are merged, and one loop
+  walks the output with an index counter (any rank).
+- ``cast``: any buffer type to any, as ``mmbuild.ops.transform.cast_array``: float to integer
+  truncates toward zero and saturates (NaN gives 0; [-2.7, 2.7, 300, nan] to INT8 is
+  [-2, 2, 127, 0]), integer to narrower integer wraps (300 to UINT8 is 44), anything to BOOL is
+  ``x != 0``, integer to float rounds to nearest, float32 to fp16 rounds to nearest even and
+  overflows to inf (65520.0 -> inf, 65519.0 -> 65504). Bit-exact, but a NaN comes out quiet.
+
+A fused activation (``op_attrs["activation"]``, see ``mmbuild.graph.apply_activation``) is
+applied to the float32 result before the store, with the same comparisons, by every float
+kernel here and in :mod:`.normalize`.
+
+Buffers are C-contiguous; the kernels work on their flat views, and their inner loops on
+slices, whose indices numba knows to be non-negative (an index it must wrap keeps LLVM from
+vectorising a loop).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from mmbuild.errors import Code, MMError
+from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.simd import load_f32, store_f32
+from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.ops.activation import IActivation
+from mmbuild.ops.elementwise import IElementwise
+
+__all__ = [
+    "CHUNK",
+    "COST_DIVIDE",
+    "COST_LIBM",
+    "COST_SIMPLE",
+    "FLOATS",
+    "PARALLEL_MIN_WORK",
+    "apply_fused",
+    "broadcast_geometry",
+    "contiguous_out",
+    "flat_in",
+    "fused_activation",
+    "split_run",
+]
+
+FLOATS = (DataType.FLOAT32, DataType.FLOAT16)
+# Work (elements times a cost per element) from which a kernel runs on all threads: about a
+# millisecond of one thread. Memory-bound loops gain little from a second thread on a machine
+# of two cores and, when another process holds a core, a parallel region waits for it a whole
+# time slice; so only long steps are split.
+PARALLEL_MIN_WORK = 1 << 22
+COST_SIMPLE = 1  # a few float32 operations per element: memory-bound
+COST_DIVIDE = 4  # float64 divisions and square roots per element
+COST_LIBM = 32  # a scalar libm call (exp, tanh, erf) per element
+CHUNK = 1 << 14  # elements per parallel work item
+
+FusedArgs = tuple[int, np.float32, np.float32, np.float32]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the float kernels: buffers, parallel split, fused activation
+# ---------------------------------------------------------------------------------------------
+def flat_in(a: np.ndarray) -> np.ndarray:
+    """An input buffer as a flat C-contiguous array (a view when it already is one)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def contiguous_out(out: np.ndarray, step: str) -> np.ndarray:
+    """An output buffer's flat view; it must be C-contiguous, or writes would be lost."""
+    if not out.flags.c_contiguous:
+        raise MMError(f"step {step!r}: output buffer is not C-contiguous", Code.INTERNAL)
+    return out.reshape(-1)
+
+
+def split_run(
+    serial: Any, parallel: Any, units: int, *args: Any, unit_size: int = 1, cost: int = 1
+) -> None:
+    """Run ``units`` work items of ``unit_size`` elements each: ``serial(*args, 0, units)``, or
+    ``parallel(*args, units, chunk)`` (prange over chunks of ``chunk`` items) when the work,
+    ``units * unit_size * cost``, reaches ``PARALLEL_MIN_WORK``."""
+    if units * unit_size * cost >= PARALLEL_MIN_WORK:
+        parallel(*args, units, max(1, CHUNK // max(1, unit_size)))
+    elif units > 0:
+        serial(*args, 0, units)
+
+
+_FUSED_CODES = {"relu": 1, "clip": 2, "leaky_relu": 3}
+
+
+def fused_activation(step: Step) -> FusedArgs:
+    """The step's fused activation as ``(code, lo, hi, alpha)`` for :func:`apply_fused`
+    (code 0: none)."""
+    act = step.op_attrs.get("activation")
+    if act is None:
+        return (0, np.float32(0), np.float32(0), np.float32(0))
+    fn = act.get("function")
+    if fn not in _FUSED_CODES:
+        raise MMError(f"step {step.name!r}: unknown fused activation {fn!r}", Code.INTERNAL)
+    return (
+        _FUSED_CODES[fn],
+        np.float32(act.get("lo", 0.0)),
+        np.float32(act.get("hi", 0.0)),
+        np.float32(act.get("alpha", 0.0)),
+    )
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def apply_fused(y, act):  # type: ignore[no-untyped-def]
+    """``graph.apply_activation`` on one float32 value (NaN passes, -0.0 stays)."""
+    code = act[0]
+    if code == 1:
+        return np.float32(0) if y < 0 else y
+    if code == 2:
+        return act[1] if y < act[1] else (act[2] if y > act[2] else y)
+    if code == 3:
+        return y * act[3] if y < 0 else y
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# activation and clip
+# ---------------------------------------------------------------------------------------------
+# Codes: the piecewise functions first, each with its own loop (comparisons and products that
+# LLVM vectorises); the smooth ones share one loop, as they are scalar libm calls anyway.
+_RELU, _RELU6, _LEAKY, _HSIGMOID, _HSWISH, _CLIP, _SIGMOID, _TANH, _GELU, _SILU, _ELU = range(11)
+_ACT_CODES = {
+    IActivation.RELU: _RELU,
+    IActivation.RELU6: _RELU6,
+    IActivation.LEAKY_RELU: _LEAKY,
+    IActivation.HARD_SIGMOID: _HSIGMOID,
+    IActivation.HARD_SWISH: _HSWISH,
+    IActivation.SIGMOID: _SIGMOID,
+    IActivation.TANH: _TANH,
+    IActivation.GELU: _GELU,
+    IActivation.SILU: _SILU,
+    IActivation.ELU: _ELU,
+}
+_SQRT2 = math.sqrt(2.0)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _clip64(x, lo, hi):  # type: ignore[no-untyped-def]
+    # np.clip: x itself on ties (keeps -0.0), NaN passes
+    return lo if x < lo else (hi if x > hi else x)
+
+
+# Each function: float64 x, parameters a and b, the code (used by _smooth only).
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _relu(x, a, b, code):  # type: ignore[no-untyped-def]
+    # np.maximum(x, 0): the second operand unless x > 0 or x is NaN, so -0.0 -> +0.0
+    return x if (x > 0.0 or x != x) else 0.0
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _relu6(x, a, b, code):  # type: ignore[no-untyped-def]
+    return _clip64(x, 0.0, 6.0)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _leaky_relu(x, a, b, code):  # type: ignore[no-untyped-def]
+    return x if x >= 0.0 else a * x
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _hard_sigmoid(x, a, b, code):  # type: ignore[no-untyped-def]
+    return _clip64(a * x + b, 0.0, 1.0)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _hard_swish(x, a, b, code):  # type: ignore[no-untyped-def]
+    return x * _clip64(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _clip(x, a, b, code):  # type: ignore[no-untyped-def]
+    return _clip64(x, a, b)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _smooth(x, a, b, code):  # type: ignore[no-untyped-def]
+    if code == _SIGMOID:
+        return 1.0 / (1.0 + math.exp(-x))
+    if code == _TANH:
+        return math.tanh(x)
+    if code == _GELU:
+        return x / 2.0 * (1.0 + math.erf(x / _SQRT2))
+    if code == _SILU:
+        return x / (1.0 + math.exp(-x))
+    # ELU; np.minimum(x, 0) inside: the second operand unless x < 0 or x is NaN
+    return x if x > 0.0 else a * math.expm1(x if (x < 0.0 or x != x) else 0.0)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _map(fn, xs, ys, a, b, code, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = float32(fn(float64(xs[j])))`` then the fused activation. ``xs`` and ``ys`` are
+    slices, whose indices numba knows to be non-negative, so LLVM can vectorise the loop."""
+    for j in range(xs.size):
+        y = np.float32(fn(np.float64(load_f32(xs, j)), a, b, code))
+        store_f32(ys, j, apply_fused(y, act))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _unary_range(x, out, code, a, b, act, start, stop):  # type: ignore[no-untyped-def]
+    xs, ys = x[start:stop], out[start:stop]
+    if code == _RELU:
+        _map(_relu, xs, ys, a, b, code, act)
+    elif code == _RELU6:
+        _map(_relu6, xs, ys, a, b, code, act)
+    elif code == _LEAKY:
+        _map(_leaky_relu, xs, ys, a, b, code, act)
+    elif code == _HSIGMOID:
+        _map(_hard_sigmoid, xs, ys, a, b, code, act)
+    elif code == _HSWISH:
+        _map(_hard_swish, xs, ys, a, b, code, act)
+    elif code == _CLIP:
+        _map(_clip, xs, ys, a, b, code, act)
+    else:
+        _map(_smooth, xs, ys, a, b, code, act)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _unary_parallel(x, out, code, a, b, act, n, chunk):  # type: ignore[no-untyped-def]
+    for c in prange((n + chunk - 1) // chunk):
+        _unary_range(x, out, code, a, b, act, c * chunk, min(n, (c + 1) * chunk))
+
+
+class _UnaryKernel(Kernel):
+    """activation and clip: one float64 function of each element."""
+
+    def params(self, step: Step) -> tuple[int, float, float]:
+        raise NotImplementedError
+
+    def bind(self, step: Step) -> Runner:
+        code, a, b = self.params(step)
+        act = fused_activation(step)
+        name = step.name
+        cost = COST_LIBM if code >= _SIGMOID else COST_SIMPLE
+
+        def run(inputs: Buffers, outputs: Buffers) -> None:
+            out = contiguous_out(outputs[0], name)
+            split_run(_unary_range, _unary_parallel, out.size,
+                      flat_in(inputs[0]), out, code, a, b, act, cost=cost)  # fmt: skip
+
+        return Runner(run, (_unary_range, _unary_parallel))
+
+
+@register_kernel
+class ActivationKernel(_UnaryKernel):
+    """The ten functions of ``mm.IActivation``, float32 and float16."""
+
+    name = "cpu_activation"
+    ops = ("activation",)
+    precisions = FLOATS
+
+    def params(self, step: Step) -> tuple[int, float, float]:
+        attrs = step.op_attrs
+        return _ACT_CODES[attrs["mode"]], float(attrs["alpha"] or 0.0), float(attrs["beta"] or 0.0)
+
+
+@register_kernel
+class ClipKernel(_UnaryKernel):
+    """``min(max(x, lo), hi)`` with ``lo`` and ``hi`` attributes, float32 and float16."""
+
+    name = "cpu_clip"
+    ops = ("clip",)
+    precisions = FLOATS
+
+    def params(self, step: Step) -> tuple[int, float, float]:
+        return _CLIP, float(step.op_attrs["lo"]), float(step.op_attrs["hi"])
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise: binary float32 arithmetic with broadcasting
+# ---------------------------------------------------------------------------------------------
+_BIN_CODES = {mode: i for i, mode in enumerate(IElementwise)}
+_ADD, _SUB, _MUL, _DIV, _MAX, _MIN = (
+    _BIN_CODES[m]
+    for m in (
+        IElementwise.ADD,
+        IElementwise.SUB,
+        IElementwise.MUL,
+        IElementwise.DIV,
+        IElementwise.MAX,
+        IElementwise.MIN,
+    )
+)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _binary(op, a, b):  # type: ignore[no-untyped-def]
+    """One float32 operation, as numpy's float32 ufunc."""
+    if op == _ADD:
+        return a + b
+    if op == _SUB:
+        return a - b
+    if op == _MUL:
+        return a * b
+    if op == _DIV:
+        return a / b
+    if op == _MAX:
+        return a if (a > b or a != a) else b
+    return a if (a < b or a != a) else b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _binary_run(op, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = a[ia + j*ja] (op) b[ib + j*jb]``. The innermost merged dimension has strides
+    of 1 or 0 (broadcast), so three loops cover it; each reads slices, whose indices numba
+    knows to be non-negative, which lets LLVM vectorise the loop."""
+    n = ys.size
+    if ja == 1 and jb == 1:
+        xa, xb = a[ia : ia + n], b[ib : ib + n]
+        for j in range(n):
+            store_f32(ys, j, apply_fused(_binary(op, load_f32(xa, j), load_f32(xb, j)), act))
+    elif ja == 1:
+        xa, vb = a[ia : ia + n], load_f32(b, ib)
+        for j in range(n):
+            store_f32(ys, j, apply_fused(_binary(op, load_f32(xa, j), vb), act))
+    elif jb == 1:
+        va, xb = load_f32(a, ia), b[ib : ib + n]
+        for j in range(n):
+            store_f32(ys, j, apply_fused(_binary(op, va, load_f32(xb, j)), act))
+    else:  # a single output element
+        va, vb = load_f32(a, ia), load_f32(b, ib)
+        for j in range(n):
+            store_f32(ys, j, apply_fused(_binary(op, va, vb), act))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
+    """Output elements ``[start, stop)``; ``shape`` (merged) with strides ``sa``, ``sb``."""
+    nd = shape.size
+    idx = np.empty(nd, np.int64)
+    rem = start
+    ia = 0
+    ib = 0
+    for d in range(nd - 1, -1, -1):
+        idx[d] = rem % shape[d]
+        rem //= shape[d]
+        ia += idx[d] * sa[d]
+        ib += idx[d] * sb[d]
+    last = nd - 1
+    inner, ja, jb = shape[last], sa[last], sb[last]
+    pos = start
+    while pos < stop:
+        run = min(inner - idx[last], stop - pos)
+        _binary_run(op, a, ia, ja, b, ib, jb, out[pos : pos + run], act)
+        pos += run
+        ia += run * ja
+        ib += run * jb
+        idx[last] += run
+        d = last
+        while d > 0 and idx[d] == shape[d]:  # carry into the next dimension out
+            ia -= shape[d] * sa[d]
+            ib -= shape[d] * sb[d]
+            idx[d] = 0
+            d -= 1
+            idx[d] += 1
+            ia += sa[d]
+            ib += sb[d]
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _binary_parallel(a, b, out, shape, sa, sb, op, act, n, chunk):  # type: ignore[no-untyped-def]
+    for c in prange((n + chunk - 1) // chunk):
+        _binary_range(a, b, out, shape, sa, sb, op, act, c * chunk, min(n, (c + 1) * chunk))
+
+
+def broadcast_geometry(
+    out_shape: tuple[int, ...], *in_shapes: tuple[int, ...]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Merged output shape and one element-stride array per input (0 where broadcast).
+
+    >>> shape, (sa, sb) = broadcast_geometry((2, 4, 3), (2, 1, 3), (4, 1))
+    >>> shape.tolist(), sa.tolist(), sb.tolist()
+    ([2, 4, 3], [3, 0, 1], [0, 1, 0])
+    """
+    rank = len(out_shape)
+    strides = []
+    for shp in in_shapes:
+        full = (1,) * (rank - len(shp)) + tuple(shp)
+        st, acc = [0] * rank, 1
+        for d in range(rank - 1, -1, -1):
+            st[d] = acc if full[d] != 1 else 0
+            acc *= full[d]
+        strides.append(st)
+    dims = [d for d in range(rank) if out_shape[d] != 1]
+    shape = [out_shape[d] for d in dims]
+    per = [[st[d] for d in dims] for st in strides]
+    # merge dimension k-1 into k where every operand walks both as one contiguous run
+    k = len(shape) - 1
+    while k > 0:
+        if all(s[k - 1] == s[k] * shape[k] for s in per):
+            shape[k - 1] *= shape[k]
+            for s in per:
+                s[k - 1] = s[k]
+            del shape[k]
+            for s in per:
+                del s[k]
+        k -= 1
+    if not shape:
+        shape, per = [1], [[0] for _ in per]
+    return np.array(shape, np.int64), [np.array(s, np.int64) for s in per]
+
+
+@register_kernel
+class ElementwiseKernel(Kernel):
+    """ADD SUB MUL DIV MAX MIN with numpy broadcasting, float32 and float16."""
+
+    name = "cpu_elementwise"
+    ops = ("elementwise",)
+    precisions = FLOATS
+
+    def bind(self, step: Step) -> Runner:
+        op = _BIN_CODES[step.op_attrs["mode"]]
+        act = fused_activation(step)
+        name = step.name
+
+        def run(inputs: Buffers, outputs: Buffers) -> None:
+            a, b = inputs[0], inputs[1]
+            out = outputs[0]
+            shape, (sa, sb) = broadcast_geometry(out.shape, a.shape, b.shape)
+            flat = contiguous_out(out, name)
+            split_run(_binary_range, _binary_parallel, flat.size,
+                      flat_in(a), flat_in(b), flat, shape, sa, sb, op, act)  # fmt: skip
+
+        return Runner(run, (_binary_range, _binary_parallel))
+
+
+# ---------------------------------------------------------------------------------------------
+# cast
+# ---------------------------------------------------------------------------------------------
+_FLOAT_BUFFERS = (types.float32, types.uint16)  # uint16 buffers always hold fp16 bits
+
+
+def _cast_one(src: np.ndarray, dst: np.ndarray, i: int) -> None:
+    """``dst[i] = src[i]`` under ICastNode's rules (jitted through the overload below)."""
+    raise NotImplementedError
+
+
+@overload(_cast_one)
+def _cast_one_overload(src, dst, i):  # type: ignore[no-untyped-def]
+    from_float = src.dtype in _FLOAT_BUFFERS
+    if dst.dtype in _FLOAT_BUFFERS:
+        if from_float:
+            return lambda src, dst, i: store_f32(dst, i, load_f32(src, i))
+        # integer -> float32 rounds to nearest once (fp16: exact below 2**24, inf above 65519)
+        return lambda src, dst, i: store_f32(dst, i, np.float32(src[i]))
+    if dst.dtype == types.boolean:
+        if from_float:
+
+            def float_to_bool(src, dst, i):  # type: ignore[no-untyped-def]
+                dst[i] = load_f32(src, i) != 0  # NaN is true
+
+            return float_to_bool
+
+        def int_to_bool(src, dst, i):  # type: ignore[no-untyped-def]
+            dst[i] = src[i] != 0
+
+        return int_to_bool
+    if not from_float:
+
+        def int_to_int(src, dst, i):  # type: ignore[no-untyped-def]
+            dst[i] = src[i]  # two's-complement wrap-around, as numpy's astype
+
+        return int_to_int
+    info = np.iinfo(as_dtype(dst.dtype))
+    top, bottom = info.max, info.min
+    # float(info.max) may round up (int64: 2**63), so compare in float64 before converting
+    ftop, fbottom = float(top), float(bottom)
+
+    def float_to_int(src, dst, i):  # type: ignore[no-untyped-def]
+        x = np.float64(load_f32(src, i))
+        if x != x:
+            dst[i] = 0
+            return
+        t = np.trunc(x)
+        if t >= ftop:
+            dst[i] = top
+        elif t <= fbottom:
+            dst[i] = bottom
+        else:
+            dst[i] = np.int64(t)
+
+    return float_to_int
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _cast_range(src, dst, start, stop):  # type: ignore[no-untyped-def]
+    xs, ys = src[start:stop], dst[start:stop]
+    for j in range(stop - start):
+        _cast_one(xs, ys, j)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _cast_parallel(src, dst, n, chunk):  # type: ignore[no-untyped-def]
+    for c in prange((n + chunk - 1) // chunk):
+        _cast_range(src, dst, c * chunk, min(n, (c + 1) * chunk))
+
+
+@register_kernel
+class CastKernel(Kernel):
+    """Any numeric buffer type to any other (see the module docstring for the rules).
+
+    One numba loop compiled per (source, destination) buffer type pair as the pairs are used.
+    """
+
+    name = "cpu_cast"
+    ops = ("cast",)
+    precisions = (
+        DataType.FLOAT32,
+        DataType.FLOAT16,
+        DataType.INT8,
+        DataType.INT16,
+        DataType.INT32,
+        DataType.INT64,
+        DataType.UINT8,
+        DataType.BOOL,
+    )
+
+    def bind(self, step: Step) -> Runner:
+        if "activation" in step.op_attrs:
+            raise MMError(
+                f"step {step.name!r}: a cast cannot carry a fused activation", Code.INTERNAL
+            )
+        name = step.name
+
+        def run(inputs: Buffers, outputs: Buffers) -> None:
+            out = contiguous_out(outputs[0], name)
+            split_run(_cast_range, _cast_parallel, out.size, flat_in(inputs[0]), out)
+
+        return Runner(run, (_cast_range, _cast_parallel))
