@@ -113,7 +113,8 @@ def _plan_node(
     floats = {d for d in inputs if d.is_float}
     if node.policy is Policy.FOLLOW and len(floats) > 1:  # e.g. a concat of fp32 and fp16 data
         inputs = [node_ftype if d.is_float else d for d in inputs]
-        notes.append(f"inputs arrive in {sorted(d.name for d in floats)}: runs in {node_ftype.name}")
+        arriving = sorted(d.name for d in floats)
+        notes.append(f"inputs arrive in {arriving}: runs in {node_ftype.name}")
     overrides = node.precision_overrides
     for i, dtype in overrides.items():
         t = node.inputs[i]

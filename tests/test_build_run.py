@@ -366,7 +366,7 @@ def test_validate_names_the_first_step_whose_kernel_is_wrong(
     model = mm.Builder().build_model("cnn", net)
     x = sample_images(2, 0)
     assert model.validate(x).ok()
-    pool = kernel_named("window.maxpool2d")
+    pool = kernel_named("maxpool2d")
 
     def broken_bind(step: object) -> Runner:
         good = type(pool).bind(pool, step)  # type: ignore[arg-type]

@@ -171,7 +171,7 @@ def n_terms(g: Geom) -> int:
 @pytest.mark.parametrize("geom", GEOMS)
 def test_float_within_summation_bound(geom: Geom, precision: mm.DataType) -> None:
     case = make_case(geom, precision, precision, bias=geom.group != 4)
-    assert case.one.kernel.name == "deconv_float"
+    assert case.one.kernel.name == "deconv.float"
     x = sample(geom)
     got, want = run(case, x, precision)
     y, mag = exact(case, x, half=precision is F16)
@@ -208,7 +208,7 @@ def test_nan_and_inf_pass_through() -> None:
 def test_quantized_bit_exact(geom: Geom, precision: mm.DataType, options: tuple) -> None:
     granularity, algo, out_type, in_type = options
     case = make_case(geom, precision, out_type, (granularity, algo))
-    assert case.one.kernel.name == "deconv_qint"
+    assert case.one.kernel.name == "deconv.qint"
     got, want = run(case, sample(geom), in_type)
     assert got.dtype == want.dtype and np.array_equal(got, want)
 
@@ -322,4 +322,4 @@ def test_qint8_refuses_sums_past_int32() -> None:
     geom = Geom((1, 1, 1, 8192), (3, 3), 1)
     with pytest.raises(MMError, match="QINT16"):
         make_case(geom, Q8, F32)
-    assert make_case(geom, Q16, F32).one.kernel.name == "deconv_qint"
+    assert make_case(geom, Q16, F32).one.kernel.name == "deconv.qint"

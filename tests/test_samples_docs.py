@@ -20,7 +20,7 @@ def test_sample_cnn_runs_and_gives_probabilities(capsys: pytest.CaptureFixture[s
     module = runpy.run_path(str(ROOT / "samples" / "sample_cnn.py"))
     module["main"](runs=2)
     out = capsys.readouterr().out
-    assert "built in qint8_mixed_float16" in out and "QINT8" in out and "conv_qint" in out
+    assert "built in qint8_mixed_float16" in out and "QINT8" in out and "conv.qint" in out
     cosine = float(re.search(r"cosine (\d\.\d+)", out).group(1))  # type: ignore[union-attr]
     assert cosine >= 0.99
     assert "time per inference (batch 16)" in out and "SQNR" in out

@@ -305,7 +305,7 @@ def _float64(x: np.ndarray) -> np.ndarray:
 class ConvFloat(_ConvKernel):
     """conv in FLOAT32 and FLOAT16 (fp16 weights and input, float32 accumulation)."""
 
-    name = "conv_float"
+    name = "conv.float"
     precisions = (_F.FLOAT32, _F.FLOAT16)
 
 
@@ -313,5 +313,5 @@ class ConvFloat(_ConvKernel):
 class ConvQuantized(_ConvKernel):
     """conv in QINT8 (u8 x s8, int32 sums) and QINT16 (int16, int64 sums)."""
 
-    name = "conv_qint"
+    name = "conv.qint"
     precisions = (_F.QINT8, _F.QINT16)

@@ -279,7 +279,7 @@ class _DeconvKernel(Kernel):
 class DeconvFloat(_DeconvKernel):
     """deconv in FLOAT32 and FLOAT16 (fp16 input and filter, float32 accumulation)."""
 
-    name = "deconv_float"
+    name = "deconv.float"
     precisions = (_F.FLOAT32, _F.FLOAT16)
 
 
@@ -287,5 +287,5 @@ class DeconvFloat(_DeconvKernel):
 class DeconvQuantized(_DeconvKernel):
     """deconv in QINT8 (uint8 carrier x int8, int32 sums) and QINT16 (int16, int64 sums)."""
 
-    name = "deconv_qint"
+    name = "deconv.qint"
     precisions = (_F.QINT8, _F.QINT16)

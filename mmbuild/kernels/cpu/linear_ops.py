@@ -181,7 +181,7 @@ class _InnerProductKernel(Kernel):
 class InnerProductFloat(_InnerProductKernel):
     """inner_product in FLOAT32 and FLOAT16 (fp16 weights, float32 accumulation)."""
 
-    name = "inner_product_float"
+    name = "inner_product.float"
     precisions = (_F.FLOAT32, _F.FLOAT16)
 
 
@@ -189,7 +189,7 @@ class InnerProductFloat(_InnerProductKernel):
 class InnerProductQuantized(_InnerProductKernel):
     """inner_product in QINT8 (u8 x s8, int32 sums) and QINT16 (int64 sums)."""
 
-    name = "inner_product_qint"
+    name = "inner_product.qint"
     precisions = (_F.QINT8, _F.QINT16)
 
 
@@ -447,7 +447,7 @@ class _MatMulKernel(Kernel):
 class MatMulFloat(_MatMulKernel):
     """matmul in FLOAT32 and FLOAT16 (float32 accumulation)."""
 
-    name = "matmul_float"
+    name = "matmul.float"
     precisions = (_F.FLOAT32, _F.FLOAT16)
 
 
@@ -455,5 +455,5 @@ class MatMulFloat(_MatMulKernel):
 class MatMulQuantized(_MatMulKernel):
     """matmul in QINT8 (int32 sums) and QINT16 (int64 sums), both operands quantized."""
 
-    name = "matmul_qint"
+    name = "matmul.qint"
     precisions = (_F.QINT8, _F.QINT16)

@@ -348,7 +348,7 @@ class CopyKernel(_Movement):
     """reshape, squeeze, unsqueeze: the elements of input 0 in row-major order (a reshape's
     optional shape input is not read)."""
 
-    name = "movement.copy"
+    name = "copy"
     ops = ("reshape", "squeeze", "unsqueeze")
 
     def runner(self, step: Step) -> Run:
@@ -380,7 +380,7 @@ class CopyKernel(_Movement):
 class PermuteKernel(_Movement):
     """permute: output dimension ``i`` walks input dimension ``perm[i]``."""
 
-    name = "movement.permute"
+    name = "permute"
     ops = ("permute",)
 
     def runner(self, step: Step) -> Run:
@@ -400,7 +400,7 @@ class PermuteKernel(_Movement):
 class ConcatKernel(_Movement):
     """concat: each input is a box of the output, at the offset of the inputs before it."""
 
-    name = "movement.concat"
+    name = "concat"
     ops = ("concat",)
 
     def runner(self, step: Step) -> Run:
@@ -434,7 +434,7 @@ class ConcatKernel(_Movement):
 class SplitKernel(_Movement):
     """split: each output is a box of the input, at the offset of the outputs before it."""
 
-    name = "movement.split"
+    name = "split"
     ops = ("split",)
 
     def runner(self, step: Step) -> Run:
@@ -466,7 +466,7 @@ class SplitKernel(_Movement):
 class SliceKernel(_Movement):
     """slice: the output box, read from ``begin`` with strides ``stride * input stride``."""
 
-    name = "movement.slice"
+    name = "slice"
     ops = ("slice",)
 
     def runner(self, step: Step) -> Run:
@@ -489,7 +489,7 @@ class SliceKernel(_Movement):
 class PadKernel(_Movement):
     """pad: CONSTANT, REFLECT and EDGE over any rank, by a table gather."""
 
-    name = "movement.pad"
+    name = "pad"
     ops = ("pad",)
     fns = (_pad_serial, _pad_parallel)
 

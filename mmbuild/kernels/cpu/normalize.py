@@ -175,7 +175,7 @@ def _batch_norm_parallel(x, mean, var, scale, offset, out, c, inner, eps, act, r
 class BatchNormKernel(Kernel):
     """Inference batch normalisation along any axis, float32 and float16."""
 
-    name = "cpu_batch_norm"
+    name = "batch_norm"
     ops = ("fused_batch_norm",)
     precisions = FLOATS
 
@@ -228,7 +228,7 @@ class LayerNormKernel(Kernel):
     """Layer normalisation over the trailing axes from ``axis``, optional scale and bias,
     float32 and float16."""
 
-    name = "cpu_layer_norm"
+    name = "layer_norm"
     ops = ("layer_norm",)
     precisions = FLOATS
 
@@ -308,7 +308,7 @@ def _softmax_parallel(x, out, n, inner, lanes, act, items, chunk):  # type: igno
 class SoftmaxKernel(Kernel):
     """Softmax along any axis, max subtracted first, float32 and float16."""
 
-    name = "cpu_softmax"
+    name = "softmax"
     ops = ("softmax",)
     precisions = FLOATS
 
@@ -392,7 +392,7 @@ def _reduce(x, out, shape, so, mode, count, act):  # type: ignore[no-untyped-def
 class ReduceKernel(Kernel):
     """MEAN, SUM, MAX, MIN over any axes, with or without keep_dims, float32 and float16."""
 
-    name = "cpu_reduce"
+    name = "reduce"
     ops = ("reduce",)
     precisions = FLOATS
 

@@ -281,7 +281,7 @@ class _UnaryKernel(Kernel):
 class ActivationKernel(_UnaryKernel):
     """The ten functions of ``mm.IActivation``, float32 and float16."""
 
-    name = "cpu_activation"
+    name = "activation"
     ops = ("activation",)
     precisions = FLOATS
 
@@ -294,7 +294,7 @@ class ActivationKernel(_UnaryKernel):
 class ClipKernel(_UnaryKernel):
     """``min(max(x, lo), hi)`` with ``lo`` and ``hi`` attributes, float32 and float16."""
 
-    name = "cpu_clip"
+    name = "clip"
     ops = ("clip",)
     precisions = FLOATS
 
@@ -440,7 +440,7 @@ def broadcast_geometry(
 class ElementwiseKernel(Kernel):
     """ADD SUB MUL DIV MAX MIN with numpy broadcasting, float32 and float16."""
 
-    name = "cpu_elementwise"
+    name = "elementwise"
     ops = ("elementwise",)
     precisions = FLOATS
 
@@ -538,7 +538,7 @@ class CastKernel(Kernel):
     One numba loop compiled per (source, destination) buffer type pair as the pairs are used.
     """
 
-    name = "cpu_cast"
+    name = "cast"
     ops = ("cast",)
     precisions = (
         DataType.FLOAT32,

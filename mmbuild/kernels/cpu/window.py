@@ -327,7 +327,7 @@ class _Pool(Kernel):
 class MaxPoolKernel(_Pool):
     """maxpool2d, float32 and fp16: exact (a max picks one of its inputs)."""
 
-    name = "window.maxpool2d"
+    name = "maxpool2d"
     ops = ("maxpool2d",)
 
 
@@ -335,7 +335,7 @@ class MaxPoolKernel(_Pool):
 class AvgPoolKernel(_Pool):
     """avgpool2d, float32 and fp16: a float64 sum divided by the count, rounded once."""
 
-    name = "window.avgpool2d"
+    name = "avgpool2d"
     ops = ("avgpool2d",)
 
 
@@ -343,7 +343,7 @@ class AvgPoolKernel(_Pool):
 class ResizeKernel(Kernel):
     """resize, NEAREST and BILINEAR under every coordinate and rounding mode, NHWC and NCHW."""
 
-    name = "window.resize"
+    name = "resize"
     ops = ("resize",)
     precisions = _FLOAT_PRECISIONS
 
