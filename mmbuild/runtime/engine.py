@@ -38,6 +38,25 @@ if TYPE_CHECKING:
 _ALIGN = 64
 
 
+def _threadsafe_parallel_layer() -> bool:
+    """True when numba's threading layer lets several threads launch parallel kernels at once:
+    tbb or OpenMP (numba prefers them, in that order, where they load). The fallback layer,
+    workqueue, aborts the process on concurrent launches, so runs are then serialised."""
+    import importlib
+
+    for layer in ("tbbpool", "omppool"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{layer}")
+            return True
+        except ImportError:
+            continue
+    return False
+
+
+# Held around each run when the threading layer is not thread-safe (see above).
+_SERIAL_RUNS: threading.Lock | None = None if _threadsafe_parallel_layer() else threading.Lock()
+
+
 class IRTTensor(CamelCaseAliases):
     """A tensor at the API boundary: a name, a type, dims and (once set) a numpy array."""
 
@@ -319,6 +338,12 @@ class Context(CamelCaseAliases):
     def run(self, arrays: Sequence[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
         """Run the plan on checked input buffers; returns the outputs by tensor name (every
         tensor, copied out of the arena, when ``keep_all``)."""
+        if _SERIAL_RUNS is None:
+            return self._run(arrays, keep_all)
+        with _SERIAL_RUNS:
+            return self._run(arrays, keep_all)
+
+    def _run(self, arrays: Sequence[np.ndarray], keep_all: bool) -> dict[str, np.ndarray]:
         engine, data = self._engine, self._engine.data
         plan = engine.buffer_plan(tuple(a.shape for a in arrays))
         if self._arena.size < plan.arena_bytes:
