@@ -137,9 +137,8 @@ def main(mode: str = "qint8_mixed_float16", runs: int = 200) -> None:
     calib.set_progress(False)
     assert calib.calibrate(net, config).ok()
     model = mm.Builder().build_model("sample_cnn", net, config)
-    print(f"\nbuilt in {mode}:\n{model.get_layer_report()}")
-
     x = sample_images(16, seed=2)  # images the calibration did not see
+    print(f"\nbuilt in {mode}; at batch {len(x)}:\n{model.get_layer_report(x)}")
     context = model.create_i_engine().create_i_context()
     inputs = context.create_inputs()
     inputs[0].from_numpy(x)
