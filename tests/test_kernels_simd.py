@@ -370,7 +370,7 @@ def test_fp16_array_conversions_match_numpy() -> None:
 def test_quantize_matches_reference(out_dtype, half: bool) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(5000) * 4).astype(np.float32)
-    x[:6] = [0.5, 1.5, 2.5, -0.5, 1e9, -1e9]  # ties to even, saturation
+    x[:7] = [0.5, 1.5, 2.5, -0.5, 1e9, -1e9, np.nan]  # ties to even, saturation, NaN -> zp
     with np.errstate(over="ignore"):  # +-1e9 become +-inf in fp16, and still saturate
         src = x.astype(np.float16) if half else x
     scale, zp = (0.05, 128) if out_dtype == np.uint8 else (0.001, -100)
@@ -378,8 +378,9 @@ def test_quantize_matches_reference(out_dtype, half: bool) -> None:  # type: ign
     convert.quantize(src, scale, zp, out)
     lo, hi = (0, 255) if out_dtype == np.uint8 else (-32768, 32767)
     xs = src.astype(np.float32)
-    want = np.clip(np.rint(xs / np.float32(scale)) + np.float32(zp), lo, hi).astype(out_dtype)
-    assert np.array_equal(out, want)
+    q = np.nan_to_num(np.rint(xs / np.float32(scale)), nan=0.0)  # as quant.params.quantize
+    want = np.clip(q + np.float32(zp), lo, hi).astype(out_dtype)
+    assert np.array_equal(out, want) and out[6] == zp
 
 
 @pytest.mark.parametrize("src_dtype", [np.uint8, np.int8, np.int16])

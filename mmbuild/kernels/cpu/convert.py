@@ -58,7 +58,8 @@ def store_output(
     """Store float32 ``y`` at ``out[i]`` in the output's type.
 
     float32 and uint16 (fp16 bits) store the value; uint8 and int16 store
-    ``clip(rint(y / scale) + zero_point)``; ``scale`` and ``zero_point`` are float32.
+    ``clip(rint(y / scale) + zero_point)`` (NaN stores ``zero_point``, as ``quant.params``
+    does); ``scale`` and ``zero_point`` are float32.
     """
     y32 = np.float32(y)
     if out.dtype in (np.float32, np.uint16):
@@ -74,7 +75,10 @@ def _quantizing_store(lo: float, hi: float):  # type: ignore[no-untyped-def]
     fhi = np.float32(hi)
 
     def store(out, i, y, scale, zero_point):  # type: ignore[no-untyped-def]
-        q = np.rint(np.float32(y) / scale) + zero_point
+        q = np.rint(np.float32(y) / scale)
+        if q != q:  # NaN has no integer value: quant.params sends it to the zero point
+            q = np.float32(0)
+        q = q + zero_point
         if q < flo:
             q = flo
         elif q > fhi:

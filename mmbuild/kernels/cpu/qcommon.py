@@ -43,6 +43,7 @@ from numba.extending import overload
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.convert import store_output
 from mmbuild.kernels.cpu.gemm import (
     Activation,
     Epilogue,
@@ -73,7 +74,6 @@ __all__ = [
     "activation_qparams",
     "carrier_dtype",
     "check_int8_k",
-    "convert_store",
     "direct_epilogue_args",
     "epilogue_activation",
     "epilogue_store",
@@ -385,42 +385,6 @@ def gemm_dispatcher(w: Packed, ep: Epilogue, a_dtype: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Run time: numba
 # ---------------------------------------------------------------------------------------------
-def convert_store(dst: np.ndarray, i: int, y: Any, scale: Any, zp: Any) -> None:
-    """``dst[i] = y`` in ``dst``'s type: float32 or fp16 bits store the value; uint8 and int16
-    store ``clip(rint(y / scale) + zp)`` in float32, with NaN going to ``zp``."""
-    raise NotImplementedError("convert_store runs inside numba kernels")
-
-
-def _quantizing_store(lo: float, hi: float):  # type: ignore[no-untyped-def]
-    flo, fhi = np.float32(lo), np.float32(hi)
-
-    def store(dst, i, y, scale, zp):  # type: ignore[no-untyped-def]
-        q = np.rint(np.float32(y) / scale)
-        if q != q:  # NaN has no integer value: quant.params sends it to the zero point
-            q = np.float32(0)
-        q = q + zp
-        if q < flo:
-            q = flo
-        elif q > fhi:
-            q = fhi
-        dst[i] = q
-
-    return store
-
-
-@overload(convert_store)
-def _convert_store_overload(dst, i, y, scale, zp):  # type: ignore[no-untyped-def]
-    if not isinstance(dst, types.Array):
-        return None
-    if dst.dtype in (types.float32, types.uint16):
-        return lambda dst, i, y, scale, zp: store_f32(dst, i, np.float32(y))
-    if dst.dtype == types.uint8:
-        return _quantizing_store(0, 255)
-    if dst.dtype == types.int16:
-        return _quantizing_store(-32768, 32767)
-    return None
-
-
 def widen(arr: np.ndarray, i: int) -> Any:
     """``arr[i]`` widened for a product: int64 for integer arrays, float32 for float32 and fp16
     bits."""
@@ -467,7 +431,7 @@ def _prepare_rows(first, last, src, geo, dst, scale, zp):  # type: ignore[no-unt
         o = r * row
         if ys < 0 or ys >= h:
             for i in range(row):
-                convert_store(dst, o + i, 0.0, scale, zp)
+                store_output(dst, o + i, 0.0, scale, zp)
             continue
         s_row = (b * h + ys) * w
         for x in range(wd):
@@ -475,11 +439,11 @@ def _prepare_rows(first, last, src, geo, dst, scale, zp):  # type: ignore[no-unt
                 xs = x * sw + j * dw - pl
                 if xs < 0 or xs >= w:
                     for ch in range(cg):
-                        convert_store(dst, o + ch, 0.0, scale, zp)
+                        store_output(dst, o + ch, 0.0, scale, zp)
                 else:
                     s = (s_row + xs) * c + c0
                     for ch in range(cg):
-                        convert_store(dst, o + ch, load_f32(src, s + ch), scale, zp)
+                        store_output(dst, o + ch, load_f32(src, s + ch), scale, zp)
                 o += cg
 
 
