@@ -15,15 +15,9 @@ from sample_cnn import ImageBatches, build_cnn, sample_images
 from sample_transformer import build_transformer_block
 
 import mmbuild as mm
+from mmbuild.config.schema import PRECISION_MODES
 
-MODES = [
-    "force_float32",
-    "force_float16",
-    "qint8_mixed_float16",
-    "qint8_mixed_float32",
-    "qint16_mixed_float16",
-    "qint16_mixed_float32",
-]
+MODES = PRECISION_MODES
 # cosine of the network output against float32 that each mode must reach on the samples' data
 MIN_COSINE = {
     "force_float32": 0.99999,
