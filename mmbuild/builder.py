@@ -33,7 +33,7 @@ from mmbuild.ir.node import Policy
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import Step, buffer_dtype, find_kernel, from_float
 from mmbuild.ops.registry import get_op
-from mmbuild.precision import plan_precision
+from mmbuild.precision import PrecisionPlan, plan_precision
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Model
@@ -93,11 +93,11 @@ class Builder(CamelCaseAliases):
         return Model._from_data(data)
 
 
-def lower_graph(network: Network, config: BuilderConfig, plan: object) -> Graph:
+def lower_graph(network: Network, config: BuilderConfig, plan: PrecisionPlan) -> Graph:
     """The network as a graph with the plan's precisions, passes run and casts inserted."""
     from mmbuild.passes import run_passes
 
-    graph = Graph.from_network(network, plan)  # type: ignore[arg-type]
+    graph = Graph.from_network(network, plan)
     graph.options = {
         "weight_quant_granularity": config.weight_quant_granularity,
         "activation_quant_algo": config.activation_quant_algo,
