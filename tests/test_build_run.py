@@ -391,3 +391,17 @@ def test_float16_overflow_guard_is_in_the_layer_report() -> None:
     assert "reaches 90000 > 65504, kept FLOAT32" in str(model.get_layer_report())
     (y,) = run(model, np.array([[300.0, -2.0, 0.5, 1e3]], np.float32))
     assert y.dtype == np.float32 and y[0, 0] == 90000.0
+
+
+def test_a_model_file_naming_an_unknown_kernel_is_refused(tmp_path: Path) -> None:
+    from mmbuild.runtime.model_file import read_model_file, write_model_file
+
+    model = mm.Builder().build_model("cnn", build_cnn())
+    data = model.data
+    data.steps[0].kernel = "conv.from_the_future"
+    path = tmp_path / "odd.mm"
+    write_model_file(path, data)
+    assert read_model_file(path).steps[0].kernel == "conv.from_the_future"
+    with pytest.raises(mm.MMError, match="needs kernel 'conv.from_the_future'") as info:
+        mm.Model().deserialize_from_file(str(path))
+    assert info.value.status.code() is mm.Code.NOT_FOUND

@@ -126,8 +126,15 @@ class Model(CamelCaseAliases):
         return model
 
     def _set_data(self, data: ModelData) -> None:
-        for step in data.steps:
-            kernel_named(step.kernel)  # an unknown kernel is refused here, before any run
+        for step in data.steps:  # an unknown kernel is refused here, before any run
+            try:
+                kernel_named(step.kernel)
+            except MMError:
+                raise MMError(
+                    f"model {data.name!r}: step {step.name!r} needs kernel {step.kernel!r}, which "
+                    "this mmbuild does not have; rebuild the model with this version",
+                    Code.NOT_FOUND,
+                ) from None
         self._data = data
 
     @property
