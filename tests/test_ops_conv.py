@@ -390,3 +390,21 @@ def test_refused_setter_leaves_the_node_unchanged() -> None:
         conv.set_padding_mode("same")
     assert (dict(conv.attrs), relu.get_output(0).get_dimension()) == before
     assert conv.get_output(0).get_dimension() == [1, 3, 3, 4]
+
+
+def test_a_setter_re_chooses_the_layout_and_group_the_shapes_implied() -> None:
+    """[N, 1, 3, 2] with filter [2, 1, 3, 1] first fits as NCHW with group 1; a dilation of
+    2 x 1 only fits the NHWC depthwise reading, which the setter then chooses (and set_group
+    confirms) instead of refusing."""
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([-1, 1, 3, 2]))
+    w = net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims([2, 1, 3, 1]), np.ones(6))
+    conv = net.add_i_conv_node(x, w.get_output(0))
+    assert conv.attrs["layout"][0] is mm.Layout.NCHW and conv.attrs["group"] == 1
+    conv.set_dilation(2, 1)
+    assert conv.attrs["layout"][0] is mm.Layout.NHWC and conv.attrs["group"] == 2
+    with pytest.raises(mm.MMError, match=r"set_group\(2\)"):
+        conv.validate()
+    conv.set_group(2)
+    conv.validate()
+    assert conv.get_output(0).get_dimension() == mm.Dims([-1, 1, 1, 2])

@@ -108,9 +108,17 @@ class ImpliedAttrs(INode):
 
     def _set_implied(self, **change: Any) -> Status:
         """Set implied attributes and fix them; the others still implied are re-chosen."""
-        fixed = self._fixed | change.keys()
+        return self._set_and_rechoose(change, self._fixed | change.keys())
+
+    def _set(self, **attrs: Any) -> Status:
+        """Any other setter re-chooses the attributes still implied too: a dilation, stride or
+        pad can make the shapes fit another layout or group than the one they implied when the
+        node was added."""
+        return self._set_and_rechoose(attrs, self._fixed)
+
+    def _set_and_rechoose(self, change: dict[str, Any], fixed: set[str]) -> Status:
         probe = type(self)(self._network, self._name, self._inputs, {**self.attrs, **change})
-        status = self._set(**probe._fitting_attrs(fixed))
+        status = INode._set(self, **probe._fitting_attrs(fixed))
         self._fixed = fixed
         self._implied = self._unconfirmed(fixed)
         return status
