@@ -22,6 +22,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmbuild._files import write_atomically
 from mmbuild.config.schema import ActivationQuantAlgo, CustomRange
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.network import Network
@@ -144,20 +145,7 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationCacheModel:
 def write_cache(path: str | os.PathLike[str], cache: CalibrationCacheModel) -> None:
     """Write ``cache`` as JSON to ``path``, whole or not at all (a temporary file is renamed)."""
     where = f"calibration cache {os.fspath(path)!r}"
-    text = _dumps(cache)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except FileNotFoundError:
-        raise MMError(
-            f"{where}: the folder {str(target.parent)!r} does not exist; create it first",
-            Code.NOT_FOUND,
-        ) from None
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MMError(f"{where}: cannot be written ({e.strerror})", Code.UNAVAILABLE) from None
+    write_atomically(path, _dumps(cache).encode("utf-8"), where)
 
 
 def _dumps(cache: CalibrationCacheModel) -> str:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from mmbuild.graph import Graph, Node
 
 Buffers = Sequence[np.ndarray]
+# Every type a runtime buffer may hold (quantized values live inside kernels only): the
+# precisions of kernels that move or convert any data.
+BUFFER_TYPES: tuple[DataType, ...] = tuple(d for d in DataType if not d.is_quantized)
 
 
 @dataclass
@@ -65,6 +68,14 @@ class Step:
     notes: list[str] = field(default_factory=list)
     fused: list[str] = field(default_factory=list)
 
+    def node(self) -> Node:
+        """The graph node this step was lowered from: its ``declaration()`` gives the op's
+        ``infer`` and reference, its ``compute_precision`` the kernel's key."""
+        from mmbuild.graph import Node
+
+        return Node(self.name, self.op, dict(self.op_attrs), list(self.inputs),
+                    list(self.outputs), list(self.precisions), list(self.output_types))  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Runner:
@@ -94,11 +105,11 @@ class Kernel:
     def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
         """The numpy result of this precision: inputs widened to float32, the op's reference
         (and fused activation), outputs rounded to their buffer types."""
-        from mmbuild.graph import Node, reference_outputs
+        from mmbuild.graph import reference_outputs
 
-        node = Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
-                    step.precisions, step.output_types)  # fmt: skip
-        results = reference_outputs(node, [to_numpy(a, p) for a, p in zip(inputs, step.precisions)])
+        results = reference_outputs(
+            step.node(), [to_numpy(a, p) for a, p in zip(inputs, step.precisions)]
+        )
         return [from_float(r, t) for r, t in zip(results, step.output_types)]
 
 

@@ -25,10 +25,9 @@ import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
 from mmbuild.errors import Code, MMError, Status
-from mmbuild.graph import Node
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.types import DataType, Dims
-from mmbuild.kernels.table import Runner, Step, buffer_dtype, kernel_named
+from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named
 
 if TYPE_CHECKING:
     from mmbuild.report import ErrorReport, LayerReport
@@ -237,8 +236,8 @@ class Engine(CamelCaseAliases):
     def __init__(self, data: ModelData) -> None:
         self.data = data
         self.runners: list[Runner] = [kernel_named(s.kernel).bind(s) for s in data.steps]
-        self._declarations: list[INode] = [_declaration(s) for s in data.steps]
-        self._constants = {k: v for k, v in data.constants.items()}
+        self._declarations: list[INode] = [s.node().declaration() for s in data.steps]
+        self._constants = dict(data.constants)
         self._plans: dict[tuple[tuple[int, ...], ...], BufferPlan] = {}
         self._lock = threading.Lock()
 
@@ -250,27 +249,25 @@ class Engine(CamelCaseAliases):
         with self._lock:
             plan = self._plans.get(input_shapes)
         if plan is None:
-            plan = self._plan(input_shapes)
+            plan = plan_buffers(self.data, self._declarations, input_shapes)
             with self._lock:
                 self._plans[input_shapes] = plan
         return plan
 
-    def _plan(self, input_shapes: tuple[tuple[int, ...], ...]) -> BufferPlan:
-        data = self.data
-        shapes: dict[str, tuple[int, ...]] = dict(zip((t.name for t in data.inputs), input_shapes))
-        shapes.update({k: v.shape for k, v in self._constants.items()})
-        for step, decl in zip(data.steps, self._declarations):
-            specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
-            for t, spec in zip(step.outputs, decl.infer(specs)):
-                shapes[t] = tuple(spec.dims)
-        offsets, arena = _plan_arena(data, shapes)
-        return BufferPlan(shapes, offsets, arena)
 
-
-def _declaration(step: Step) -> INode:
-    node = Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
-                step.precisions, step.output_types)  # fmt: skip
-    return node.declaration()
+def plan_buffers(
+    data: ModelData, declarations: Sequence[INode], input_shapes: tuple[tuple[int, ...], ...]
+) -> BufferPlan:
+    """Every tensor's shape for these input shapes (each step's op ``infer``, in order), and
+    the arena placement of the intermediates."""
+    shapes: dict[str, tuple[int, ...]] = dict(zip((t.name for t in data.inputs), input_shapes))
+    shapes.update({k: v.shape for k, v in data.constants.items()})
+    for step, decl in zip(data.steps, declarations):
+        specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
+        for t, spec in zip(step.outputs, decl.infer(specs)):
+            shapes[t] = tuple(spec.dims)
+    offsets, arena = _plan_arena(data, shapes)
+    return BufferPlan(shapes, offsets, arena)
 
 
 def _nbytes(info: TensorInfo, shape: tuple[int, ...]) -> int:
@@ -288,12 +285,13 @@ def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[di
             last_use[t] = i
     free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
     offsets: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     top = 0
     for i, step in enumerate(data.steps):
         for t in step.outputs:
             if t in fixed:
                 continue
-            size = -(-_nbytes(data.tensors[t], shapes[t]) // _ALIGN) * _ALIGN
+            size = sizes[t] = -(-_nbytes(data.tensors[t], shapes[t]) // _ALIGN) * _ALIGN
             for j, (off, room) in enumerate(free):
                 if room >= size:
                     offsets[t] = off
@@ -305,8 +303,7 @@ def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[di
             last_use.setdefault(t, i)
         for t in {*step.inputs, *step.outputs}:
             if t in offsets and last_use[t] == i:
-                size = -(-_nbytes(data.tensors[t], shapes[t]) // _ALIGN) * _ALIGN
-                free = _merge([*free, (offsets[t], size)])
+                free = _merge([*free, (offsets[t], sizes[t])])
     return offsets, top
 
 
@@ -335,7 +332,7 @@ class Context(CamelCaseAliases):
         """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output."""
         if not isinstance(outputs, list):
             raise MMError("enqueue: outputs must be a list, which enqueue fills")
-        arrays = self._check_inputs(inputs)
+        arrays = input_buffers(self._engine.data, inputs)
         values = self.run(arrays)
         data = self._engine.data
         outputs.clear()
@@ -391,27 +388,30 @@ class Context(CamelCaseAliases):
             return kept
         return out
 
-    def _check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
-        declared = self._engine.data.inputs
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != len(declared):
-            n = len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+
+def input_buffers(data: ModelData, inputs: Sequence[Any]) -> list[np.ndarray]:
+    """The buffers of ``inputs`` (IRTTensors in model-input order), checked against the model:
+    count, dtype and dims; float16 arrays are viewed as their uint16 bits."""
+    declared = data.inputs
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != len(declared):
+        n = len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+        raise MMError(
+            f"enqueue: got {n} inputs; the model takes {len(declared)}: "
+            f"{[t.name for t in declared]} (use context.create_inputs())"
+        )
+    arrays = []
+    for i, (t, info) in enumerate(zip(inputs, declared)):
+        if not isinstance(t, IRTTensor):
+            raise MMError(f"enqueue: input {i} is a {type(t).__name__}, not an IRTTensor")
+        a = t.asnumpy()
+        if (
+            a.dtype != info.dtype.numpy_dtype
+            or a.ndim != len(info.dims)
+            or any(d not in (-1, s) for d, s in zip(info.dims, a.shape))
+        ):
             raise MMError(
-                f"enqueue: got {n} inputs; the model takes {len(declared)}: "
-                f"{[t.name for t in declared]} (use context.create_inputs())"
+                f"enqueue: input {i} ({info.name!r}) is {a.dtype} {list(a.shape)}; the model "
+                f"takes {info.dtype.numpy_dtype} {list(info.dims)} (-1 = any size)"
             )
-        arrays = []
-        for i, (t, info) in enumerate(zip(inputs, declared)):
-            if not isinstance(t, IRTTensor):
-                raise MMError(f"enqueue: input {i} is a {type(t).__name__}, not an IRTTensor")
-            a = t.asnumpy()
-            if (
-                a.dtype != info.dtype.numpy_dtype
-                or a.ndim != len(info.dims)
-                or any(d not in (-1, s) for d, s in zip(info.dims, a.shape))
-            ):
-                raise MMError(
-                    f"enqueue: input {i} ({info.name!r}) is {a.dtype} {list(a.shape)}; the model "
-                    f"takes {info.dtype.numpy_dtype} {list(info.dims)} (-1 = any size)"
-                )
-            arrays.append(a.view(np.uint16) if info.dtype is DataType.FLOAT16 else a)
-        return arrays
+        arrays.append(a.view(np.uint16) if info.dtype is DataType.FLOAT16 else a)
+    return arrays

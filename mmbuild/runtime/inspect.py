@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmbuild.errors import MMError
-from mmbuild.graph import Node, reference_outputs
+from mmbuild.graph import reference_outputs
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.table import Step, kernel_named, to_numpy
+from mmbuild.kernels.table import kernel_named, to_numpy
 from mmbuild.ops.registry import get_op
 from mmbuild.report import ErrorReport, ErrorRow, LayerReport, LayerRow, error_stats
+from mmbuild.runtime.engine import IRTTensor, input_buffers, plan_buffers
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Context, Model
@@ -45,30 +46,33 @@ def _input_buffers(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> l
     """Checked buffers of ``inputs`` (a list in input order; one array for one input)."""
     if isinstance(inputs, np.ndarray):
         inputs = [inputs]
-    ctx = _context(model)
-    tensors = ctx.create_inputs()
-    if len(inputs) != len(tensors):
-        raise MMError(f"got {len(inputs)} input arrays; the model takes {len(tensors)}")
+    declared = model.data.inputs
+    if len(inputs) != len(declared):
+        raise MMError(f"got {len(inputs)} input arrays; the model takes {len(declared)}")
+    tensors = [IRTTensor(t.name, t.dtype, t.dims) for t in declared]
     for t, a in zip(tensors, inputs):
         t.from_numpy(a)
-    return ctx._check_inputs(tensors)
+    return input_buffers(model.data, tensors)
 
 
 def layer_report(
     model: Model, inputs: Sequence[np.ndarray] | np.ndarray | None = None
 ) -> LayerReport:
+    """The rows of the plan; shapes and peak memory for ``inputs`` when given (or when every
+    input dimension is known), computed without binding any kernel."""
     data = model.data
+    shapes = {k: tuple(v.dims) for k, v in data.tensors.items()}
+    peak: int | None = None
     if inputs is not None:
-        engine = model.create_i_engine()
-        plan = engine.buffer_plan(tuple(a.shape for a in _input_buffers(model, inputs)))
-        shapes: dict[str, tuple[int, ...]] = plan.shapes
-        peak: int | None = plan.arena_bytes
+        input_shapes = tuple(a.shape for a in _input_buffers(model, inputs))
+    elif all(d >= 0 for t in data.inputs for d in t.dims):
+        input_shapes = tuple(tuple(t.dims) for t in data.inputs)
     else:
-        shapes = {k: tuple(v.dims) for k, v in data.tensors.items()}
-        peak = None
-        if all(d >= 0 for t in data.inputs for d in t.dims):
-            dims = tuple(tuple(t.dims) for t in data.inputs)
-            peak = model.create_i_engine().buffer_plan(dims).arena_bytes
+        input_shapes = None
+    if input_shapes is not None:
+        declarations = [s.node().declaration() for s in data.steps]
+        plan = plan_buffers(data, declarations, input_shapes)
+        shapes, peak = plan.shapes, plan.arena_bytes
     rows = [
         LayerRow(
             name=s.name,
@@ -122,8 +126,7 @@ class ValidationReport:
 
 def validate(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> ValidationReport:
     """Each step's kernel against its precision's reference on the same inputs."""
-    ctx = _context(model)
-    values = ctx.run(_input_buffers(model, inputs), keep_all=True)
+    values = _context(model).run(_input_buffers(model, inputs), keep_all=True)
     values.update(model.data.constants)
     report = ValidationReport()
     for step in model.data.steps:
@@ -154,12 +157,10 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def float32_shadow(
-    model: Model, inputs: Sequence[np.ndarray] | np.ndarray
-) -> dict[str, np.ndarray]:
-    """Every tensor of the plan computed in float32 by the ops' references."""
+def float32_shadow(model: Model, buffers: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor of the plan computed in float32 by the ops' references, from the checked
+    input ``buffers``."""
     data = model.data
-    buffers = _input_buffers(model, inputs)
     values = {t.name: to_numpy(a, t.dtype) for t, a in zip(data.inputs, buffers)}
     values.update({k: to_numpy(v, data.tensors[k].dtype) for k, v in data.constants.items()})
     for step in data.steps:
@@ -167,17 +168,16 @@ def float32_shadow(
         if step.op == "cast" and any(n.startswith(INSERTED) for n in step.notes):
             results = args
         else:
-            node = _node(step)
-            results = reference_outputs(node, args)
+            results = reference_outputs(step.node(), args)
         values.update(zip(step.outputs, results))
     return values
 
 
 def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> ErrorReport:
     """Per step, its output in the plan against float32, worst SQNR first."""
-    ctx = _context(model)
-    actual = ctx.run(_input_buffers(model, inputs), keep_all=True)
-    shadow = float32_shadow(model, inputs)
+    buffers = _input_buffers(model, inputs)
+    actual = _context(model).run(buffers, keep_all=True)
+    shadow = float32_shadow(model, buffers)
     rows = []
     for step in model.data.steps:
         if step.op == "cast" and any(n.startswith(INSERTED) for n in step.notes):
@@ -188,9 +188,3 @@ def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Err
         rows.append(ErrorRow(step.name, get_op(step.op).node_type, stats.sqnr_db, stats.cosine,
                              stats.max_abs))  # fmt: skip
     return ErrorReport(rows)
-
-
-def _node(step: Step) -> Node:
-    f32 = DataType.FLOAT32
-    return Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
-                [f32] * len(step.inputs), [f32] * len(step.outputs))  # fmt: skip

@@ -69,6 +69,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from pydantic import ValidationError
 
+from mmbuild._files import write_atomically
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import decode_attrs, encode_attrs
 from mmbuild.ir.types import DataType
@@ -109,21 +110,7 @@ _DAMAGE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, struct.error, EOFErro
 # -- writing -----------------------------------------------------------------------------------
 def write_model_file(path: str | os.PathLike[str], data: ModelData) -> None:
     """Write ``data`` to ``path``, whole or not at all (a temporary file is renamed)."""
-    where = f"model file {os.fspath(path)!r}"
-    blob = model_bytes(data)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, target)
-    except FileNotFoundError:
-        raise MMError(
-            f"{where}: the folder {str(target.parent)!r} does not exist; create it first",
-            Code.NOT_FOUND,
-        ) from None
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MMError(f"{where}: cannot be written ({e.strerror})", Code.UNAVAILABLE) from None
+    write_atomically(path, model_bytes(data), f"model file {os.fspath(path)!r}")
 
 
 def model_bytes(data: ModelData) -> bytes:

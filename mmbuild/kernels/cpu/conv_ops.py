@@ -55,7 +55,6 @@ from mmbuild.kernels.cpu.qcommon import (
     reference_epilogue,
     require_constant,
     run_gemm,
-    step_node,
     widen,
 )
 from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
@@ -136,7 +135,7 @@ class _ConvRunner:
     """A bound conv step; ``run`` is thread-safe (per-call buffers, a locked shape cache)."""
 
     def __init__(self, step: Step) -> None:
-        node = step_node(step)
+        node = step.node()
         self.decl = node.declaration()
         arrays, attrs = step.lowered.arrays, step.lowered.attrs
         w = arrays["weight"]
@@ -277,7 +276,7 @@ class _ConvKernel(Kernel):
         ``q - zp`` with the integer filter, the epilogue in float32. Float: the float64
         convolution of the (fp16-rounded) values, the same epilogue."""
         x = inputs[0]
-        node = step_node(step)
+        node = step.node()
         arrays, attrs = step.lowered.arrays, step.lowered.attrs
         w = arrays["weight"]
         pads = node.declaration().pads_for(x.shape[1], x.shape[2], w.shape[1], w.shape[2])  # type: ignore[attr-defined]

@@ -52,7 +52,6 @@ from mmbuild.kernels.cpu.qcommon import (
     quantize_input_reference,
     reference_epilogue,
     require_constant,
-    step_node,
     widen,
 )
 from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
@@ -161,7 +160,7 @@ class _DeconvRunner:
     """A bound deconv step; ``run`` keeps nothing between calls, so threads may share it."""
 
     def __init__(self, step: Step) -> None:
-        node = step_node(step)
+        node = step.node()
         self.decl = node.declaration()
         arrays, attrs = step.lowered.arrays, step.lowered.attrs
         w = arrays["weight"]
@@ -251,7 +250,7 @@ class _DeconvKernel(Kernel):
         convolution of ``q - zp`` with the integer filter, the epilogue in float32. Float: the
         float64 transposed convolution of the (fp16-rounded) values, the same epilogue."""
         x = inputs[0]
-        node = step_node(step)
+        node = step.node()
         decl = node.declaration()
         arrays, attrs, a = step.lowered.arrays, step.lowered.attrs, step.op_attrs
         w = arrays["weight"]

@@ -58,7 +58,6 @@ from mmbuild.kernels.cpu.qcommon import (
     require_constant,
     run_gemm,
     signed_zero_point,
-    step_node,
     weights_per_axis,
     widen,
 )
@@ -112,7 +111,7 @@ def _bind_packed(step: Step) -> Runner:
     arrays, attrs = step.lowered.arrays, step.lowered.attrs
     weight = arrays["weight"]
     k, n = weight.shape
-    precision = step_node(step).compute_precision
+    precision = step.node().compute_precision
     carrier = carrier_dtype(precision) if precision.is_quantized else None
     scale_a, za = np.float32(attrs.get("scale_a", 1.0)), int(attrs.get("za", 0))
     packed = pack_weights(weight)
@@ -138,7 +137,7 @@ def _reference_packed(step: Step, inputs: Buffers, out_shape: tuple[int, ...]) -
     arrays, attrs = step.lowered.arrays, step.lowered.attrs
     weight = arrays["weight"]
     k, n = weight.shape
-    precision = step_node(step).compute_precision
+    precision = step.node().compute_precision
     if precision.is_quantized:
         a = quantize_input_reference(inputs[0], attrs["scale_a"], attrs["za"], precision)
         acc = a.reshape(-1, k) @ weight.astype(np.int64)
@@ -153,7 +152,7 @@ def _reference_packed(step: Step, inputs: Buffers, out_shape: tuple[int, ...]) -
 
 def _out_shape(step: Step, inputs: Buffers) -> tuple[int, ...]:
     specs = [TensorSpec(a.shape, _F.FLOAT32) for a in inputs]
-    return tuple(step_node(step).declaration().infer(specs)[0].dims)
+    return tuple(step.node().declaration().infer(specs)[0].dims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +271,7 @@ class _DirectMatMul:
     def __init__(self, step: Step) -> None:
         arrays, attrs = step.lowered.arrays, step.lowered.attrs
         self.attrs = step.op_attrs
-        precision = step_node(step).compute_precision
+        precision = step.node().compute_precision
         self.quantized = precision.is_quantized
         self.carrier = carrier_dtype(precision) if self.quantized else None
         ops = []
@@ -418,7 +417,7 @@ class _MatMulKernel(Kernel):
         if step.lowered.attrs["path"] == "packed":
             return [_reference_packed(step, inputs, out_shape)]
         arrays, attrs = step.lowered.arrays, step.lowered.attrs
-        precision = step_node(step).compute_precision
+        precision = step.node().compute_precision
         operands = []
         for i, name in enumerate(("a", "b")):
             value = arrays.get(name)

@@ -36,17 +36,14 @@ from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
 from mmbuild.errors import Code, MMError
-from mmbuild.graph import Node
-from mmbuild.ir.node import INode
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import BUFFER_TYPES, Buffers, Kernel, Runner, Step, register_kernel
 from mmbuild.ops.combine import IPadMode, IPadNode, ISliceNode
 
 __all__ = [
     "MOVEMENT_PRECISIONS",
     "PARALLEL_MIN_ELEMENTS",
     "copy_box",
-    "declaration",
     "flat_view",
     "refuse_activation",
 ]
@@ -54,16 +51,7 @@ __all__ = [
 PARALLEL_MIN_ELEMENTS = 1 << 22  # a serial copy of this many float32 takes about 1 ms
 _CHUNK = 1 << 16  # elements per parallel work item
 
-MOVEMENT_PRECISIONS = (
-    DataType.FLOAT32,
-    DataType.FLOAT16,
-    DataType.INT8,
-    DataType.INT16,
-    DataType.INT32,
-    DataType.INT64,
-    DataType.UINT8,
-    DataType.BOOL,
-)
+MOVEMENT_PRECISIONS = BUFFER_TYPES
 _UNITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _PAD_MODES = {IPadMode.CONSTANT: 0, IPadMode.REFLECT: 1, IPadMode.EDGE: 2}
 # Buffer indices are cast to uint64 in the loops: numba wraps a negative signed index around,
@@ -295,14 +283,8 @@ def _i64(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def declaration(step: Step) -> INode:
-    """The op declaration of ``step`` (its ``infer``, pads and windows), as the reference uses."""
-    return Node(step.name, step.op, dict(step.op_attrs), list(step.inputs), list(step.outputs),
-                list(step.precisions), list(step.output_types)).declaration()  # fmt: skip
-
-
 def _where(step: Step) -> str:
-    return f"{declaration(step).node_type} {step.name!r}"
+    return f"{step.node().node_type} {step.name!r}"
 
 
 def refuse_activation(step: Step) -> None:
@@ -470,7 +452,7 @@ class SliceKernel(_Movement):
     ops = ("slice",)
 
     def runner(self, step: Step) -> Run:
-        decl = cast(ISliceNode, declaration(step))
+        decl = cast(ISliceNode, step.node().declaration())
 
         def run(inputs: Buffers, outputs: Buffers) -> None:
             x, y = inputs[0], outputs[0]
@@ -494,7 +476,7 @@ class PadKernel(_Movement):
     fns = (_pad_serial, _pad_parallel)
 
     def runner(self, step: Step) -> Run:
-        decl = cast(IPadNode, declaration(step))
+        decl = cast(IPadNode, step.node().declaration())
         mode = np.int64(_PAD_MODES[decl.attrs["mode"]])
         pads = [(0, 0), *((int(b), int(a)) for b, a in decl.attrs["pads"])]
         flat_pads = _i64([v for p in pads for v in p])

@@ -57,7 +57,7 @@ from numba.np.numpy_support import as_dtype
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import BUFFER_TYPES, Buffers, Kernel, Runner, Step, register_kernel
 from mmbuild.ops.activation import IActivation
 from mmbuild.ops.elementwise import IElementwise
 
@@ -540,16 +540,7 @@ class CastKernel(Kernel):
 
     name = "cast"
     ops = ("cast",)
-    precisions = (
-        DataType.FLOAT32,
-        DataType.FLOAT16,
-        DataType.INT8,
-        DataType.INT16,
-        DataType.INT32,
-        DataType.INT64,
-        DataType.UINT8,
-        DataType.BOOL,
-    )
+    precisions = BUFFER_TYPES
 
     def bind(self, step: Step) -> Runner:
         if "activation" in step.op_attrs:

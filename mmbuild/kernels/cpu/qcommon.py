@@ -60,7 +60,7 @@ from mmbuild.kernels.cpu.gemm import (
     pack_int16_weights,
 )
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Lowered, Step, from_float, to_numpy
+from mmbuild.kernels.table import Lowered, from_float, to_numpy
 from mmbuild.quant.params import QuantParams, choose_qparams, quantize
 
 if TYPE_CHECKING:
@@ -91,7 +91,6 @@ __all__ = [
     "require_constant",
     "run_gemm",
     "signed_zero_point",
-    "step_node",
     "weights_per_axis",
     "widen",
 ]
@@ -202,14 +201,6 @@ def check_int8_k(node: Node, k: int, qtype: DataType) -> None:
             f"{INT8_MAX_K} a QINT8 (int32) accumulator holds; run it in QINT16 "
             "(node.set_precision) or split the reduction"
         )
-
-
-def step_node(step: Step) -> Node:
-    """The graph node a step was lowered from (for its declaration and compute precision)."""
-    from mmbuild.graph import Node
-
-    return Node(step.name, step.op, step.op_attrs, step.inputs, step.outputs,
-                list(step.precisions), list(step.output_types))  # fmt: skip
 
 
 def float_bias(bias: np.ndarray | None, ftype: DataType, n: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from numba import njit, prange
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType, Layout
-from mmbuild.kernels.cpu.movement import declaration, flat_view, refuse_activation
+from mmbuild.kernels.cpu.movement import flat_view, refuse_activation
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
 from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
 from mmbuild.ops.pool import Pool2DLike
@@ -267,7 +267,7 @@ def _geometry(
     want = {DataType.FLOAT32: np.float32, DataType.FLOAT16: np.uint16}[step.precisions[0]]
     if x.dtype != want or y.dtype != want:
         raise MMError(
-            f"{declaration(step).node_type} {step.name!r}: a {step.precisions[0].name} step takes "
+            f"{step.node().node_type} {step.name!r}: a {step.precisions[0].name} step takes "
             f"{np.dtype(want).name} buffers, not {x.dtype.name} and {y.dtype.name}",
             Code.INTERNAL,
         )
@@ -276,7 +276,7 @@ def _geometry(
     expect = (n, c, ho, wo) if layouts[1] is Layout.NCHW else (n, ho, wo, c)
     if tuple(y.shape) != expect:
         raise MMError(
-            f"{declaration(step).node_type} {step.name!r}: the output has shape "
+            f"{step.node().node_type} {step.name!r}: the output has shape "
             f"{list(y.shape)} but the op gives {list(expect)}",
             Code.INTERNAL,
         )
@@ -298,7 +298,7 @@ class _Pool(Kernel):
 
     def bind(self, step: Step) -> Runner:
         refuse_activation(step)
-        decl = cast(Pool2DLike, declaration(step))
+        decl = cast(Pool2DLike, step.node().declaration())
         layouts: tuple[Layout, Layout] = (decl.attrs["layout"][0], decl.attrs["layout"][1])
         is_max = step.op == "maxpool2d"
         count_pad = bool(decl.attrs.get("count_include_pad", False))
@@ -349,7 +349,7 @@ class ResizeKernel(Kernel):
 
     def bind(self, step: Step) -> Runner:
         refuse_activation(step)
-        decl = cast(IResizeNode, declaration(step))
+        decl = cast(IResizeNode, step.node().declaration())
         layout = decl.attrs["layout"]
         bilinear = decl.attrs["mode"] is IResizeMode.BILINEAR
         modes = np.asarray(
