@@ -36,10 +36,14 @@ ErrorStats(sqnr_db=-inf, cosine=nan, max_abs=inf)
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -172,6 +176,16 @@ class LayerReport(Sequence[LayerRow]):
             lines.append(f"peak activation memory: {_size(n)} ({n} bytes)")
         return "\n".join(lines)
 
+    def to_json(self) -> str:
+        """``{"report": "layers", "mode": ..., "peak_activation_bytes": ..., "rows": [...]}``,
+        one object per row with the fields of :class:`LayerRow` (see :func:`rows_to_json`)."""
+        summary = {"mode": self.mode, "peak_activation_bytes": self.peak_activation_bytes}
+        return rows_to_json("layers", self._rows, summary)
+
+    def to_csv(self) -> str:
+        """One line per row, the fields of :class:`LayerRow` as columns (:func:`rows_to_csv`)."""
+        return rows_to_csv(self._rows)
+
     def __repr__(self) -> str:
         return f"<LayerReport of {len(self)} steps, mode {self.mode or '?'}>"
 
@@ -288,6 +302,14 @@ class ErrorReport(Sequence[ErrorRow]):
             right=(2, 3, 4),
         )
 
+    def to_json(self) -> str:
+        """``{"report": "errors", "rows": [...]}``, worst first (see :func:`rows_to_json`)."""
+        return rows_to_json("errors", self._rows)
+
+    def to_csv(self) -> str:
+        """One line per step, worst first; columns name, type, sqnr_db, cosine, max_abs."""
+        return rows_to_csv(self._rows)
+
     def __repr__(self) -> str:
         return f"<ErrorReport of {len(self)} steps>"
 
@@ -298,6 +320,79 @@ def _badness(row: ErrorRow) -> tuple[float, float, float]:
     cosine = -math.inf if math.isnan(row.cosine) else row.cosine
     max_abs = math.inf if math.isnan(row.max_abs) else row.max_abs
     return sqnr, cosine, -max_abs
+
+
+# -- machine-readable forms -------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """``value`` as JSON data: a DataType by its name, a dataclass as a dict of its fields, a
+    non-finite float as the string ``"inf"``, ``"-inf"`` or ``"nan"`` (JSON has no such
+    numbers), tuples as lists.
+
+    >>> plain([DataType.QINT8, math.inf, (1, 2)])
+    ['QINT8', 'inf', [1, 2]]
+    """
+    if isinstance(value, DataType):
+        return value.name
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    return value
+
+
+def rows_to_json(kind: str, rows: Iterable[Any], summary: Mapping[str, Any] | None = None) -> str:
+    """The JSON document of a report: ``{"report": kind, **summary, "rows": [...]}`` with each
+    row (a dataclass) as an object of its fields, through :func:`plain`.
+
+    >>> print(rows_to_json("errors", [ErrorRow("fc", "IInnerProductNode", math.inf, 1.0, 0.0)]))
+    {
+      "report": "errors",
+      "rows": [
+        {
+          "name": "fc",
+          "type": "IInnerProductNode",
+          "sqnr_db": "inf",
+          "cosine": 1.0,
+          "max_abs": 0.0
+        }
+      ]
+    }
+    """
+    doc = {"report": kind, **plain(dict(summary or {})), "rows": [plain(r) for r in rows]}
+    return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def rows_to_csv(rows: Sequence[Any]) -> str:
+    """CSV of dataclass rows: a header of the field names, then one line per row. A list cell
+    is joined with ``;`` and a list of dims with ``x`` (``[[1, 8, 8, 4]]`` -> ``1x8x8x4``), so
+    each cell stays one value a spreadsheet can sort; floats keep full precision.
+
+    >>> print(rows_to_csv([ErrorRow("fc", "IInnerProductNode", 21.5, 0.9965, 0.25)]), end="")
+    name,type,sqnr_db,cosine,max_abs
+    fc,IInnerProductNode,21.5,0.9965,0.25
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if rows:
+        names = [f.name for f in dataclasses.fields(rows[0])]
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow([_csv_cell(plain(getattr(row, n))) for n in names])
+    return out.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return "x".join(str(v) for v in value)
+        return ";".join(_csv_cell(v) for v in value)
+    return "" if value is None else str(value)
 
 
 # -- text helpers ------------------------------------------------------------------------------

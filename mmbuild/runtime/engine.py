@@ -17,7 +17,7 @@ peak, not one per tensor.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,11 @@ if TYPE_CHECKING:
     from mmbuild.report import ErrorReport, LayerReport
     from mmbuild.runtime.inspect import ValidationReport
     from mmbuild.runtime.model_file import ModelData, TensorInfo
+    from mmbuild.runtime.profile import ProfileReport
 
 _ALIGN = 64
+# The per-step hook of Context.run: (step index, runner, input buffers, output buffers).
+CallStep = Callable[[int, Runner, list[np.ndarray], list[np.ndarray]], None]
 
 
 def _threadsafe_parallel_layer() -> bool:
@@ -339,15 +342,32 @@ class Context(CamelCaseAliases):
         outputs.extend(IRTTensor._wrap(t.name, t.dtype, values[t.name]) for t in data.outputs)
         return Status.OK()
 
-    def run(self, arrays: Sequence[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        arrays: Sequence[np.ndarray],
+        keep_all: bool = False,
+        call_step: CallStep | None = None,
+    ) -> dict[str, np.ndarray]:
         """Run the plan on checked input buffers; returns the outputs by tensor name (every
-        tensor, copied out of the arena, when ``keep_all``)."""
+        tensor, copied out of the arena, when ``keep_all``). ``call_step(index, runner, inputs,
+        outputs)``, when given, runs each step in place of ``runner(inputs, outputs)``: the hook
+        by which runtime/profile.py times every step."""
         if _SERIAL_RUNS is None:
-            return self._run(arrays, keep_all)
+            return self._run(arrays, keep_all, call_step)
         with _SERIAL_RUNS:
-            return self._run(arrays, keep_all)
+            return self._run(arrays, keep_all, call_step)
 
-    def _run(self, arrays: Sequence[np.ndarray], keep_all: bool) -> dict[str, np.ndarray]:
+    def profile(
+        self, inputs: Sequence[Any], runs: int = 100, warmup: int = 5, progress: bool = True
+    ) -> ProfileReport:
+        """Latency percentiles and per-step times over ``runs`` runs (runtime/profile.py)."""
+        from mmbuild.runtime.profile import profile_context
+
+        return profile_context(self, inputs, runs=runs, warmup=warmup, progress=progress)
+
+    def _run(
+        self, arrays: Sequence[np.ndarray], keep_all: bool, call_step: CallStep | None = None
+    ) -> dict[str, np.ndarray]:
         engine, data = self._engine, self._engine.data
         plan = engine.buffer_plan(tuple(a.shape for a in arrays))
         if self._arena.size < plan.arena_bytes:
@@ -355,7 +375,7 @@ class Context(CamelCaseAliases):
         buffers: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
         buffers.update(engine._constants)
         kept: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
-        for step, runner in zip(data.steps, engine.runners):
+        for index, (step, runner) in enumerate(zip(data.steps, engine.runners)):
             outs = []
             for t in step.outputs:
                 shape = plan.shapes[t]
@@ -369,7 +389,10 @@ class Context(CamelCaseAliases):
                 buffers[t] = buf
                 outs.append(buf)
             try:
-                runner([buffers[t] for t in step.inputs], outs)
+                if call_step is None:
+                    runner([buffers[t] for t in step.inputs], outs)
+                else:
+                    call_step(index, runner, [buffers[t] for t in step.inputs], outs)
             except MMError:
                 raise
             except Exception as exc:  # a kernel failure is a bug: name the step

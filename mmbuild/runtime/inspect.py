@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +24,21 @@ from mmbuild.graph import reference_outputs
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import kernel_named, to_numpy
 from mmbuild.ops.registry import get_op
-from mmbuild.report import ErrorReport, ErrorRow, LayerReport, LayerRow, error_stats
+from mmbuild.report import (
+    ErrorReport,
+    ErrorRow,
+    LayerReport,
+    LayerRow,
+    error_stats,
+    plain,
+    rows_to_csv,
+    rows_to_json,
+)
 from mmbuild.runtime.engine import IRTTensor, input_buffers, plan_buffers
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Context, Model
+    from mmbuild.runtime.model_file import TensorInfo
 
 # |kernel - reference| <= tol * max(1, max|reference|) for float outputs: float32 kernels sum
 # in another order than numpy (a few ulps of the sum of |terms|); float16 outputs may round the
@@ -123,6 +133,17 @@ class ValidationReport:
             f"{bad.max_abs:.6g} (should be {what}); the steps before it match"
         )
 
+    def to_json(self) -> str:
+        """``{"report": "validation", "ok": ..., "first_mismatch": name or null, "rows": [...]}``,
+        one row per step in run order (fields of :class:`StepCheck`)."""
+        bad = self.first_mismatch
+        summary = {"ok": self.ok(), "first_mismatch": None if bad is None else bad.name}
+        return rows_to_json("validation", self.checks, summary)
+
+    def to_csv(self) -> str:
+        """One line per step: name, kernel, max_abs, tolerance, exact."""
+        return rows_to_csv(self.checks)
+
 
 def validate(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> ValidationReport:
     """Each step's kernel against its precision's reference on the same inputs."""
@@ -188,3 +209,43 @@ def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Err
         rows.append(ErrorRow(step.name, get_op(step.op).node_type, stats.sqnr_db, stats.cosine,
                              stats.max_abs))  # fmt: skip
     return ErrorReport(rows)
+
+
+def isa_level() -> str:
+    """The instruction-set level of the kernels this process runs, from the top of the ladder
+    down: ``avx512-vnni``, ``avx512``, ``avx2-fma-f16c`` or ``portable``. A model file holds no
+    machine code; its kernels are compiled for the CPU that runs them."""
+    from mmbuild.kernels.cpu import features
+
+    if features.portable_forced():
+        return "portable"
+    if features.has_vnni():
+        return "avx512-vnni"
+    if features.has_avx512():
+        return "avx512"
+    if features.is_x86() and {"avx2", "fma", "f16c"} <= features.target_features():
+        return "avx2-fma-f16c"
+    return "portable"
+
+
+def model_summary(model: Model) -> dict[str, Any]:
+    """What a model file says about itself, as JSON data: name, mode, inputs and outputs (name,
+    dims, dtype), step count, build warnings, fingerprint, and the kernels' instruction-set
+    level on this machine (:func:`isa_level`)."""
+    data = model.data
+
+    def tensors(infos: Sequence[TensorInfo]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "dims": list(t.dims), "dtype": t.dtype.name} for t in infos]
+
+    return plain(
+        {
+            "name": data.name,
+            "mode": data.mode,
+            "inputs": tensors(data.inputs),
+            "outputs": tensors(data.outputs),
+            "steps": len(data.steps),
+            "warnings": list(data.warnings),
+            "fingerprint": data.fingerprint,
+            "isa": isa_level(),
+        }
+    )
