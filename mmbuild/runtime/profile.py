@@ -125,8 +125,12 @@ class ProfileReport(Sequence[StepTime]):
         return iter(self._rows)
 
     def summary(self) -> dict[str, Any]:
-        return {"batch": self.batch, "runs": self.runs, "threads": self.threads,
-                "latency": plain(self.latency)}  # fmt: skip
+        return {
+            "batch": self.batch,
+            "runs": self.runs,
+            "threads": self.threads,
+            "latency": plain(self.latency),
+        }
 
     def to_json(self) -> str:
         """``{"report": "profile", "batch", "runs", "threads", "latency": {...}, "rows"}``."""
@@ -144,15 +148,31 @@ class ProfileReport(Sequence[StepTime]):
             f"p99 {lat.p99_ms:.3f} ms; throughput {lat.throughput:.1f} samples/s"
         )
         table = _table(
-            ["name", "type", "kernel", "in precisions", "out types", "mean ms", "median ms",
-             "share"],
             [
-                [r.name, r.type, r.kernel, _types(r.input_precisions), _types(r.output_types),
-                 f"{r.mean_ms:.4f}", f"{r.median_ms:.4f}", f"{100 * r.share:.1f}%"]
+                "name",
+                "type",
+                "kernel",
+                "in precisions",
+                "out types",
+                "mean ms",
+                "median ms",
+                "share",
+            ],
+            [
+                [
+                    r.name,
+                    r.type,
+                    r.kernel,
+                    _types(r.input_precisions),
+                    _types(r.output_types),
+                    f"{r.mean_ms:.4f}",
+                    f"{r.median_ms:.4f}",
+                    f"{100 * r.share:.1f}%",
+                ]
                 for r in self._rows
             ],
             right=(5, 6, 7),
-        )  # fmt: skip
+        )
         return f"{head}\n{table}"
 
     def __repr__(self) -> str:
@@ -178,8 +198,13 @@ def profile_context(
         context.run(arrays)
     times = np.zeros((runs, len(data.steps)))
     latencies = []
-    bar = tqdm(total=2 * runs, desc="profiling", unit="run", disable=not progress_shown(progress),
-               file=sys.stderr)  # fmt: skip
+    bar = tqdm(
+        total=2 * runs,
+        desc="profiling",
+        unit="run",
+        disable=not progress_shown(progress),
+        file=sys.stderr,
+    )
     with bar:
         for _ in range(runs):
             start = time.perf_counter()
@@ -189,8 +214,13 @@ def profile_context(
         for r in range(runs):
             row = times[r]
 
-            def timed(index: int, runner: Runner, ins: list[np.ndarray], outs: list[np.ndarray],
-                      row: np.ndarray = row) -> None:  # fmt: skip
+            def timed(
+                index: int,
+                runner: Runner,
+                ins: list[np.ndarray],
+                outs: list[np.ndarray],
+                row: np.ndarray = row,
+            ) -> None:
                 start = time.perf_counter()
                 runner(ins, outs)
                 row[index] = time.perf_counter() - start
