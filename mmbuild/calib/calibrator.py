@@ -245,7 +245,7 @@ class Calibrator(CamelCaseAliases):
                     source, i, None, f"reset() returned {status!r}; return mm.Status.OK()"
                 )
         batch = 0
-        with self._progress_bar() as bar:
+        with self._progress_bar(sources) as bar:
             while self._next_batch(sources, batch):
                 samples = [
                     _read_sample(source, i, batch, network.get_input(i))
@@ -351,13 +351,18 @@ class Calibrator(CamelCaseAliases):
             )
         return cache
 
-    def _progress_bar(self) -> tqdm:
+    def _progress_bar(self, sources: Sequence[CalibDataInterface] = ()) -> tqdm:
+        """The bar of one pass over the data; its total is the fewest batches of a source when
+        every source has ``__len__`` (a count of batches)."""
+        sized = bool(sources) and all(hasattr(s, "__len__") for s in sources)
+        total = min(len(s) for s in sources) if sized else None  # type: ignore[arg-type]
         shown = (
             self._progress
             and os.environ.get(PROGRESS_ENV, "1") != "0"
             and bool(getattr(sys.stderr, "isatty", lambda: False)())
         )
-        return tqdm(desc="calibrating", unit="batch", disable=not shown, file=sys.stderr)
+        return tqdm(desc="calibrating", unit="batch", total=total, disable=not shown,
+                    file=sys.stderr)  # fmt: skip
 
     def __repr__(self) -> str:
         return (
