@@ -13,8 +13,8 @@ Worked example of the preprocessing: a pixel (255, 128, 0) with ``scale=255``, `
 (2.0, 0.00784, -2.0).
 
 >>> pre = Preprocess(mean=(0.5,), std=(0.25,))
->>> pre.apply(np.array([[[255, 128, 0]]], np.uint8), channels=3).round(5).tolist()
-[[[2.0, 0.00784, -2.0]]]
+>>> [round(float(v), 5) for v in pre.apply(np.array([[[255, 128, 0]]], np.uint8), 3).ravel()]
+[2.0, 0.00784, -2.0]
 """
 
 from __future__ import annotations
@@ -141,7 +141,9 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """The pixels of an image file as (H, W) or (H, W, C); ``.npy`` as stored."""
+    """The pixels of an image file as (H, W) or (H, W, C); ``.npy`` as stored. PNG and PPM/PGM
+    are decoded here (the same pixels with or without Pillow); other formats, and PNG variants
+    beyond 8-bit non-interlaced, go to Pillow."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -151,26 +153,34 @@ def read_image(path: str | Path) -> np.ndarray:
                 raise ValueError(f"a {image.ndim}-d {image.dtype} array is not an image")
             return image
         blob = path.read_bytes()
+        needs = f"reading {suffix or 'suffix-less'} files"
+        try:
+            if suffix == ".png":
+                return _read_png(blob)
+            if suffix in (".ppm", ".pgm", ".pnm"):
+                return _read_pnm(blob)
+        except _NeedsPillowError as e:
+            needs = str(e)
         try:
             from PIL import Image
         except ImportError:
-            Image = None
-        if Image is not None and suffix != ".npy":
-            import io
+            raise MMError(
+                f"image {str(path)!r}: {needs} needs Pillow; install it with pip install "
+                "'mmbuild[images]' (or pip install pillow), or convert the images to PNG",
+                Code.UNAVAILABLE,
+            ) from None
+        import io
 
-            with Image.open(io.BytesIO(blob)) as im:
-                return np.asarray(im)
-        if suffix == ".png":
-            return _read_png(blob)
-        if suffix in (".ppm", ".pgm", ".pnm"):
-            return _read_pnm(blob)
-    except (OSError, ValueError, zlib.error, struct.error, IndexError) as e:
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im)
+    except MMError:
+        raise
+    except Exception as e:  # numpy, zlib, struct and Pillow's errors on a damaged file
         raise MMError(f"image {str(path)!r} cannot be read: {e}", Code.INVALID_ARGUMENT) from None
-    raise MMError(
-        f"image {str(path)!r}: reading {suffix} files needs Pillow; install it with "
-        "pip install 'mmbuild[images]' (or pip install pillow), or convert the images to PNG",
-        Code.UNAVAILABLE,
-    )
+
+
+class _NeedsPillowError(ValueError):
+    """A valid file this module does not decode (Pillow does)."""
 
 
 def _read_pnm(blob: bytes) -> np.ndarray:
@@ -220,9 +230,8 @@ def _read_png(blob: bytes) -> np.ndarray:
         raise ValueError("truncated PNG (no IHDR or IDAT chunk)")
     width, height, depth, colour, _, _, interlace = header
     if depth != 8 or interlace or colour not in _PNG_CHANNELS:
-        raise ValueError(
-            f"PNG with bit depth {depth}, colour type {colour}, interlace {interlace} is not "
-            "supported without Pillow (8-bit, non-interlaced only); pip install pillow"
+        raise _NeedsPillowError(
+            f"reading PNG with bit depth {depth}, colour type {colour}, interlace {interlace}"
         )
     bpp = _PNG_CHANNELS[colour]
     raw = zlib.decompress(b"".join(idat))

@@ -82,8 +82,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    model = load_model(args.model)  # a missing file is a usage error, a bad one a failure
     with usage():
-        model = load_model(args.model)
         arrays = read_inputs(model, args.input, args.random, args.input_shape, args.seed)
         if args.onnx:
             existing_file(args.onnx, "--onnx file")
@@ -147,8 +147,8 @@ def _bound_failures(
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    model = load_model(args.model)  # a missing file is a usage error, a bad one a failure
     with usage():
-        model = load_model(args.model)
         if args.runs < 1 or args.warmup < 0:
             raise UsageError("--runs must be >= 1 and --warmup >= 0")
         if args.threads is not None:

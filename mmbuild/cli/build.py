@@ -145,7 +145,8 @@ def add_parser(sub: Any) -> None:
 def run_build(args: argparse.Namespace) -> int:
     with usage():
         config = read_config(args.config, args.precision, args.settings)
-        network = load_network(args.model)
+    network = load_network(args.model)  # a bad MODEL spec is a usage error, a bad network not
+    with usage():
         names = [network.get_input(i).get_tensor_name() for i in range(network.get_input_count())]
         for name, dims in parse_input_shapes(args.input_shape, names).items():
             network.find_tensor_by_name(name).set_dimension(Dims(dims))  # type: ignore[union-attr]

@@ -77,8 +77,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    model = load_model(args.model)  # a missing file is a usage error, a bad one a failure
     with usage():
-        model = load_model(args.model)
         arrays = read_inputs(model, args.input, args.random, args.input_shape, args.seed)
         context = model.create_i_engine().create_i_context()
         inputs = context.create_inputs()
@@ -103,8 +103,8 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    model = load_model(args.model)  # a missing file is a usage error, a bad one a failure
     with usage():
-        model = load_model(args.model)
         arrays = None
         if args.input_shape:
             arrays = read_inputs(model, [], True, args.input_shape)
