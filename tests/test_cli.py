@@ -136,10 +136,13 @@ def test_console_script_version_and_help() -> None:
         assert f"    {command} " in done.stdout
 
 
-def test_python_m_help_of_every_subcommand_has_an_example() -> None:
+def test_python_m_and_the_help_of_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     assert mmbuild("--version").stdout.strip() == f"mmbuild {mm.__version__}"
+    from mmbuild.cli import main
+
     for command in ("build", "run", "inspect", "compare", "profile"):
-        text = mmbuild(command, "--help").stdout
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
         assert f"usage: mmbuild {command}" in text
         assert "example:" in text and f"mmbuild {command} " in text.split("example:")[1]
 
@@ -190,7 +193,9 @@ def test_inspect_json_is_the_python_report(cnn_q8: Path) -> None:
     model = mm.Model()
     model.deserialize_from_file(str(cnn_q8))
     assert doc["model"] == model_summary(model)
-    assert doc["layers"] == json.loads(model.get_layer_report().to_json())
+    at_batch_1 = model.get_layer_report([np.zeros((1, 16, 16, 3), np.float32)])
+    assert doc["layers"] == json.loads(at_batch_1.to_json())  # -1 is taken as 1
+    assert doc["layers"]["peak_activation_bytes"] > 0
     first = doc["layers"]["rows"][0]
     assert first["name"] == "conv1" and first["input_precisions"][:2] == ["QINT8", "QINT8"]
     assert first["fused"] == ["fused_batch_norm_0", "activation_0"]
@@ -328,3 +333,40 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(work: Path) -> N
     assert "Traceback" not in done.stderr and not out.exists()
     verbose = mmbuild("-v", "inspect", work / "missing.mm", status=2)
     assert "Traceback" in verbose.stderr and "model file" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_the_worked_example_of_docs_cli_md_runs_as_written(tmp_path: Path) -> None:
+    """The image-folder example of docs/cli.md: its Python block, then each ``$ mmbuild``
+    command, whose output must be what the page shows (timings and the ISA line aside)."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    example = text.split("## A worked example")[1].split("### From an ONNX file")[0]
+    script = example.split("python - <<'EOF'\n")[1].split("\nEOF\n")[0]
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=120)
+    blocks = [b.split("```")[0] for b in example.split("```console\n")[1:]]
+    for block in blocks:
+        command, _, shown = block.partition("\n")
+        while command.endswith("\\"):
+            more, _, shown = shown.partition("\n")
+            command = command[:-1] + " " + more.strip()
+        if not command.startswith("$ mmbuild "):
+            continue
+        args = command.removeprefix("$ mmbuild ").split()
+        done = subprocess.run(
+            [sys.executable, "-m", "mmbuild", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=_env(),
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr
+        want = shown.split("$ echo")[0].splitlines()
+        got = done.stdout.splitlines()
+        if args[0] == "profile":  # times vary: compare the step names of the first table
+            assert {line.split()[0] for line in got[2:9]} == {w.split()[0] for w in want[2:9]}
+            continue
+        assert [g for g in got if not g.startswith("isa")] == [
+            w for w in want if not w.startswith("isa")
+        ]

@@ -431,8 +431,8 @@ def calibration_sources(
         if array is None:
             path = Path(specs[i])
             if path.is_dir():
-                channels = _channels(dims, Preprocess.parse(preprocess, dims).layout)
-                source = ImageFolderData(path, size, Preprocess.parse(preprocess, dims), channels)
+                pre = Preprocess.parse(preprocess, dims)
+                source = ImageFolderData(path, size, pre, _channels(dims, pre.layout))
             elif path.suffix.lower() == ".npy" and path.is_file():
                 source = ArrayData(_load_npy(path), size, repr(str(path)))
             else:

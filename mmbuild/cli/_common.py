@@ -176,10 +176,6 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     write_atomically(path, buf.getvalue(), f"output file {path!r}")
 
 
-def write_text(path: str, text: str, what: str) -> None:
-    write_atomically(path, text.encode("utf-8"), f"{what} {path!r}")
-
-
 def emit(text: str) -> None:
     """The command's result, on stdout."""
     import sys

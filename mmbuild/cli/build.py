@@ -222,10 +222,10 @@ def load_network(spec: str) -> Network:
                 "from a Python function instead (path/to/file.py:function)",
                 Code.UNAVAILABLE,
             )
-        import mmbuild.parser as onnx_parser
+        import mmbuild as mm
 
         network = Network()
-        parser = onnx_parser.Parser(onnx_parser.ModelKind.kOnnx)  # type: ignore[attr-defined]
+        parser = mm.Parser(mm.ModelKind.kOnnx)  # type: ignore[attr-defined]  # API.md
         parser.parse(network, spec)
         return network
     path, sep, function = spec.rpartition(":")

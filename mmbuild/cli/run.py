@@ -105,9 +105,11 @@ def run_run(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model)  # a missing file is a usage error, a bad one a failure
     with usage():
-        arrays = None
-        if args.input_shape:
-            arrays = read_inputs(model, [], True, args.input_shape)
+        # shapes and peak memory need every dimension: a -1 is taken as 1 unless given
+        dynamic = any(d < 0 for t in model.data.inputs for d in t.dims)
+        arrays = (
+            read_inputs(model, [], True, args.input_shape) if dynamic or args.input_shape else None
+        )
         report = model.get_layer_report(arrays)
     summary = model_summary(model)
     if args.json:
@@ -126,6 +128,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         *tensors("output"),
         f"isa      {summary['isa']} (kernels compiled for this CPU)",
     ]
+    if arrays is not None:
+        shapes = ", ".join(f"{t.name} {list(a.shape)}" for t, a in zip(model.data.inputs, arrays))
+        lines.append(f"shapes   at {shapes} (set with --input-shape; -1 is taken as 1)")
     lines += [f"warning  {w}" for w in summary["warnings"]]
     emit("\n".join([*lines, str(report)]))
     return 0

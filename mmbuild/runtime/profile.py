@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 from tqdm import tqdm
 
+from mmbuild.calib.calibrator import PROGRESS_ENV
 from mmbuild.errors import MMError
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import Runner
@@ -37,13 +38,10 @@ from mmbuild.runtime.engine import IRTTensor, input_buffers
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Context
 
-#: ``MMBUILD_PROGRESS=0`` switches progress bars off (the calibrator reads the same variable).
-PROGRESS_ENV = "MMBUILD_PROGRESS"
-
 
 def progress_shown(requested: bool = True) -> bool:
     """Whether to draw a progress bar: asked for, ``MMBUILD_PROGRESS`` is not ``0``, and stderr
-    is a terminal."""
+    is a terminal (the calibrator's rule)."""
     return (
         requested
         and os.environ.get(PROGRESS_ENV, "1") != "0"
