@@ -67,6 +67,10 @@ def test_input_names_and_shapes(
     assert "no data for input 'x'" in err and "--random" in err
     err = fails(capsys, 2, "run", model_file, "--random", "--input-shape", "x:2by8")
     assert "not a shape" in err
+    err = fails(capsys, 2, "run", model_file, "--random", "--input-shape", "x:-1x8")
+    assert "has a -1" in err
+    err = fails(capsys, 2, "run", model_file, "--random", "--input-shape", "x:2x9")
+    assert "[2, 9]" in err and "[-1, 8]" in err  # a shape that does not fit the input
 
 
 def test_config_keys_and_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,7 +55,6 @@ def make_parser() -> argparse.ArgumentParser:
             p.set_defaults(verbose=0, quiet=False)
         return p
 
-    common = logging_options(suppress=True)
     parser = argparse.ArgumentParser(
         prog="mmbuild",
         description="Build, calibrate, run, inspect, compare and profile mixed-precision models "
@@ -66,15 +65,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mmbuild {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    original = sub.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
-        return original(name, parents=[common], **kwargs)  # type: ignore[arg-type]
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    build.add_parser(sub)
-    run.add_parsers(sub)
-    analyze.add_parsers(sub)
+    common = [logging_options(suppress=True)]  # every subcommand takes -v and -q as well
+    build.add_parser(sub, common)
+    run.add_parsers(sub, common)
+    analyze.add_parsers(sub, common)
     return parser
 
 

@@ -127,6 +127,11 @@ def read_inputs(
                 f"--input {info.name}=file.npy, or --random"
             )
         dims = wanted.get(info.name, [1 if d < 0 else d for d in info.dims])
+        if any(d < 0 for d in dims):
+            raise UsageError(
+                f"--input-shape {info.name}: {dims} has a -1; random data needs "
+                "every dimension, e.g. 1x3x224x224"
+            )
         arrays.append(random_array(rng, dims, info.dtype))
     return arrays
 
@@ -165,7 +170,7 @@ def _read_npz_inputs(path: str, names: Sequence[str]) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as e:
         raise UsageError(f"--input {path!r} is not a readable .npz file ({e})") from None
     for key in stored:
-        check_name(key, names, f"--input {path!r} holds an array {key!r} but")
+        check_name(key, names, f"--input {path!r}")
     return stored
 
 

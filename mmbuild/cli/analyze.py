@@ -38,7 +38,7 @@ PROFILE_EXAMPLE = """example:
 """
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "compare",
         help="per-layer error against float32 (and onnxruntime); a CI gate",
@@ -46,6 +46,7 @@ def add_parsers(sub: Any) -> None:
         "report each step's SQNR, cosine and max abs error, worst first.",
         epilog=COMPARE_EXAMPLE,
         formatter_class=HelpFormatter,
+        parents=parents,
     )
     p.add_argument("model", metavar="MODEL.mm")
     add_input_arguments(p)
@@ -66,6 +67,7 @@ def add_parsers(sub: Any) -> None:
         "and each step's time, share, precisions and kernel, slowest first.",
         epilog=PROFILE_EXAMPLE,
         formatter_class=HelpFormatter,
+        parents=parents,
     )
     p.add_argument("model", metavar="MODEL.mm")
     add_input_arguments(p)

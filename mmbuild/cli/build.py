@@ -49,7 +49,7 @@ MODES = (
 )
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "build",
         help="build a model file from an ONNX file or a Python function",
@@ -57,6 +57,7 @@ def add_parser(sub: Any) -> None:
         "mm.Network) into a model file, calibrating it for the qint modes.",
         epilog=EXAMPLE,
         formatter_class=HelpFormatter,
+        parents=parents,
     )
     p.add_argument("model", metavar="MODEL", help="file.onnx or path/to/file.py:function")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mm", help="model file to write")

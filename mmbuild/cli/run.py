@@ -36,7 +36,7 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run a model file on input arrays",
@@ -44,6 +44,7 @@ def add_parsers(sub: Any) -> None:
         epilog="example:\n  mmbuild run model.mm --input images=batch.npy -o outputs.npz\n"
         "  mmbuild run model.mm --random --input-shape images:8x3x224x224",
         formatter_class=HelpFormatter,
+        parents=parents,
     )
     p.add_argument("model", metavar="MODEL.mm")
     add_input_arguments(p)
@@ -62,6 +63,7 @@ def add_parsers(sub: Any) -> None:
         "  mmbuild inspect model.mm --json | jq .layers.rows[0]\n"
         "  mmbuild inspect model.mm --input-shape images:8x3x224x224   # shapes at batch 8",
         formatter_class=HelpFormatter,
+        parents=parents,
     )
     p.add_argument("model", metavar="MODEL.mm")
     p.add_argument(
