@@ -43,10 +43,12 @@ class ActivationDef:
     beta: float | None = None
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    from math import erf
+def _one_plus_erf(z: np.ndarray) -> np.ndarray:
+    """``1 + erf(z)``, computed as ``erfc(-z)``: the same value without the cancellation that
+    loses every digit of ``1 + erf(z)`` below z = -5.5 in float64."""
+    from math import erfc
 
-    return np.vectorize(erf, otypes=[np.float64])(x)
+    return np.vectorize(lambda v: erfc(-v), otypes=[np.float64])(z)
 
 
 ACTIVATIONS: dict[IActivation, ActivationDef] = {
@@ -55,7 +57,7 @@ ACTIVATIONS: dict[IActivation, ActivationDef] = {
     IActivation.SIGMOID: ActivationDef("1 / (1 + exp(-x))", lambda x, a, b: 1 / (1 + np.exp(-x))),
     IActivation.TANH: ActivationDef("tanh(x)", lambda x, a, b: np.tanh(x)),
     IActivation.GELU: ActivationDef(
-        "x / 2 * (1 + erf(x / sqrt(2)))", lambda x, a, b: x / 2 * (1 + _erf(x / np.sqrt(2)))
+        "x / 2 * (1 + erf(x / sqrt(2)))", lambda x, a, b: x / 2 * _one_plus_erf(x / np.sqrt(2))
     ),
     IActivation.SILU: ActivationDef("x / (1 + exp(-x))", lambda x, a, b: x / (1 + np.exp(-x))),
     IActivation.LEAKY_RELU: ActivationDef(

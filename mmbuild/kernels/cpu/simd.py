@@ -32,14 +32,24 @@ from mmbuild.kernels.cpu.vector import I32 as _I32
 from mmbuild.kernels.cpu.vector import intrinsic
 from mmbuild.kernels.cpu.vector import is_array_of as _is_array_of
 
-__all__ = ["f2h", "f2h_soft", "h2f", "h2f_soft", "load_f32", "load_u8_tail", "store_f32"]
+__all__ = [
+    "bits_to_f32",
+    "f2h",
+    "f2h_soft",
+    "f32_to_bits",
+    "h2f",
+    "h2f_soft",
+    "load_f32",
+    "load_u8_tail",
+    "store_f32",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Scalars: bit casts and half <-> float
 # ---------------------------------------------------------------------------------------------
 @intrinsic
-def _f32_to_bits(typingctx, x):  # type: ignore[no-untyped-def]
+def f32_to_bits(typingctx, x):  # type: ignore[no-untyped-def]
     if x != types.float32:
         return None
 
@@ -50,7 +60,7 @@ def _f32_to_bits(typingctx, x):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _bits_to_f32(typingctx, x):  # type: ignore[no-untyped-def]
+def bits_to_f32(typingctx, x):  # type: ignore[no-untyped-def]
     if not isinstance(x, types.Integer):
         return None
 
@@ -80,11 +90,11 @@ def _h2f_soft_impl(h):  # type: ignore[no-untyped-def]
             m <<= 1
             e -= 1
         bits = sign | ((e + 112) << 23) | ((m & 0x3FF) << 13)
-    return _bits_to_f32(bits)
+    return bits_to_f32(bits)
 
 
 def _f2h_soft_impl(f):  # type: ignore[no-untyped-def]
-    u = np.int64(_f32_to_bits(np.float32(f)))
+    u = np.int64(f32_to_bits(np.float32(f)))
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
     if a >= 0x7F800000:
