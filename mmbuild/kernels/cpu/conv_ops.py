@@ -169,7 +169,9 @@ class _ConvRunner:
             self.dw_weight = np.ascontiguousarray(w.reshape(self.cout, -1).T).reshape(-1)
             # QINT8 taps are exact in int32 (|(x - za) * w| <= 255 * 128, and check_int8_k keeps
             # the tap count below overflow); QINT16 ones need int64
-            acc_dtype = {None: np.float32, np.uint8: np.int32}.get(self.carrier, np.int64)
+            acc_dtype: Any = np.float32 if self.carrier is None else np.int64
+            if self.carrier == np.uint8:
+                acc_dtype = np.int32
             self.acc_proto = np.zeros(self.cout, acc_dtype)
             fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel)
         else:

@@ -69,10 +69,10 @@ _ERFC = tuple(
 )
 _INV_SQRT2 = _F(0.70710678118654752)
 
-_JIT = {"cache": True, "error_model": "numpy", "boundscheck": False, "forceinline": True}
+_jit = njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 
 
-@njit(**_JIT)
+@_jit
 def _pow2(n):  # type: ignore[no-untyped-def]
     """``(2**(n // 2), 2**(n - n // 2))`` for an integral float32 ``n`` in [-150, 128]: two
     normal floats whose product is ``2**n`` (one alone would overflow or be subnormal)."""
@@ -80,7 +80,7 @@ def _pow2(n):  # type: ignore[no-untyped-def]
     return bits_to_f32((half + 127) << 23), bits_to_f32((np.int32(n) - half + 127) << 23)
 
 
-@njit(**_JIT)
+@_jit
 def exp32(x):  # type: ignore[no-untyped-def]
     """``e**x`` in float32 (see the module docstring)."""
     xc = min(max(x, _EXP_LO), _EXP_HI)
@@ -96,19 +96,19 @@ def exp32(x):  # type: ignore[no-untyped-def]
     return x if x != x else y
 
 
-@njit(**_JIT)
+@_jit
 def sigmoid32(x):  # type: ignore[no-untyped-def]
     """``1 / (1 + e**-x)``."""
     return _F(1.0) / (_F(1.0) + exp32(-x))
 
 
-@njit(**_JIT)
+@_jit
 def silu32(x):  # type: ignore[no-untyped-def]
     """``x / (1 + e**-x)``; -inf gives NaN as the formula does (-inf / inf)."""
     return x / (_F(1.0) + exp32(-x))
 
 
-@njit(**_JIT)
+@_jit
 def tanh32(x):  # type: ignore[no-untyped-def]
     """``tanh x``: a polynomial near 0, ``1 - 2 / (e**2|x| + 1)`` elsewhere."""
     ax = abs(x)
@@ -122,7 +122,7 @@ def tanh32(x):  # type: ignore[no-untyped-def]
     return small if ax < _F(0.625) else big
 
 
-@njit(**_JIT)
+@_jit
 def _erfc_scaled(ax):  # type: ignore[no-untyped-def]
     """``erfc(ax / sqrt 2)`` for ``ax >= 0`` (Numerical Recipes' erfcc).
 
@@ -141,7 +141,7 @@ def _erfc_scaled(ax):  # type: ignore[no-untyped-def]
     return tau * exp32(-(head * head) * _F(0.5)) * exp32(p - rest * (ax + head) * _F(0.5))
 
 
-@njit(**_JIT)
+@_jit
 def gelu32(x):  # type: ignore[no-untyped-def]
     """``x / 2 * (1 + erf(x / sqrt 2))`` without cancellation at either end."""
     e = _erfc_scaled(abs(x))
@@ -149,7 +149,7 @@ def gelu32(x):  # type: ignore[no-untyped-def]
     return x / _F(2.0) * one_plus_erf
 
 
-@njit(**_JIT)
+@_jit
 def expm1_32(x):  # type: ignore[no-untyped-def]
     """``e**x - 1``: Taylor terms near 0, where ``exp32(x) - 1`` would cancel."""
     p = _F(1.0 / 40320.0)
@@ -159,7 +159,7 @@ def expm1_32(x):  # type: ignore[no-untyped-def]
     return small if abs(x) < _F(0.5) else exp32(x) - _F(1.0)
 
 
-@njit(**_JIT)
+@_jit
 def elu32(x, alpha):  # type: ignore[no-untyped-def]
     """``x if x > 0 else alpha * (e**x - 1)`` (NaN passes)."""
     neg = alpha * expm1_32(min(x, _F(0.0)))
