@@ -26,7 +26,7 @@ import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
 from mmbuild.config import BuilderConfig
-from mmbuild.errors import MMError
+from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node, Tensor
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import Policy
@@ -112,6 +112,8 @@ def lower_steps(graph: Graph) -> list[Step]:
     """One step per node: its kernel from the table and what the kernel prepared."""
     steps = []
     for node in graph.nodes:
+        if node.op == "cast":
+            _check_cast_types(graph, node)
         kernel = find_kernel(node)
         lowered = kernel.lower(node, graph)
         steps.append(
@@ -172,6 +174,27 @@ def insert_conversions(graph: Graph) -> None:
             node.inputs[i] = casts[key]
         nodes.append(node)
     graph.nodes = nodes
+
+
+# The cast kernel reads every uint16 buffer as float16 bits and converts float64 only down to
+# float32 / float16, so these types cast exactly only as listed here.
+_CASTS_FROM = {DataType.FLOAT64: (DataType.FLOAT32, DataType.FLOAT16)}
+_NO_CAST = (DataType.UINT16, DataType.FLOAT64)
+
+
+def _check_cast_types(graph: Graph, node: Node) -> None:
+    """Refuse, naming the node, a cast the cast kernel cannot do exactly (see ``_NO_CAST``)."""
+    src, dst = graph.tensors[node.inputs[0]].dtype, node.output_types[0]
+    if src is dst or dst in _CASTS_FROM.get(src, ()):
+        return
+    if src in _NO_CAST or dst in _NO_CAST:
+        allowed = ", ".join(f"{a.name} -> {b.name}" for a, bs in _CASTS_FROM.items() for b in bs)
+        raise MMError(
+            f"{node.node_type} {node.name!r}: no kernel casts {src.name} to {dst.name}; "
+            f"UINT16 and FLOAT64 tensors are moved (copy, permute, reshape, ...) but the only "
+            f"casts from or to them are {allowed}. Give the network input as FLOAT32 or INT32",
+            Code.UNAVAILABLE,
+        )
 
 
 def constant_buffer(tensor: Tensor) -> np.ndarray:
