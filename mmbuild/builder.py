@@ -3,13 +3,17 @@
 ``build_model(name, network, config)`` runs, in order:
 
 1. ``INode.validate`` on every node (values the shapes implied but no setter confirmed);
-2. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
-3. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
-   never edited), rewritten by the pass pipeline (:mod:`mmbuild.passes`);
-4. conversions: where a node's input precision differs from the float type its input arrives
+2. the model's edges (:func:`mmbuild.config.model_io.model_edges`): the config's
+   ``convert_input_layout``, ``insert_bn_before_firstnode``, ``convert_output_layout``,
+   ``graph_shape_mutable`` and ``dim_range``, checked against the network;
+3. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
+4. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
+   never edited), with the edges' nodes inserted (:mod:`mmbuild.passes.io_rewrites`), rewritten
+   by the pass pipeline (:mod:`mmbuild.passes`);
+5. conversions: where a node's input precision differs from the float type its input arrives
    in, a ``cast`` node is inserted (shared by all readers that need the same conversion), and a
    constant read at run time is stored in the precision of its reader;
-5. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
+6. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
    prepares what it needs once (weights quantized and packed, epilogues).
 
 Example: in ``qint8_mixed_float16`` the sample CNN's first conv reads the float32 network input
@@ -26,6 +30,7 @@ import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
 from mmbuild.config import BuilderConfig
+from mmbuild.config.model_io import ModelEdges, model_edges
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node, Tensor
 from mmbuild.ir.network import Network
@@ -33,7 +38,7 @@ from mmbuild.ir.node import Policy
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import Step, buffer_dtype, find_kernel, from_float
 from mmbuild.ops.registry import get_op
-from mmbuild.precision import PrecisionPlan, plan_precision
+from mmbuild.precision import PrecisionPlan, plan_precision, split_mode
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Model
@@ -64,14 +69,21 @@ class Builder(CamelCaseAliases):
                 f"build_model({name!r}): the network has no outputs; mark them with "
                 "net.mark_output(tensor)"
             )
+        network.check_input_shapes_known(f"build_model({name!r})")
         for inode in network.nodes:
             inode.validate()
+        edges = model_edges(network, config)
         plan = plan_precision(network, config)
-        graph = lower_graph(network, config, plan)
+        graph = lower_graph(network, config, plan, edges)
         steps = lower_steps(graph)
+        ranges = {e.name: (e.min_dims, e.max_dims) for e in edges.inputs}
 
         def info(t: str) -> TensorInfo:
             return TensorInfo(t, graph.tensors[t].dims, graph.tensors[t].dtype)
+
+        def input_info(t: str) -> TensorInfo:
+            lo, hi = ranges.get(t, (None, None))
+            return TensorInfo(t, graph.tensors[t].dims, graph.tensors[t].dtype, lo, hi)
 
         read = {t for s in steps for t in s.inputs}
         constants = {
@@ -81,7 +93,7 @@ class Builder(CamelCaseAliases):
         data = ModelData(
             name=name,
             mode=config.precision_mode,
-            inputs=[info(t) for t in graph.inputs],
+            inputs=[input_info(t) for t in graph.inputs],
             outputs=[info(t) for t in graph.outputs],
             tensors={t: info(t) for t in sorted(used)},
             constants=constants,
@@ -93,15 +105,21 @@ class Builder(CamelCaseAliases):
         return Model._from_data(data)
 
 
-def lower_graph(network: Network, config: BuilderConfig, plan: PrecisionPlan) -> Graph:
-    """The network as a graph with the plan's precisions, passes run and casts inserted."""
+def lower_graph(
+    network: Network, config: BuilderConfig, plan: PrecisionPlan, edges: ModelEdges | None = None
+) -> Graph:
+    """The network as a graph with the plan's precisions and the model edges the config asks
+    for (layout conversions, input normalisation), passes run and casts inserted."""
     from mmbuild.passes import run_passes
+    from mmbuild.passes.io_rewrites import apply_model_edges
 
     graph = Graph.from_network(network, plan)
     graph.options = {
         "weight_quant_granularity": config.weight_quant_granularity,
         "activation_quant_algo": config.activation_quant_algo,
     }
+    edges = edges if edges is not None else model_edges(network, config)
+    apply_model_edges(graph, edges, split_mode(config.precision_mode)[1])
     run_passes(graph)
     insert_conversions(graph)
     _check_outputs_produced(graph)
