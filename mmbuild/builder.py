@@ -64,12 +64,12 @@ class Builder(CamelCaseAliases):
                 f"build_model: config must be an mm.BuilderConfig or omitted, not {type(config)!r}"
             )
         config = config or BuilderConfig()
+        network.check_input_shapes_known(f"build_model({name!r})")
         if not network.outputs:
             raise MMError(
                 f"build_model({name!r}): the network has no outputs; mark them with "
                 "net.mark_output(tensor)"
             )
-        network.check_input_shapes_known(f"build_model({name!r})")
         for inode in network.nodes:
             inode.validate()
         edges = model_edges(network, config)

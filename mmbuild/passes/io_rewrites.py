@@ -72,8 +72,12 @@ def _rewrite_input(graph: Graph, e: InputEdge, ftype: DataType) -> None:
     inserted: list[Node] = []
     current = name
     if e.mean is not None and e.var is not None:
-        out = inner if e.perm is None else _unique_tensor(graph, f"{name}/normalized")
-        graph.tensors[out] = Tensor(out, e.model_dims, ftype)
+        if e.perm is None:  # the network's tensor, with its range, now computed in ftype
+            out = inner
+            graph.tensors[out].dtype = ftype
+        else:
+            out = _unique_tensor(graph, f"{name}/normalized")
+            graph.tensors[out] = Tensor(out, e.model_dims, ftype, range=original.range)
         channels = len(e.mean)
         params = [
             graph.add_const(f"{name}/insert_bn_{what}", np.asarray(v, np.float32))
