@@ -38,7 +38,7 @@ from mmbuild.ir.node import Policy
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import Step, buffer_dtype, find_kernel, from_float
 from mmbuild.ops.registry import get_op
-from mmbuild.precision import PrecisionPlan, plan_precision, split_mode
+from mmbuild.precision import PrecisionPlan, plan_precision
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Model
@@ -119,7 +119,7 @@ def lower_graph(
         "activation_quant_algo": config.activation_quant_algo,
     }
     edges = edges if edges is not None else model_edges(network, config)
-    apply_model_edges(graph, edges, split_mode(config.precision_mode)[1])
+    apply_model_edges(graph, edges)
     run_passes(graph)
     insert_conversions(graph)
     _check_outputs_produced(graph)

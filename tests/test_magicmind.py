@@ -420,3 +420,18 @@ def test_add_input_without_dims_takes_them_from_set_dimension() -> None:
     net.mark_output(net.add_i_activation_node(x, mm.IActivation.RELU).get_output(0))
     (y,) = run(mm.Builder().build_model("n", net), np.array([[-1.0, 3.0]], np.float32))
     assert y.tolist() == [[0.0, 3.0]]
+
+
+# -- the sample ----------------------------------------------------------------------------------
+def test_magicmind_style_sample_gives_the_numbers_of_mmbuilds_own_api(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).parents[1] / "samples" / "magicmind_style.py"))
+    result = module["main"]()
+    out = capsys.readouterr().out
+    # the inserted normalisation computes in float32 as numpy does, so the runs agree exactly
+    assert result["max_abs_diff"] == 0.0 and result["top1_agreement"] == 1.0
+    assert "input_0/insert_bn" in out and "conv.qint" in out
+    assert "[-1, 16, 16, 3] NHWC" in out

@@ -31,24 +31,24 @@ import numpy as np
 from mmbuild.config.model_io import InputEdge, ModelEdges, OutputEdge
 from mmbuild.errors import MMError
 from mmbuild.graph import Graph, Node, Tensor
-from mmbuild.ir.types import DataType
 from mmbuild.ops.conv import ConvLike, IConvNode, IPaddingMode
 from mmbuild.passes._rewrite import is_a, sole_reader
 
 __all__ = ["apply_model_edges", "fold_input_normalization"]
 
 
-def apply_model_edges(graph: Graph, edges: ModelEdges, ftype: DataType) -> int:
+def apply_model_edges(graph: Graph, edges: ModelEdges) -> int:
     """Insert the normalisation and permutes ``edges`` ask for; returns the rewritten edges.
 
     Before: ``x -> conv``. After, for ``insert_bn_before_firstnode`` and
     ``convert_input_layout`` on input 0: ``x -> x/insert_bn -> x/to_network -> x/network ->
-    conv``. The normalisation computes in ``ftype`` (the float type of the precision mode).
+    conv``. The normalisation computes in the input's own float type, as preprocessing
+    would: the network's first nodes then read what they would have read.
     """
     count = 0
     for e in edges.inputs:
         if e.changes_data:
-            _rewrite_input(graph, e, ftype)
+            _rewrite_input(graph, e)
             count += 1
     for o in edges.outputs:
         if o.perm is not None:
@@ -59,9 +59,10 @@ def apply_model_edges(graph: Graph, edges: ModelEdges, ftype: DataType) -> int:
     return count
 
 
-def _rewrite_input(graph: Graph, e: InputEdge, ftype: DataType) -> None:
+def _rewrite_input(graph: Graph, e: InputEdge) -> None:
     name = e.name
     original = graph.tensors[name]
+    ftype = original.dtype  # a float type: model_edges refuses to normalise any other
     inner = _unique_tensor(graph, f"{name}/network")
     graph.tensors[inner] = Tensor(inner, original.dims, original.dtype, range=original.range)
     graph.replace_uses(name, inner)
@@ -72,9 +73,8 @@ def _rewrite_input(graph: Graph, e: InputEdge, ftype: DataType) -> None:
     inserted: list[Node] = []
     current = name
     if e.mean is not None and e.var is not None:
-        if e.perm is None:  # the network's tensor, with its range, now computed in ftype
+        if e.perm is None:  # the network's tensor, with its range
             out = inner
-            graph.tensors[out].dtype = ftype
         else:
             out = _unique_tensor(graph, f"{name}/normalized")
             graph.tensors[out] = Tensor(out, e.model_dims, ftype, range=original.range)
