@@ -435,3 +435,14 @@ def test_magicmind_style_sample_gives_the_numbers_of_mmbuilds_own_api(
     assert result["max_abs_diff"] == 0.0 and result["top1_agreement"] == 1.0
     assert "input_0/insert_bn" in out and "conv.qint" in out
     assert "[-1, 16, 16, 3] NHWC" in out
+
+
+def test_python_blocks_of_docs_magicmind_run() -> None:
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "magicmind.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/magicmind.md", "exec"), namespace)
