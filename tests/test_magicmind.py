@@ -446,3 +446,43 @@ def test_python_blocks_of_docs_magicmind_run() -> None:
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/magicmind.md", "exec"), namespace)
+
+
+# -- the fold, as a pass -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("layout", "pad", "folds"),
+    [("NHWC", 0, True), ("NCHW", 0, True), ("NHWC", 1, False), ("NCHW", 1, False)],
+)
+def test_fold_input_normalization_keeps_numbers_with_groups_bias_and_permutes(
+    layout: str, pad: int, folds: bool
+) -> None:
+    """bn -> grouped conv: folded (the NCHW conv reads it through a permute) where the conv pads
+    nothing; with padding and a nonzero shift it stays."""
+    from test_passes import batch_norm, const, ops, rewrite_keeps_numbers, weights
+
+    from mmbuild.graph import Graph
+    from mmbuild.passes import run_passes
+
+    nchw = layout == "NCHW"
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([2, 4, 5, 5] if nchw else [2, 5, 5, 4]))
+    bn = batch_norm(net, x, 4, 1 if nchw else 3, eps=1e-3)
+    w = weights([6, 2, 3, 3] if nchw else [6, 3, 3, 2])  # group 2: Cin / group = 2
+    conv = net.add_i_conv_node(bn.get_output(0), const(net, w), const(net, weights([6])))
+    conv.set_group(2)
+    conv.set_pad(pad, pad, pad, pad)
+    if nchw:
+        conv.set_layout(mm.Layout.NCHW, mm.Layout.NCHW, mm.Layout.NCHW)
+    net.mark_output(conv.get_output(0))
+    graph = Graph.from_network(net)
+    counts: dict[str, int] = {}
+
+    def pipeline(g: Graph) -> int:
+        counts.update(run_passes(g))
+        return sum(counts.values())
+
+    rewrite_keeps_numbers(graph, pipeline, "fp32")
+    assert counts["fold_input_normalization"] == int(folds)
+    assert ("fused_batch_norm" in ops(graph)) is not folds
+    if folds:
+        assert graph.node("conv_0").fused == ["fused_batch_norm_0"]
