@@ -486,3 +486,14 @@ def test_fold_input_normalization_keeps_numbers_with_groups_bias_and_permutes(
     assert ("fused_batch_norm" in ops(graph)) is not folds
     if folds:
         assert graph.node("conv_0").fused == ["fused_batch_norm_0"]
+
+
+def test_docstring_examples_of_the_runtime_objects_and_types() -> None:
+    import doctest
+
+    import mmbuild.ir.types
+    import mmbuild.runtime.device
+
+    for module in (mmbuild.runtime.device, mmbuild.ir.types):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
