@@ -219,10 +219,14 @@ def kernels(model: mm.Model) -> list[str]:
     return [row.kernel for row in model.get_layer_report()]
 
 
-def test_convert_input_layout_takes_nhwc_and_costs_no_permute() -> None:
-    net = nchw_conv_net()
-    plain = mm.Builder().build_model("plain", net)
-    model = mm.Builder().build_model("nhwc", net, config_of(convert_input_layout=TO_NHWC))
+@pytest.mark.parametrize("mode", ["force_float32", "qint8_mixed_float32"])
+def test_convert_input_layout_takes_nhwc_and_costs_no_permute(mode: str) -> None:
+    net = nchw_conv_net(pad=1)
+    net.get_input(0).set_dynamic_range(mm.Range(-1.0, 1.0))  # the quantized conv reads it
+    keys: dict = {"precision_config": {"precision_mode": mode}}
+    keys["custom_ranges"] = {"": {"min": -8, "max": 8}}
+    plain = mm.Builder().build_model("plain", net, config_of(**keys))
+    model = mm.Builder().build_model("nhwc", net, config_of(convert_input_layout=TO_NHWC, **keys))
     assert model.get_input_dimensions() == [mm.Dims([-1, 6, 6, 3])]
     x = RNG.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)
     (y,) = run(model, x)
