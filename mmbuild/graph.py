@@ -114,16 +114,13 @@ class Graph:
         """Copy ``network`` with ``plan``'s precisions (all float32 when ``plan`` is None).
 
         Every tensor's range is the one the plan resolved (``PrecisionPlan.tensor_ranges``, from
-        ``precision.resolve_range``), never read from the network again.
+        ``precision.resolve_range``), never read from the network again. Without a plan (and so
+        without a config) that is the tensor's own range, set or calibrated.
         """
-        from mmbuild.precision import resolve_range
-
         graph = cls({}, [], [t.name for t in network.inputs], [t.name for t in network.outputs])
 
         def range_of(t: ITensor) -> Range | None:
-            if plan is not None:
-                return plan.tensor_ranges.get(t.name)
-            return resolve_range(t, None)
+            return plan.tensor_ranges.get(t.name) if plan is not None else t.get_dynamic_range()
 
         for t in network.inputs:
             graph.tensors[t.name] = Tensor(
