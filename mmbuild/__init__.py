@@ -12,9 +12,10 @@ from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode, Policy
 from mmbuild.ir.tensor import ITensor
-from mmbuild.ir.types import DataType, Dims, Layout, Range
+from mmbuild.ir.types import DataType, Dims, Layout, Range, get_datatype_by_numpy
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
 from mmbuild.reference import run_reference
+from mmbuild.runtime.device import Device, EngineConfig, Queue, System
 from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
 
 __version__ = "0.1.0"
@@ -29,8 +30,10 @@ __all__ = [
     "Code",
     "Context",
     "DataType",
+    "Device",
     "Dims",
     "Engine",
+    "EngineConfig",
     "INode",
     "IRTTensor",
     "ITensor",
@@ -40,9 +43,12 @@ __all__ = [
     "Network",
     "Policy",
     "QuantizationAlgorithm",
+    "Queue",
     "Range",
     "Status",
+    "System",
     "__version__",
+    "get_datatype_by_numpy",
     "run_reference",
     *_OPS_PUBLIC,
 ]

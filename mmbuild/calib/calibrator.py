@@ -33,6 +33,7 @@ from mmbuild.calib import cache as cache_file
 from mmbuild.calib.cache import CACHE_FORMAT, CACHE_VERSION, CalibrationCacheModel
 from mmbuild.calib.data import CalibDataInterface
 from mmbuild.config import BuilderConfig, CustomRange
+from mmbuild.config.model_io import ModelEdges, model_edges
 from mmbuild.errors import Code, MMError, Status, did_you_mean
 from mmbuild.ir.network import Network
 from mmbuild.ir.tensor import ITensor
@@ -166,7 +167,8 @@ class Calibrator(CamelCaseAliases):
             result = self._check_cache(self._cache, network, tensors, config, bits)
             how = f"from the cache {self._cache_path!r}"
         else:
-            ranges, batches = self._from_data(network, tensors, bits, symmetric)
+            edges = model_edges(network, config)  # samples come as the model takes them
+            ranges, batches = self._from_data(network, tensors, bits, symmetric, edges)
             result = CalibrationCacheModel(
                 format=CACHE_FORMAT,
                 version=CACHE_VERSION,
@@ -224,7 +226,12 @@ class Calibrator(CamelCaseAliases):
 
     # -- stages --------------------------------------------------------------------------------
     def _from_data(
-        self, network: Network, tensors: list[ITensor], bits: int, symmetric: bool
+        self,
+        network: Network,
+        tensors: list[ITensor],
+        bits: int,
+        symmetric: bool,
+        edges: ModelEdges | None = None,
     ) -> tuple[dict[str, tuple[float, float]], int]:
         """Stages 1 to 3: the chosen range of each tensor, and the number of batches read."""
         sources = self._data
@@ -234,6 +241,8 @@ class Calibrator(CamelCaseAliases):
                 f"{network.get_input_count()} input(s); give one data source per network input, "
                 "in input order"
             )
+        if edges is not None:
+            sources = [edges.inputs[i].calibration_source(s) for i, s in enumerate(sources)]
         minmax = {t.get_tensor_name(): MinMaxObserver() for t in tensors}
         hists: dict[str, HistogramObserver] = {}
         if self._algorithm is not QuantizationAlgorithm.LINEAR_ALGORITHM:

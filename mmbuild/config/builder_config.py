@@ -22,7 +22,7 @@ from typing import Annotated, Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from mmbuild._aliases import CamelCaseAliases
-from mmbuild.config.schema import IGNORED_KEYS, UNSUPPORTED_KEYS, BuilderConfigModel
+from mmbuild.config.schema import IGNORED_KEYS, MAGICMIND_KEYS, BuilderConfigModel
 from mmbuild.errors import Code, MMError, Status, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,34 @@ class BuilderConfig(CamelCaseAliases):
         found = ranges.get(tensor_name, ranges.get(""))
         return None if found is None else (list(found.min), list(found.max))
 
+    # -- MagicMind's model-changing keys, by input / output index -------------------------------
+
+    @property
+    def convert_input_layout(self) -> dict[int, tuple[str, str]]:
+        """``convert_input_layout``: input index -> (src, dst), e.g. ``{0: ("NCHW", "NHWC")}``."""
+        return {int(k): (v.src, v.dst) for k, v in self._model.convert_input_layout.items()}
+
+    @property
+    def convert_output_layout(self) -> dict[int, tuple[str, str]]:
+        """``convert_output_layout``: output index -> (src, dst)."""
+        return {int(k): (v.src, v.dst) for k, v in self._model.convert_output_layout.items()}
+
+    @property
+    def insert_bn_before_firstnode(self) -> dict[int, tuple[list[float], list[float]]]:
+        """``insert_bn_before_firstnode``: input index -> (mean list, var list)."""
+        entries = self._model.insert_bn_before_firstnode
+        return {int(k): (list(v.mean), list(v.var)) for k, v in entries.items()}
+
+    @property
+    def graph_shape_mutable(self) -> bool:
+        """``graph_shape_mutable`` (default True); False fixes the input shapes at build time."""
+        return self._model.graph_shape_mutable
+
+    @property
+    def dim_range(self) -> dict[int, tuple[list[int], list[int]]]:
+        """``dim_range``: input index -> (min dims, max dims)."""
+        return {int(k): (list(v.min), list(v.max)) for k, v in self._model.dim_range.items()}
+
     def ignored_keys(self) -> list[str]:
         """The key paths that were accepted but have no effect, sorted.
 
@@ -169,13 +197,14 @@ class BuilderConfig(CamelCaseAliases):
     def to_json(self) -> str:
         """The whole configuration as pretty JSON, defaults included; parsing it gives it back.
 
-        Ignored keys appear only when they were given.
+        Ignored keys, and the MagicMind keys that change the model (``convert_input_layout``,
+        ``insert_bn_before_firstnode``, ``graph_shape_mutable``, ...), appear only when given.
         """
         return json.dumps(self._dump(), indent=2)
 
     def _dump(self) -> dict[str, Any]:
         data = self._model.model_dump(mode="json")
-        for key in IGNORED_KEYS:
+        for key in (*IGNORED_KEYS, *MAGICMIND_KEYS):
             if key not in self._model.model_fields_set:
                 del data[key]
         return data
@@ -236,13 +265,17 @@ def _non_finite(value: Any, loc: Loc) -> Iterator[tuple[Loc, float]]:
             yield from _non_finite(v, (*loc, i))
 
 
+_WHOLE_ENTRIES = {("custom_ranges",), *((k,) for k in MAGICMIND_KEYS)}
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any], loc: Loc) -> None:
     """Merge ``update`` into ``base`` in place: objects key by key, anything else replaced.
 
-    An entry of ``custom_ranges`` is replaced as a whole: a range is one value, and merging a new
-    ``min`` with an old ``max`` of another length would make a range nobody wrote.
+    An entry of ``custom_ranges`` (or of an index-keyed MagicMind key such as ``dim_range``) is
+    replaced as a whole: a range is one value, and merging a new ``min`` with an old ``max`` of
+    another length would make a range nobody wrote.
     """
-    replace_children = loc == ("custom_ranges",)
+    replace_children = loc in _WHOLE_ENTRIES
     for key, value in update.items():
         old = base.get(key)
         if isinstance(old, dict) and isinstance(value, dict) and not replace_children:
@@ -349,8 +382,6 @@ def _explain_one(err: Any) -> str:
         holder, _ = _resolve(loc)
         allowed = _keys_of(holder or BuilderConfigModel)
         inside = f"in {_path(loc[:-1])}" if len(loc) > 1 else "at the top level"
-        if key in UNSUPPORTED_KEYS:
-            return f"{path}: not supported: {UNSUPPORTED_KEYS[key]}"
         return (
             f"unknown key {path!r}{did_you_mean(key, allowed)}; "
             f"allowed keys {inside}: {', '.join(allowed)}"
@@ -373,6 +404,10 @@ def _explain_one(err: Any) -> str:
         return f"{path}: required key is missing{needs}"
     if kind in ("float_type", "float_parsing"):
         return f"{path}: expected a number, got {_kind(value)}"
+    if kind == "bool_type":
+        return f"{path}: expected true or false, got {_kind(value)}"
+    if kind in ("int_type", "int_from_float"):
+        return f"{path}: expected a whole number, got {_kind(value)}"
     if kind == "list_type":
         return f"{path}: expected a number or a list of numbers, got {_kind(value)}"
     if kind == "too_short":

@@ -11,7 +11,7 @@ and lists it in ``fused``).
 Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_activations": 1, "convert_layout": 0,
-"cancel_permutes": 0, "remove_dead_nodes": 0}``.
+"cancel_permutes": 0, "fold_input_normalization": 0, "remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mmbuild.graph import Graph
 from mmbuild.passes.dce import remove_dead_nodes
 from mmbuild.passes.fold import fold_batch_norm, fold_constants
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
+from mmbuild.passes.io_rewrites import fold_input_normalization
 from mmbuild.passes.layout import cancel_permutes, convert_layout
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "epilogue_activation",
     "fold_batch_norm",
     "fold_constants",
+    "fold_input_normalization",
     "fuse_activations",
     "remove_dead_nodes",
     "run_passes",
@@ -54,6 +56,8 @@ PIPELINE: tuple[Pass, ...] = (
     convert_layout,
     # right after layout: the back-to-back pairs it leaves between NCHW nodes
     cancel_permutes,
+    # after the permutes cancelled: an inserted input normalisation then meets the first conv
+    fold_input_normalization,
     # last: whatever the rewrites left unread
     remove_dead_nodes,
 )

@@ -28,6 +28,8 @@ from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.types import DataType, Dims
 from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named
+from mmbuild.runtime.device import Device, Queue, check_device
+from mmbuild.runtime.device import EngineConfig as _EngineConfig
 
 if TYPE_CHECKING:
     from mmbuild.report import ErrorReport, LayerReport
@@ -90,6 +92,13 @@ class IRTTensor(CamelCaseAliases):
         self._array = np.ascontiguousarray(array)
         return Status.OK()
 
+    def to(self, device: Device | int) -> IRTTensor:
+        """MagicMind's copy to a device: the CPU's memory is the device's, so this returns the
+        tensor itself, holding the same data (no copy). ``device`` is an ``mm.Device`` (id 0)
+        or the id 0; ``inputs[0].to(dev)`` and ``x = inputs[0].to(dev)`` both work."""
+        check_device(device, f"tensor {self._name!r}: to(device)")
+        return self
+
     def asnumpy(self) -> np.ndarray:
         if self._array is None:
             raise MMError(f"tensor {self._name!r} holds no data yet; call from_numpy first")
@@ -114,6 +123,10 @@ class IRTTensor(CamelCaseAliases):
 
 class Model(CamelCaseAliases):
     """A built model: build it with ``mm.Builder``, or ``deserialize_from_file``."""
+
+    #: MagicMind's ``mm.Model.EngineConfig`` (``device_type`` "MLU" or "CPU"), for
+    #: ``create_i_engine(econfig)``.
+    EngineConfig = _EngineConfig
 
     def __init__(self) -> None:
         self._data: ModelData | None = None
@@ -187,7 +200,14 @@ class Model(CamelCaseAliases):
         return [t.dtype for t in self.data.outputs]
 
     # -- running and reports -----------------------------------------------------------------
-    def create_i_engine(self) -> Engine:
+    def create_i_engine(self, econfig: _EngineConfig | None = None) -> Engine:
+        """An engine over this model. ``econfig`` (an ``mm.Model.EngineConfig``) may be omitted;
+        its device type, "MLU" or "CPU", runs on this CPU either way."""
+        if econfig is not None and not isinstance(econfig, _EngineConfig):
+            raise MMError(
+                f"create_i_engine: econfig must be an mm.Model.EngineConfig or omitted, not "
+                f"{type(econfig).__name__}"
+            )
         return Engine(self.data)
 
     def get_layer_report(
@@ -328,11 +348,26 @@ class Context(CamelCaseAliases):
         """One empty IRTTensor per network input, in order; fill them with ``from_numpy``."""
         return [IRTTensor(t.name, t.dtype, t.dims) for t in self._engine.data.inputs]
 
-    def enqueue(self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor]) -> Status:
-        """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output."""
+    def enqueue(
+        self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor], queue: Queue | None = None
+    ) -> Status:
+        """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output.
+
+        ``queue`` (from ``dev.create_queue()``) may be omitted. The run is synchronous: it has
+        finished when enqueue returns, and ``queue.sync()`` returns OK. A queue serves the
+        context that first ran on it; another context's queue is refused.
+        """
         if not isinstance(outputs, list):
             raise MMError("enqueue: outputs must be a list, which enqueue fills")
+        if queue is not None:
+            if not isinstance(queue, Queue):
+                raise MMError(
+                    f"enqueue: queue must be an mm queue from dev.create_queue() or omitted, "
+                    f"not {type(queue).__name__}"
+                )
+            queue._bind(self)
         arrays = input_buffers(self._engine.data, inputs)
+        check_input_shapes(self._engine.data, arrays)
         values = self.run(arrays)
         data = self._engine.data
         outputs.clear()
@@ -387,6 +422,25 @@ class Context(CamelCaseAliases):
             kept.update(out)
             return kept
         return out
+
+
+def check_input_shapes(data: ModelData, arrays: Sequence[np.ndarray]) -> None:
+    """Refuse input shapes outside the builder config's ``dim_range`` of each input.
+
+    Example: ``{"dim_range": {"0": {"min": [1, 3, 8, 8], "max": [4, 3, 8, 8]}}}`` takes batches
+    of 1 to 4, so an array of shape [5, 3, 8, 8] for input 0 is refused.
+    """
+    for i, (info, a) in enumerate(zip(data.inputs, arrays)):
+        if info.min_dims is None or info.max_dims is None:
+            continue
+        lo, hi = info.min_dims, info.max_dims
+        if any(not low <= s <= high for s, low, high in zip(a.shape, lo, hi)):
+            raise MMError(
+                f"enqueue: input {i} ({info.name!r}) has shape {list(a.shape)}, outside the "
+                f"model's dim_range min {list(lo)} .. max {list(hi)}; give a shape in that "
+                "range, or rebuild with a wider dim_range",
+                Code.OUT_OF_RANGE,
+            )
 
 
 def input_buffers(data: ModelData, inputs: Sequence[Any]) -> list[np.ndarray]:

@@ -77,6 +77,7 @@ from mmbuild.kernels.table import Lowered, Step, buffer_dtype
 from mmbuild.runtime.manifest import (
     ManifestModel,
     ModelData,
+    NamedTensorModel,
     StepModel,
     TensorInfo,
     TensorModel,
@@ -182,6 +183,8 @@ def _put(zf: zipfile.ZipFile, name: str, blob: bytes) -> None:
 
 def _tensor_json(t: TensorInfo, named: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"dims": [int(d) for d in t.dims], "dtype": t.dtype.name}
+    if named and t.min_dims is not None and t.max_dims is not None:  # an input's dim_range
+        body["min_dims"], body["max_dims"] = list(t.min_dims), list(t.max_dims)
     return {"name": t.name, **body} if named else body
 
 
@@ -429,7 +432,10 @@ def _load_npy(blob: bytes, what: str) -> np.ndarray:
 
 
 def _tensor_info(name: str, t: TensorModel) -> TensorInfo:
-    return TensorInfo(name, tuple(t.dims), DataType[t.dtype])
+    info = TensorInfo(name, tuple(t.dims), DataType[t.dtype])
+    if isinstance(t, NamedTensorModel) and t.min_dims is not None and t.max_dims is not None:
+        info.min_dims, info.max_dims = tuple(t.min_dims), tuple(t.max_dims)
+    return info
 
 
 def _step(s: StepModel, arrays: Mapping[str, np.ndarray], where: str) -> Step:
