@@ -109,7 +109,9 @@ def parse_json(text: str | bytes, where: str, allow_non_finite: bool = False) ->
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise MMError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise MMError(
+                f"{where}: not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from None
     depth = json_depth(text.encode("utf-8", "surrogatepass"))
     if depth > MAX_JSON_DEPTH:
         raise MMError(
@@ -117,11 +119,11 @@ def parse_json(text: str | bytes, where: str, allow_non_finite: bool = False) ->
         )
 
     def refuse_constant(token: str) -> Any:
-        raise _Refused(f"{token} is not a number JSON allows; use finite numbers only")
+        raise _RefusedError(f"{token} is not JSON; use finite numbers only")
 
     def parse_int(digits: str) -> int:
         if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-            raise _Refused(
+            raise _RefusedError(
                 f"the integer {_short(digits, 24)} has {len(digits.lstrip('-'))} digits; "
                 f"numbers of at most {MAX_INT_DIGITS} digits are read"
             )
@@ -138,7 +140,7 @@ def parse_json(text: str | bytes, where: str, allow_non_finite: bool = False) ->
         raise MMError(
             f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
         ) from None
-    except _Refused as e:
+    except _RefusedError as e:
         raise MMError(f"{where}: {e}") from None
     except (ValueError, RecursionError) as e:  # defensive: the depth check comes first
         raise MMError(f"{where}: not valid JSON ({_short(str(e))})") from None
@@ -179,7 +181,7 @@ def write_atomically(path: str | os.PathLike[str], payload: bytes, what: str) ->
         raise MMError(f"{what}: cannot be written ({e.strerror})", Code.UNAVAILABLE) from None
 
 
-class _Refused(ValueError):
+class _RefusedError(ValueError):
     pass
 
 
@@ -188,7 +190,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _Refused(f"key {_short(repr(key))} appears twice in one JSON object")
+            raise _RefusedError(f"key {_short(repr(key))} appears twice in one JSON object")
         out[key] = value
     return out
 

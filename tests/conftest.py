@@ -15,3 +15,15 @@ from hypothesis import settings
 settings.register_profile("default", max_examples=40, deadline=None)
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    """The fuzz tests' outcome counts (what ran, and how each case ended)."""
+    from fuzzcount import report
+
+    lines = report()
+    if lines:
+        write = terminalreporter.write_line  # type: ignore[attr-defined]
+        write("fuzz outcome counts (cases run this session):")
+        for line in lines:
+            write(f"  {line}")

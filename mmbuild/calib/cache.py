@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmbuild._files import checked_path, parse_json, read_bytes, write_atomically
 from mmbuild.config.schema import ActivationQuantAlgo, CustomRange
-from mmbuild.errors import Code, MMError
+from mmbuild.errors import MMError
 from mmbuild.ir.network import Network
 
 CACHE_FORMAT: Final = "mmbuild-calibration-cache"

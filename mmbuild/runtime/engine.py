@@ -125,6 +125,11 @@ class Model(CamelCaseAliases):
         return model
 
     def _set_data(self, data: ModelData) -> None:
+        self._check_kernels(data)
+        self._data = data
+
+    @staticmethod
+    def _check_kernels(data: ModelData) -> None:
         for step in data.steps:  # an unknown kernel is refused here, before any run
             try:
                 kernel_named(step.kernel)
@@ -134,7 +139,6 @@ class Model(CamelCaseAliases):
                     "this mmbuild does not have; rebuild the model with this version",
                     Code.NOT_FOUND,
                 ) from None
-        self._data = data
 
     @property
     def data(self) -> ModelData:
@@ -153,9 +157,15 @@ class Model(CamelCaseAliases):
         return Status.OK()
 
     def deserialize_from_file(self, path: str) -> Status:
+        """Load the model file at ``path``, checked whole (``runtime.validate_model``) before
+        this model changes; a refused file leaves it as it was."""
         from mmbuild.runtime.model_file import read_model_file
+        from mmbuild.runtime.validate_model import validate_model
 
-        self._set_data(read_model_file(path))
+        data = read_model_file(path)
+        self._check_kernels(data)
+        validate_model(data, f"model file {path!r}")
+        self._set_data(data)
         return Status.OK()
 
     # -- queries -----------------------------------------------------------------------------
