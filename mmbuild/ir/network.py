@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._checks import checked
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.tensor import ITensor
@@ -37,6 +38,7 @@ class Network(CamelCaseAliases):
         self._tensor_names: dict[str, ITensor] = {}
 
     # -- inputs and outputs ------------------------------------------------------------------
+    @checked
     def add_input(self, dtype: DataType, dims: Dims | Sequence[int]) -> ITensor:
         """A network input; ``-1`` in ``dims`` marks a dimension given at run time."""
         if not isinstance(dtype, DataType):
@@ -48,12 +50,14 @@ class Network(CamelCaseAliases):
         self._tensor_names[name] = tensor
         return tensor
 
+    @checked
     def get_input(self, i: int) -> ITensor:
         return self._inputs[_index(i, len(self._inputs), "input")]
 
     def get_input_count(self) -> int:
         return len(self._inputs)
 
+    @checked
     def mark_output(self, tensor: ITensor) -> Status:
         """Make ``tensor`` an output of the network, in the order outputs are marked."""
         self._own(tensor, "mark_output")
@@ -65,6 +69,7 @@ class Network(CamelCaseAliases):
         self._outputs.append(tensor)
         return Status.OK()
 
+    @checked
     def unmark_output(self, tensor: ITensor) -> Status:
         self._own(tensor, "unmark_output")
         if tensor not in self._outputs:
@@ -75,6 +80,7 @@ class Network(CamelCaseAliases):
         self._outputs.remove(tensor)
         return Status.OK()
 
+    @checked
     def get_output(self, i: int) -> ITensor:
         return self._outputs[_index(i, len(self._outputs), "output")]
 
@@ -86,9 +92,11 @@ class Network(CamelCaseAliases):
         """Every node, producers before consumers."""
         return list(self._nodes)
 
+    @checked
     def find_node_by_name(self, name: str) -> INode | None:
         return self._node_names.get(name)
 
+    @checked
     def find_tensor_by_name(self, name: str) -> ITensor | None:
         return self._tensor_names.get(name)
 
