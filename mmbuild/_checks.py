@@ -75,9 +75,7 @@ def checked(func: _F | None = None, *, name: str | None = None) -> Any:
                 )  # fmt: skip
                 for v in values:
                     if not rule[0](v) and v is None:
-                        raise MMError(
-                            f"{call}: argument {arg!r} is missing (None); pass {rule[1]}"
-                        )
+                        raise MMError(f"{call}: argument {arg!r} is missing (None); pass {rule[1]}")
                     if not rule[0](v):
                         raise MMError(
                             f"{call}: argument {arg!r}: expected {rule[1]}, got "
