@@ -34,10 +34,14 @@ Reading refuses, with an ``MMError`` saying what is wrong (``INVALID_ARGUMENT``,
 ``OUT_OF_RANGE`` for a newer format version): a file that is not a zip or is truncated, a missing
 manifest or checksum, a foreign ``format``, bad JSON, a schema violation (by key path), a checksum
 or size mismatch (by member), a missing or unlisted member, an array that is not plain numeric or
-bool, a step naming an undeclared tensor, and archives beyond ``MAX_MEMBERS`` members or
-``MAX_TOTAL_BYTES`` uncompressed. Arrays are read with ``allow_pickle=False`` after their header
-has been checked against the member's size. Kernel names are checked by the loader that binds
-steps (``kernels.table.kernel_named``).
+bool, a step naming an undeclared tensor; and, from the zip directory before anything is
+decompressed, archives beyond ``MAX_MEMBERS`` members or ``MAX_TOTAL_BYTES`` uncompressed, a
+manifest beyond ``MAX_MANIFEST_BYTES`` and any member that would expand more than
+``MAX_EXPANSION`` times (a zip bomb). The file itself goes through ``mmbuild._files.read_bytes``
+(regular files only) and the manifest through its JSON parser (nesting depth, duplicate keys).
+Members are decompressed chunk by chunk, never past their listed size. Arrays are read with
+``allow_pickle=False`` after their header has been checked against the member's size. What the
+manifest says is checked whole by ``runtime.validate_model`` when a ``Model`` loads the file.
 
 >>> x, y = TensorInfo("x", (-1, 2), DataType.FLOAT32), TensorInfo("y", (-1, 2), DataType.FLOAT32)
 >>> relu = Step("relu_0", "activation", "activation_f32", {"to": DataType.INT8}, ["x"], ["y"],
