@@ -26,9 +26,30 @@ from mmbuild.errors import MMError
 
 F32 = mm.DataType.FLOAT32
 
-ODD_ARGS = [None, 1.5, -1, 0, 3, True, "x", "FLOAT32", [], [None], [1.0, 2.0], [2, 3],
-            np.zeros(3), np.zeros((2, 2)), np.float64(2.0), np.int64(2), mm.DataType.INT8,
-            mm.IActivation.RELU, mm.IElementwise.ADD, mm.Layout.NCHW, mm.Dims([2, 3]), {}]  # fmt: skip
+ODD_ARGS = [
+    None,
+    1.5,
+    -1,
+    0,
+    3,
+    True,
+    "x",
+    "FLOAT32",
+    [],
+    [None],
+    [1.0, 2.0],
+    [2, 3],
+    np.zeros(3),
+    np.zeros((2, 2)),
+    np.float64(2.0),
+    np.int64(2),
+    mm.DataType.INT8,
+    mm.IActivation.RELU,
+    mm.IElementwise.ADD,
+    mm.Layout.NCHW,
+    mm.Dims([2, 3]),
+    {},
+]
 
 # (call, how many arguments it takes after the tensor it is given)
 CALLS: list[tuple[str, Callable[..., Any], int]] = [
@@ -102,8 +123,10 @@ def test_campaign_of_odd_arguments(which: int, args: list[Any]) -> None:
         (lambda net, x: net.add_input("FLOAT32", [1]), "argument 'dtype': expected an mm.DataType"),
         (lambda net, x: net.add_i_maxpool2d_node(None), "argument 'x' is missing"),
         (lambda net, x: net.add_i_softmax_node(None, 1), "argument 'x' is missing"),
-        (lambda net, x: net.add_i_elementwise_node(x, None, mm.IElementwise.ADD),
-         "argument 'b' is missing"),  # fmt: skip
+        (
+            lambda net, x: net.add_i_elementwise_node(x, None, mm.IElementwise.ADD),
+            "argument 'b' is missing",
+        ),
         (lambda net, x: net.add_i_split_node(None, 0, 2), "argument 'x' is missing"),
         (lambda net, x: net.get_input(np.zeros(1)), "argument 'i': expected an integer"),
         (lambda net, x: net.get_input(0.0), "argument 'i': expected an integer, got float"),
@@ -231,9 +254,13 @@ def test_runs_in_threads_never_abort_the_process(layer: str, tmp_path: Path) -> 
     samples = str(Path(__file__).parents[1] / "samples")
     env = {**os.environ, "NUMBA_THREADING_LAYER": layer, "PYTHONPATH": str(Path.cwd())}
     done = subprocess.run(
-        [sys.executable, str(script), samples], env=env, capture_output=True, text=True,
-        timeout=900, check=False,
-    )  # fmt: skip
+        [sys.executable, str(script), samples],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     if layer == "workqueue":
         assert done.stdout.split()[-1] == "workqueue"

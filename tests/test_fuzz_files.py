@@ -70,8 +70,21 @@ def fifo(tmp_path: Path) -> str:
     return str(path)
 
 
-SPECIAL = ["fifo", "/dev/urandom", "/dev/zero", "/dev/null", "folder", "a\0b", None, 7, b"x.json",
-           "", "missing.json", 3.5, ["x"]]  # fmt: skip
+SPECIAL = [
+    "fifo",
+    "/dev/urandom",
+    "/dev/zero",
+    "/dev/null",
+    "folder",
+    "a\0b",
+    None,
+    7,
+    b"x.json",
+    "",
+    "missing.json",
+    3.5,
+    ["x"],
+]
 
 
 @pytest.mark.parametrize("reader", sorted(READERS))
@@ -79,16 +92,17 @@ SPECIAL = ["fifo", "/dev/urandom", "/dev/zero", "/dev/null", "folder", "a\0b", N
 def test_special_paths_are_refused_without_hanging(
     reader: str, special: Any, fifo: str, tmp_path: Path
 ) -> None:
-    path = {"fifo": fifo, "folder": str(tmp_path)}.get(special, special) if isinstance(
-        special, str
-    ) else special
+    path = (
+        {"fifo": fifo, "folder": str(tmp_path)}.get(special, special)
+        if isinstance(special, str)
+        else special
+    )
     if isinstance(path, str) and path.startswith("/dev/") and not os.path.exists(path):
         pytest.skip(f"{path} is not on this machine")
     if path == "missing.json":
         path = str(tmp_path / "missing.json")
-    with pytest.raises(MMError) as info:
-        with no_hang():
-            READERS[reader](path)
+    with pytest.raises(MMError) as info, no_hang():
+        READERS[reader](path)
     message = str(info.value)
     assert reader.split()[0] in message or "model" in message, message
     assert len(message) < 500
@@ -117,23 +131,51 @@ def test_deep_nesting_and_long_numbers_are_refused_by_name(reader: str, tmp_path
 
 
 # -- the builder config ---------------------------------------------------------------------------
-_leaf = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
-         | st.integers(10**300, 10**302))  # fmt: skip
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=6)
+    | st.integers(10**300, 10**302)
+)
 _value = st.recursive(
     _leaf,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=3),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=10,
 )
-_KEYS = ["precision_config", "precision_mode", "weight_quant_granularity", "activation_quant_algo",
-         "custom_ranges", "min", "max", "", "x", "archs", "opt_config", "device_id",
-         "graph_shape_mutable", "debug_config"]  # fmt: skip
-_MODES = ["force_float32", "force_float16", "qint8_mixed_float16", "per_axis", "symmetric",
-          "asymmetric", "per_tensor"]  # fmt: skip
+_KEYS = [
+    "precision_config",
+    "precision_mode",
+    "weight_quant_granularity",
+    "activation_quant_algo",
+    "custom_ranges",
+    "min",
+    "max",
+    "",
+    "x",
+    "archs",
+    "opt_config",
+    "device_id",
+    "graph_shape_mutable",
+    "debug_config",
+]
+_MODES = [
+    "force_float32",
+    "force_float16",
+    "qint8_mixed_float16",
+    "per_axis",
+    "symmetric",
+    "asymmetric",
+    "per_tensor",
+]
 _config_value = st.recursive(
     _leaf | st.sampled_from(_MODES),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -149,18 +191,33 @@ def _parse_and_round_trip(texts: list[str]) -> None:
 
 
 @settings(deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(_KEYS), _config_value, max_size=4).map(
-    lambda d: json.dumps(d, allow_nan=True)) | st.text(max_size=40), min_size=1, max_size=3))  # fmt: skip
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(_KEYS), _config_value, max_size=4).map(
+            lambda d: json.dumps(d, allow_nan=True)
+        )
+        | st.text(max_size=40),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_config_texts_give_ok_or_mmerror_and_to_json_round_trips(texts: list[str]) -> None:
     for text in texts:
-        outcome("builder config text", lambda: mm.BuilderConfig().parse_from_string(text))
+        outcome("builder config text", lambda t=text: mm.BuilderConfig().parse_from_string(t))
     _parse_and_round_trip(texts)
 
 
 @pytest.mark.slow
 @settings(deadline=None, max_examples=20_000)
-@given(st.lists(st.dictionaries(st.sampled_from(_KEYS), _config_value, max_size=5).map(
-    lambda d: json.dumps(d, allow_nan=True)), min_size=1, max_size=3))  # fmt: skip
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(_KEYS), _config_value, max_size=5).map(
+            lambda d: json.dumps(d, allow_nan=True)
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_campaign_of_config_texts(texts: list[str]) -> None:
     test_config_texts_give_ok_or_mmerror_and_to_json_round_trips.hypothesis.inner_test(texts)  # type: ignore[attr-defined]
 
@@ -175,19 +232,26 @@ def test_config_errors_are_bounded() -> None:
 
 def test_a_huge_integer_is_named_as_too_large_not_as_a_number() -> None:
     with pytest.raises(MMError, match="too large for a float") as info:
-        mm.BuilderConfig().parse_from_string('{"custom_ranges": {"x": {"min": 1' + "0" * 400
-                                             + ', "max": 1}}}')  # fmt: skip
+        mm.BuilderConfig().parse_from_string(
+            '{"custom_ranges": {"x": {"min": 1' + "0" * 400 + ', "max": 1}}}'
+        )
     assert "expected a number, got a number" not in str(info.value)
 
 
 # -- the calibration cache --------------------------------------------------------------------
 def _cache(tmp_path: Path) -> Path:
     model = cache_file.CalibrationCacheModel(
-        format="mmbuild-calibration-cache", version=1, algorithm="linear",
-        activation_quant_algo="symmetric", bits=8, fingerprint="0" * 64,
-        tensors={"input_0": mm.config.CustomRange(min=[-1.0], max=[1.0]),
-                 "conv_0:0": mm.config.CustomRange(min=[0.0], max=[6.5])},
-    )  # fmt: skip
+        format="mmbuild-calibration-cache",
+        version=1,
+        algorithm="linear",
+        activation_quant_algo="symmetric",
+        bits=8,
+        fingerprint="0" * 64,
+        tensors={
+            "input_0": mm.config.CustomRange(min=[-1.0], max=[1.0]),
+            "conv_0:0": mm.config.CustomRange(min=[0.0], max=[6.5]),
+        },
+    )
     path = tmp_path / "cache.json"
     cache_file.write_cache(path, model)
     return path
@@ -206,10 +270,15 @@ def test_every_truncation_of_a_cache_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("version", "says"),
-    [("1.0", r"'version' is a number \(1.0\)"), ("true", "'version' is a boolean"),
-     ('"1"', "'version' is a string"), ("null", "missing or null"),
-     ("0", "version 0 is not one"), ("2", "newer than this mmbuild reads")],
-)  # fmt: skip
+    [
+        ("1.0", r"'version' is a number \(1.0\)"),
+        ("true", "'version' is a boolean"),
+        ('"1"', "'version' is a string"),
+        ("null", "missing or null"),
+        ("0", "version 0 is not one"),
+        ("2", "newer than this mmbuild reads"),
+    ],
+)
 def test_cache_versions_other_than_1_are_refused(version: str, says: str, tmp_path: Path) -> None:
     path = _cache(tmp_path)
     path.write_text(path.read_text().replace('"version": 1', f'"version": {version}'))
@@ -224,13 +293,21 @@ def test_odd_values_in_a_cache_are_refused_naming_what_was_found(
 ) -> None:
     path = _cache(tmp_path)
     data = json.loads(path.read_text())
-    keys = ["format", "version", "algorithm", "activation_quant_algo", "bits", "fingerprint",
-            "tensors"]  # fmt: skip
+    keys = [
+        "format",
+        "version",
+        "algorithm",
+        "activation_quant_algo",
+        "bits",
+        "fingerprint",
+        "tensors",
+    ]
     key = keys[where % len(keys)]
     if data[key] == value:
         return
     data[key] = value
     path.write_text(json.dumps(data, allow_nan=True) + "\n")
     assert outcome("calibration cache: odd values", lambda: cache_file.read_cache(path)) in (
-        "MMError", "ok"
-    )  # fmt: skip
+        "MMError",
+        "ok",
+    )

@@ -36,8 +36,9 @@ Manifest = dict[str, Any]
 def _config(mode: str) -> mm.BuilderConfig:
     config = mm.BuilderConfig()
     config.parse_from_string(
-        json.dumps({"precision_config": {"precision_mode": mode,
-                                         "weight_quant_granularity": "per_axis"}})  # fmt: skip
+        json.dumps(
+            {"precision_config": {"precision_mode": mode, "weight_quant_granularity": "per_axis"}}
+        )
     )
     return config
 
@@ -52,7 +53,9 @@ def model_blob(kind: str) -> bytes:
         mode = "qint8_mixed_float16" if kind == "cnn_qint8" else "force_float32"
         net, config = build_cnn(), _config(mode)
         if mode != "force_float32":
-            calib = mm.Calibrator([ImageBatches(list(sample_images(16, 1).reshape(2, 8, 16, 16, 3)))])
+            calib = mm.Calibrator(
+                [ImageBatches(list(sample_images(16, 1).reshape(2, 8, 16, 16, 3)))]
+            )
             calib.set_progress(False)
             assert calib.calibrate(net, config).ok()
     model = mm.Builder().build_model(kind, net, config)
@@ -93,8 +96,10 @@ def rewritten(blob: bytes, edit: Callable[[Manifest, dict[str, bytes]], None]) -
     for name in manifest["members"]:
         if name in files:
             data = files[name]
-            manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(),
-                                         "size": len(data)}  # fmt: skip
+            manifest["members"][name] = {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+            }
     text = json.dumps(manifest).encode()
     files[MANIFEST] = text
     files[MANIFEST_SHA256] = (hashlib.sha256(text).hexdigest() + "\n").encode()
@@ -246,12 +251,48 @@ def test_every_op_and_kernel_has_a_declaration() -> None:
 
 
 # -- random mutations --------------------------------------------------------------------------
-ODD = [None, True, False, 0, -1, 1, 3, 2**40, 0.0, -0.5, 1e-45, 1e300, "", "x", "FLOAT16",
-       "INT32", "QINT8", "copy", "softmax", "conv.qint", [], [0], [1, 1], [2, 0], [-1, 3, 3],
-       {}, {"float": "nan"}, {"float": "inf"}, {"enum": "Layout", "name": "NCHW"},
-       {"enum": "IActivation", "name": "SIGMOID"}, {"function": "relu"}]  # fmt: skip
-SECTIONS = ("op_attrs", "lowered_attrs", "kernel", "inputs", "outputs", "precisions",
-            "output_types")  # fmt: skip
+ODD = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    3,
+    2**40,
+    0.0,
+    -0.5,
+    1e-45,
+    1e300,
+    "",
+    "x",
+    "FLOAT16",
+    "INT32",
+    "QINT8",
+    "copy",
+    "softmax",
+    "conv.qint",
+    [],
+    [0],
+    [1, 1],
+    [2, 0],
+    [-1, 3, 3],
+    {},
+    {"float": "nan"},
+    {"float": "inf"},
+    {"enum": "Layout", "name": "NCHW"},
+    {"enum": "IActivation", "name": "SIGMOID"},
+    {"function": "relu"},
+]
+SECTIONS = (
+    "op_attrs",
+    "lowered_attrs",
+    "kernel",
+    "inputs",
+    "outputs",
+    "precisions",
+    "output_types",
+)
 
 
 def _paths(v: Any, prefix: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -308,22 +349,35 @@ SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_s
 def test_odd_values_in_consistent_manifests(
     kind: str, where: int, value: Any, tmp_path: Path
 ) -> None:
-    check("model file: odd manifest values", rewritten(model_blob(kind), _edit_value(where, value)),
-          kind, tmp_path)  # fmt: skip
+    check(
+        "model file: odd manifest values",
+        rewritten(model_blob(kind), _edit_value(where, value)),
+        kind,
+        tmp_path,
+    )
 
 
 @SETTINGS
 @given(kind=st.sampled_from(KINDS), where=st.integers(0, 2**31), how=st.integers(0, 2**31))
 def test_reshaped_or_retyped_arrays(kind: str, where: int, how: int, tmp_path: Path) -> None:
-    check("model file: changed arrays", rewritten(model_blob(kind), _edit_array(where, how)),
-          kind, tmp_path)  # fmt: skip
+    check(
+        "model file: changed arrays",
+        rewritten(model_blob(kind), _edit_array(where, how)),
+        kind,
+        tmp_path,
+    )
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(kind=st.sampled_from(KINDS), where=st.integers(0, 2**31), value=st.sampled_from(ODD),
-       how=st.integers(0, 2**31))  # fmt: skip
+@settings(
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(KINDS),
+    where=st.integers(0, 2**31),
+    value=st.sampled_from(ODD),
+    how=st.integers(0, 2**31),
+)
 def test_campaign_of_mutated_model_files(
     kind: str, where: int, value: Any, how: int, tmp_path: Path
 ) -> None:
