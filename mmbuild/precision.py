@@ -18,13 +18,16 @@ graph. The rules (API.md, "Precision semantics"):
   tensor (``tensor_ranges``), and the builder's graph copy, and so the kernels, read it from there.
   Constant weights are ranged from their values when the model is built.
 * fp16 guard: a float16 chosen by the mode (not by the user) for a node that touches a tensor
-  whose range exceeds 65504 falls back to float32, with a warning and a note in the plan.
+  whose range exceeds 65504 (a constant: whose largest finite value does) falls back to float32,
+  with a warning and a note in the plan.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from mmbuild.config import BuilderConfig
 from mmbuild.errors import MMError
@@ -220,14 +223,15 @@ def _guard_float16(
         return ftype
     for t in [*node.inputs, *node.outputs]:
         rng = None if _is_constant(t) else resolve_range(t, config)
-        if rng is not None and _magnitude(rng) > FLOAT16_MAX:
+        reach = _magnitude(rng) if rng is not None else _constant_reach(t)
+        if reach is not None and reach > FLOAT16_MAX:
             msg = (
                 f"{node.node_type} {node.get_node_name()!r}: tensor {t.get_tensor_name()!r} "
-                f"reaches {_magnitude(rng):.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
+                f"reaches {reach:.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
                 "keeps FLOAT32 (set_precision / set_output_type to override)"
             )
             notes.append(
-                f"fp16 overflow guard: {t.get_tensor_name()} reaches {_magnitude(rng):.6g} > "
+                f"fp16 overflow guard: {t.get_tensor_name()} reaches {reach:.6g} > "
                 f"{FLOAT16_MAX:g}, kept FLOAT32"
             )
             plan.warnings.append(msg)
@@ -272,6 +276,18 @@ def _resolve_range(
 def _as_range(bounds: tuple[list[float], list[float]]) -> Range:
     lo, hi = bounds
     return Range(lo[0], hi[0]) if len(lo) == 1 else Range(lo, hi)
+
+
+def _constant_reach(t: ITensor) -> float | None:
+    """The largest finite magnitude of a float constant (an infinity stays one in fp16), else
+    None: the guard's range for a constant, which has no calibrated range."""
+    if not _is_constant(t):
+        return None
+    value = np.asarray(t.get_producer().attrs["value"])  # type: ignore[union-attr]
+    if value.dtype.kind != "f" or value.size == 0:
+        return None
+    finite = np.abs(value[np.isfinite(value)])
+    return float(finite.max()) if finite.size else None
 
 
 def _magnitude(rng: Range) -> float:

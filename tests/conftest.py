@@ -34,3 +34,15 @@ def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     level = features.check_runnable(request.param)
     monkeypatch.setattr(features, "level", lambda: level)
     return str(request.param)
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    """The fuzz tests' outcome counts (what ran, and how each case ended)."""
+    from fuzzcount import report
+
+    lines = report()
+    if lines:
+        write = terminalreporter.write_line  # type: ignore[attr-defined]
+        write("fuzz outcome counts (cases run this session):")
+        for line in lines:
+            write(f"  {line}")

@@ -338,15 +338,15 @@ def test_non_tensor_and_foreign_tensor_inputs() -> None:
     w_np = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(
         mm.MMError,
-        match=r"input 1 \(filter\): expected an ITensor, got ndarray "
-        r"\(make a constant with add_i_const_node",
+        match=r"argument 'w': expected an ITensor, got ndarray .*"
+        r"make a constant tensor of it with add_i_const_node",
     ):
         net.add_i_conv_node(x, w_np)
     other = mm.Network()
     w_other = const(other, w_np)
     with pytest.raises(mm.MMError, match="belongs to another network"):
         net.add_i_conv_node(x, w_other)
-    with pytest.raises(mm.MMError, match=r"input 1 \(filter\) is missing"):
+    with pytest.raises(mm.MMError, match=r"argument 'w' is missing \(None\); pass an ITensor"):
         net.add_i_conv_node(x, None, const(net, np.zeros(4, np.float32)))
     assert net.get_all_nodes_in_network()[-1].get_node_type() == "IConstNode"  # no conv added
 

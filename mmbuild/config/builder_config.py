@@ -22,12 +22,17 @@ from typing import Annotated, Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._files import parse_json, read_json_file
 from mmbuild.config.schema import IGNORED_KEYS, MAGICMIND_KEYS, BuilderConfigModel
 from mmbuild.errors import Code, MMError, Status, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 Loc = tuple[str | int, ...]
+#: A builder config file above this size is refused unread.
+MAX_CONFIG_BYTES = 16 * 2**20
+#: How many problems an error message lists before it gives the count of the rest.
+MAX_LISTED_PROBLEMS = 5
 
 
 class BuilderConfig(CamelCaseAliases):
@@ -67,7 +72,12 @@ class BuilderConfig(CamelCaseAliases):
                 f"builder config: parse_from_string expects a str of JSON, got "
                 f"{type(text).__name__}"
             )
-        self._merge_in(_load_json(text, "builder config"), "builder config")
+        where = "builder config"
+        if len(text) > MAX_CONFIG_BYTES:
+            raise MMError(
+                f"{where}: {len(text)} characters is above the limit of {MAX_CONFIG_BYTES}"
+            )
+        self._merge_in(parse_json(text, where, allow_non_finite=True), where)
         return Status.OK()
 
     def parse_from_file(self, path: str | os.PathLike[str]) -> Status:
@@ -75,19 +85,10 @@ class BuilderConfig(CamelCaseAliases):
 
         A missing file raises ``MMError`` with code ``NOT_FOUND``.
         """
-        where = f"builder config {os.fspath(path)!r}"
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise MMError(f"{where}: no such file", Code.NOT_FOUND) from None
-        except IsADirectoryError:
-            raise MMError(f"{where}: is a directory, not a JSON file") from None
-        except UnicodeDecodeError as e:
-            raise MMError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise MMError(f"{where}: cannot be read ({e.strerror})", Code.UNAVAILABLE) from None
-        self._merge_in(_load_json(text, where), where)
+        data, where = read_json_file(
+            path, "builder config", MAX_CONFIG_BYTES, allow_non_finite=True
+        )
+        self._merge_in(data, where)
         return Status.OK()
 
     def _merge_in(self, data: Any, where: str) -> None:
@@ -228,31 +229,6 @@ class BuilderConfig(CamelCaseAliases):
 # -- JSON ----------------------------------------------------------------------------------------
 
 
-def _load_json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e:
-        raise MMError(
-            f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-        ) from None
-    except _DuplicateKeyError as e:
-        raise MMError(f"{where}: key {e.args[0]!r} appears twice in one JSON object") from None
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Within one document a repeated key is a mistake (json.loads would silently keep the last).
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKeyError(key)
-        out[key] = value
-    return out
-
-
 def _non_finite(value: Any, loc: Loc) -> Iterator[tuple[Loc, float]]:
     # json.loads accepts NaN, Infinity and 1e999; none of them belongs in a config.
     if isinstance(value, float) and not math.isfinite(value):
@@ -367,10 +343,13 @@ def _keys_of(model: type[BaseModel]) -> list[str]:
 
 
 def _explain(error: ValidationError) -> str:
-    lines = [_explain_one(e) for e in error.errors(include_url=False)]
-    if len(lines) == 1:
+    """The first ``MAX_LISTED_PROBLEMS`` problems, then how many more there are."""
+    count = error.error_count()
+    lines = [_explain_one(e) for e in error.errors(include_url=False)[:MAX_LISTED_PROBLEMS]]
+    if count == 1:
         return lines[0]
-    return f"{len(lines)} problems: " + "; ".join(lines)
+    more = f" (and {count - len(lines)} more)" if count > len(lines) else ""
+    return f"{count} problems: " + "; ".join(lines) + more
 
 
 def _explain_one(err: Any) -> str:
@@ -403,6 +382,11 @@ def _explain_one(err: Any) -> str:
         needs = f" (an entry needs {' and '.join(map(repr, needed))})" if needed else ""
         return f"{path}: required key is missing{needs}"
     if kind in ("float_type", "float_parsing"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (
+                f"{path}: the integer {_show(value)} ({len(str(abs(value)))} digits) is too "
+                "large for a float; use a number of magnitude below 1.8e308"
+            )
         return f"{path}: expected a number, got {_kind(value)}"
     if kind == "bool_type":
         return f"{path}: expected true or false, got {_kind(value)}"

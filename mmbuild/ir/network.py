@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._checks import checked
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.tensor import ITensor
@@ -38,6 +39,7 @@ class Network(CamelCaseAliases):
         self._unshaped: set[ITensor] = set()  # inputs added without dims, not yet set
 
     # -- inputs and outputs ------------------------------------------------------------------
+    @checked
     def add_input(self, dtype: DataType, dims: Dims | Sequence[int] | None = None) -> ITensor:
         """A network input; ``-1`` in ``dims`` marks a dimension given at run time.
 
@@ -64,12 +66,14 @@ class Network(CamelCaseAliases):
                     f"net.get_input({self._inputs.index(t)}).set_dimension(mm.Dims([...]))"
                 )
 
+    @checked
     def get_input(self, i: int) -> ITensor:
         return self._inputs[_index(i, len(self._inputs), "input")]
 
     def get_input_count(self) -> int:
         return len(self._inputs)
 
+    @checked
     def mark_output(self, tensor: ITensor) -> Status:
         """Make ``tensor`` an output of the network, in the order outputs are marked."""
         self._own(tensor, "mark_output")
@@ -81,6 +85,7 @@ class Network(CamelCaseAliases):
         self._outputs.append(tensor)
         return Status.OK()
 
+    @checked
     def unmark_output(self, tensor: ITensor) -> Status:
         self._own(tensor, "unmark_output")
         if tensor not in self._outputs:
@@ -91,6 +96,7 @@ class Network(CamelCaseAliases):
         self._outputs.remove(tensor)
         return Status.OK()
 
+    @checked
     def get_output(self, i: int) -> ITensor:
         return self._outputs[_index(i, len(self._outputs), "output")]
 
@@ -102,9 +108,11 @@ class Network(CamelCaseAliases):
         """Every node, producers before consumers."""
         return list(self._nodes)
 
+    @checked
     def find_node_by_name(self, name: str) -> INode | None:
         return self._node_names.get(name)
 
+    @checked
     def find_tensor_by_name(self, name: str) -> ITensor | None:
         return self._tensor_names.get(name)
 

@@ -16,6 +16,8 @@ peak, not one per tensor.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,22 +42,63 @@ _ALIGN = 64
 
 
 def _threadsafe_parallel_layer() -> bool:
-    """True when numba's threading layer lets several threads launch parallel kernels at once:
-    tbb or OpenMP (numba prefers them, in that order, where they load). The fallback layer,
-    workqueue, aborts the process on concurrent launches, so runs are then serialised."""
-    import importlib
+    """True when the threading layer numba really uses lets several threads launch parallel
+    kernels at once: tbb or OpenMP. Its fallback, workqueue, aborts the process on concurrent
+    launches, so runs are then serialised. numba names its layer only after a parallel launch
+    (``numba.threading_layer()``), so a one-element probe makes the first one."""
+    import numba
 
-    for layer in ("tbbpool", "omppool"):
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel launch in this process yet
+        _parallel_probe(np.zeros(1))
         try:
-            importlib.import_module(f"numba.np.ufunc.{layer}")
+            layer = numba.threading_layer()
+        except ValueError:  # still none: the JIT is disabled and nothing runs in parallel
             return True
-        except ImportError:
-            continue
-    return False
+    return layer in ("tbb", "omp")
 
 
-# Held around each run when the threading layer is not thread-safe (see above).
-_SERIAL_RUNS: threading.Lock | None = None if _threadsafe_parallel_layer() else threading.Lock()
+def _parallel_probe(x: np.ndarray) -> None:
+    import numba
+
+    @numba.njit(parallel=True, cache=False)
+    def fill(out: np.ndarray) -> None:  # pragma: no cover - numba compiles it
+        for i in numba.prange(out.shape[0]):
+            out[i] = 1.0
+
+    fill(x)
+
+
+class _SerialRuns:
+    """Held around each run: a lock when the threading layer is not thread-safe (see above),
+    else nothing. The layer is asked once, at the first run, under a lock of its own."""
+
+    def __init__(self) -> None:
+        self._decided = threading.Lock()
+        self._lock: threading.Lock | None = None
+        self._known = False
+
+    def __enter__(self) -> None:
+        if not self._known:
+            with self._decided:
+                if not self._known:
+                    self._lock = None if _threadsafe_parallel_layer() else threading.Lock()
+                    self._known = True
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+_SERIAL_RUNS: _SerialRuns | None = _SerialRuns()
+
+#: The most bytes one tensor buffer, or a context's arena of intermediates, may take: a run that
+#: would need more is refused before allocating, naming the step, the shape and the bytes.
+#: Set ``MMBUILD_MAX_BUFFER_BYTES`` (an integer) to change it; the default is 4 GiB.
+MAX_BUFFER_BYTES = int(os.environ.get("MMBUILD_MAX_BUFFER_BYTES", 4 * 2**30))
 
 
 class IRTTensor(CamelCaseAliases):
@@ -89,7 +132,7 @@ class IRTTensor(CamelCaseAliases):
                 f"tensor {self._name!r}: array of shape {list(array.shape)} given; it takes "
                 f"dims {list(self._dims)} (-1 = any size)"
             )
-        self._array = np.ascontiguousarray(array)
+        self._array = array if array.flags.c_contiguous else array.copy(order="C")  # 0-d stays 0-d
         return Status.OK()
 
     def to(self, device: Device | int) -> IRTTensor:
@@ -138,6 +181,11 @@ class Model(CamelCaseAliases):
         return model
 
     def _set_data(self, data: ModelData) -> None:
+        self._check_kernels(data)
+        self._data = data
+
+    @staticmethod
+    def _check_kernels(data: ModelData) -> None:
         for step in data.steps:  # an unknown kernel is refused here, before any run
             try:
                 kernel_named(step.kernel)
@@ -147,7 +195,6 @@ class Model(CamelCaseAliases):
                     "this mmbuild does not have; rebuild the model with this version",
                     Code.NOT_FOUND,
                 ) from None
-        self._data = data
 
     @property
     def data(self) -> ModelData:
@@ -166,9 +213,15 @@ class Model(CamelCaseAliases):
         return Status.OK()
 
     def deserialize_from_file(self, path: str) -> Status:
+        """Load the model file at ``path``, checked whole (``runtime.validate_model``) before
+        this model changes; a refused file leaves it as it was."""
         from mmbuild.runtime.model_file import read_model_file
+        from mmbuild.runtime.validate_model import validate_model
 
-        self._set_data(read_model_file(path))
+        data = read_model_file(path)
+        self._check_kernels(data)
+        validate_model(data, f"model file {path!r}")
+        self._set_data(data)
         return Status.OK()
 
     # -- queries -----------------------------------------------------------------------------
@@ -286,12 +339,27 @@ def plan_buffers(
         specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
         for t, spec in zip(step.outputs, decl.infer(specs)):
             shapes[t] = tuple(spec.dims)
+            nbytes = _nbytes(data.tensors[t], shapes[t])
+            if nbytes > MAX_BUFFER_BYTES:
+                raise MMError(
+                    f"step {step.name!r}: its output {t!r} of shape {list(shapes[t])} would take "
+                    f"{nbytes} bytes, above the limit of {MAX_BUFFER_BYTES} bytes per buffer; "
+                    "run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
+                    Code.OUT_OF_RANGE,
+                )
     offsets, arena = _plan_arena(data, shapes)
+    if arena > MAX_BUFFER_BYTES:
+        raise MMError(
+            f"model {data.name!r}: its intermediates for inputs of shapes "
+            f"{[list(s) for s in input_shapes]} need an arena of {arena} bytes, above the limit "
+            f"of {MAX_BUFFER_BYTES} bytes; run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
+            Code.OUT_OF_RANGE,
+        )
     return BufferPlan(shapes, offsets, arena)
 
 
 def _nbytes(info: TensorInfo, shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * buffer_dtype(info.dtype).itemsize
+    return math.prod(shape) * buffer_dtype(info.dtype).itemsize  # exact: no int64 wrap-around
 
 
 def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int]:

@@ -143,8 +143,10 @@ def validate(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Validat
                 same = _same_bits(values[t], np.asarray(e))
                 diff = 0.0 if same else float(np.nanmax(np.abs(got - ref), initial=np.inf))
             else:
-                both_nan = np.isnan(got) & np.isnan(ref)
-                d = np.where(both_nan, 0.0, np.abs(got - ref))
+                # equal values (the same infinity among them) and NaN in the same places agree
+                agree = (got == ref) | (np.isnan(got) & np.isnan(ref))
+                with np.errstate(invalid="ignore"):
+                    d = np.where(agree, 0.0, np.abs(got - ref))
                 diff = float(np.nan_to_num(d, nan=np.inf).max(initial=0.0))
                 scale = max(1.0, float(np.nan_to_num(np.abs(ref), posinf=0).max(initial=0.0)))
                 tol = max(tol, VALIDATE_TOLERANCE.get(dtype, 0.0) * scale)
