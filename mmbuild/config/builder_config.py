@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from mmbuild._aliases import CamelCaseAliases
 from mmbuild._files import parse_json, read_json_file
 from mmbuild.config.schema import IGNORED_KEYS, MAGICMIND_KEYS, BuilderConfigModel
-from mmbuild.errors import Code, MMError, Status, did_you_mean
+from mmbuild.errors import MMError, Status, did_you_mean
 
 logger = logging.getLogger(__name__)
 
