@@ -562,6 +562,10 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
     assert names == [
         "fold_constants",
         "fold_batch_norm",
+        "fuse_hard_sigmoid",
+        "fuse_hard_swish",
+        "fuse_silu",
+        "fold_channel_affine",
         "fuse_activations",
         "convert_layout",
         "cancel_permutes",
