@@ -569,6 +569,7 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
         "fuse_activations",
         "convert_layout",
         "cancel_permutes",
+        "sink_permutes",
         "remove_dead_nodes",
     ]
     assert all("Before" in (p.__doc__ or "") and "After" in (p.__doc__ or "") for p in PIPELINE)

@@ -285,6 +285,7 @@ def test_pipeline_on_an_nchw_cnn_leaves_two_permutes(batch: int) -> None:
         "fuse_activations": 2,
         "convert_layout": 4,
         "cancel_permutes": 6,
+        "sink_permutes": 0,
         "remove_dead_nodes": 0,
     }
     assert ops(g) == [

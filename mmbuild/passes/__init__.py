@@ -12,7 +12,7 @@ Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_hard_sigmoid": 0, "fuse_hard_swish": 0,
 "fuse_silu": 0, "fold_channel_affine": 0, "fuse_activations": 1, "convert_layout": 0,
-"cancel_permutes": 0, "remove_dead_nodes": 0}``.
+"cancel_permutes": 0, "sink_permutes": 0, "remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mmbuild.passes.fold import fold_batch_norm, fold_channel_affine, fold_const
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
 from mmbuild.passes.layout import cancel_permutes, convert_layout
 from mmbuild.passes.pointwise import fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
+from mmbuild.passes.sink import sink_permutes
 
 __all__ = [
     "PIPELINE",
@@ -43,6 +44,7 @@ __all__ = [
     "fuse_silu",
     "remove_dead_nodes",
     "run_passes",
+    "sink_permutes",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ PIPELINE: tuple[Pass, ...] = (
     convert_layout,
     # right after layout: the back-to-back pairs it leaves between NCHW nodes
     cancel_permutes,
+    # after the pairs between spatial nodes are gone: carry NHWC through the ops between them
+    sink_permutes,
     # last: whatever the rewrites left unread
     remove_dead_nodes,
 )
