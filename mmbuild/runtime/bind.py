@@ -70,7 +70,9 @@ class BoundPlan:
                 [fresh[t] if t in fresh else self.buffers[t] for t in step.inputs],
                 [fresh[t] if t in fresh else self.buffers[t] for t in step.outputs],
             )
-        kept: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
+        kept: dict[str, np.ndarray] = {}
+        if keep_all:
+            kept.update(zip((t.name for t in data.inputs), arrays))
         i = 0
         try:
             if keep_all:
