@@ -3,10 +3,12 @@
     python benchmarks/bench_overhead.py [--steps 1000] [--rounds 30] [--batch 1]
 
 1. A chain of ``--steps`` RELU nodes on 16 float32 values: the arithmetic is nothing, so the
-   time per step is what the runtime and the kernel's Python wrapper cost. Three figures, each
+   time per step is what the runtime and the kernel's Python wrapper cost. Four figures, each
    the median over ``--rounds`` rounds (the runs of each round interleaved):
 
    * ``step``: a whole ``enqueue`` divided by the number of steps (loop + runner + numba call);
+   * ``prepared``: the same with a runner that gives ``Runner.prepare`` (its numba call's
+     arguments made once, at binding), as a kernel can: loop + numba call;
    * ``loop``: the same plan with every runner replaced by one that does nothing, which is what
      the runtime itself adds per step;
    * ``numba call``: the jitted RELU loop called directly with its arguments ready, the floor
@@ -27,7 +29,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -94,39 +97,44 @@ def _noop(inputs: object, outputs: object) -> None:
 
 
 def step_overhead(steps: int, rounds: int) -> None:
+    from mmbuild.kernels.cpu.pointwise import _unary_range, fused_activation
+
     model = mm.Builder().build_model("chain", relu_chain(steps))
     x = np.linspace(-1, 1, 16, dtype=np.float32)
-    contexts = []
-    for replace in (False, True):
+    act = fused_activation(model.data.steps[0])
+
+    def prepare(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Callable[[], None]:
+        # what a RELU runner's run() does on each call, done once: flat views, the whole range
+        x, y = inputs[0].reshape(-1), outputs[0].reshape(-1)
+        return partial(_unary_range, x, y, 0, 0.0, 0.0, act, 0, y.size)
+
+    variants: dict[str, Callable[[Runner], Runner] | None] = {
+        "step": None,
+        "prepared": lambda r: Runner(r.run, r.fns, prepare),
+        "loop": lambda r: Runner(_noop, ()),
+    }
+    fns: dict[str, Callable[[], object]] = {}
+    results: dict[str, list[mm.IRTTensor]] = {}
+    for name, replace in variants.items():
         engine = model.create_i_engine()
-        if replace:
-            engine.runners = [Runner(_noop, ()) for _ in engine.runners]
+        if replace is not None:
+            engine.runners = [replace(r) for r in engine.runners]
         context = engine.create_i_context()
         inputs = context.create_inputs()
         inputs[0].from_numpy(x)
-        outputs: list[mm.IRTTensor] = []
-        contexts.append((context, inputs, outputs))
-    (real, real_in, real_out), (empty, empty_in, empty_out) = contexts
-
-    from mmbuild.kernels.cpu.pointwise import _unary_range, fused_activation
+        results[name] = []
+        fns[name] = partial(context.enqueue, inputs, results[name])
 
     buf_in, buf_out = x.copy(), np.empty_like(x)
-    act = fused_activation(model.data.steps[0])
 
     def numba_calls() -> None:
         for _ in range(steps):
             _unary_range(buf_in, buf_out, 0, 0.0, 0.0, act, 0, 16)
 
-    t = interleaved(
-        {
-            "step": lambda: real.enqueue(real_in, real_out),
-            "loop": lambda: empty.enqueue(empty_in, empty_out),
-            "numba call": numba_calls,
-        },
-        rounds,
-        repeat=5,
-    )
-    assert np.array_equal(real_out[0].asnumpy(), np.maximum(x, 0))
+    fns["numba call"] = numba_calls
+    t = interleaved(fns, rounds, repeat=5)
+    for name in ("step", "prepared"):
+        assert np.array_equal(results[name][0].asnumpy(), np.maximum(x, 0)), name
     print(f"\nper-step cost, a chain of {steps} RELU steps on 16 float32 (median of {rounds})")
     for name, seconds in t.items():
         print(f"  {name:<12}{seconds / steps * 1e6:8.2f} us per step")
