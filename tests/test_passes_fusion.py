@@ -14,6 +14,7 @@ import mmbuild as mm
 from mmbuild.graph import Graph
 from mmbuild.passes import (
     fold_channel_affine,
+    fold_hard_sigmoid,
     fuse_hard_sigmoid,
     fuse_hard_swish,
     fuse_silu,
@@ -292,6 +293,34 @@ def test_fold_channel_affine_does_not_fire(case: str) -> None:
     assert len(g.nodes) == n
 
 
+# -- fold_hard_sigmoid -------------------------------------------------------------------------
+@pytest.mark.parametrize("producer", ["conv", "inner_product"])
+def test_fold_hard_sigmoid_into_the_producer(producer: str) -> None:
+    net = mm.Network()
+    if producer == "conv":
+        x = net.add_input(F32, mm.Dims([2, 1, 1, 8]))
+        t = _conv(net, x, weights([6, 1, 1, 8], 2.0), 6).get_output(0)
+    else:
+        x = net.add_input(F32, mm.Dims([2, 8]))
+        t = net.add_i_inner_product_node(x, const(net, weights([6, 8], 2.0))).get_output(0)
+    net.mark_output(hard_sigmoid_node(net, t, 0.2, 0.5))  # ONNX's default alpha too
+    g = Graph.from_network(net)
+    assert rewrite_keeps_numbers(g, fold_hard_sigmoid, "fp32") == 1
+    (node,) = g.nodes
+    assert node.op == producer and node.attrs["activation"]["hi"] == 1.0
+
+
+def test_fold_hard_sigmoid_does_not_fire() -> None:
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 1, 1, 8]))
+    t = net.add_i_activation_node(_conv(net, x, weights([6, 1, 1, 8]), 6).get_output(0),
+                                  mm.IActivation.RELU).get_output(0)  # fmt: skip
+    h = hard_sigmoid_node(net, t, 1 / 6, 0.5)  # it reads a relu, not the conv
+    net.mark_output(h)
+    g = Graph.from_network(net)
+    assert rewrite_keeps_numbers(g, fold_hard_sigmoid) == 0 and len(g.nodes) == 3
+
+
 # -- the pipeline on a MobileNetV3-style gate ------------------------------------------------
 def test_pipeline_turns_conv_gates_into_few_steps() -> None:
     """conv -> x * clip(x + 3, 0, 6) / 6, then an SE-like gate: conv -> relu6(. + 3) / 6 -> mul."""
@@ -310,10 +339,12 @@ def test_pipeline_turns_conv_gates_into_few_steps() -> None:
         return sum(counts.values())
 
     rewrite_keeps_numbers(g, pipeline, "fp32")
-    assert ops(g) == ["conv", "activation", "conv", "activation", "elementwise"]
-    assert [n.attrs.get("mode") for n in g.nodes if n.op == "activation"] == [
-        mm.IActivation.HARD_SWISH, mm.IActivation.HARD_SIGMOID]  # fmt: skip
+    assert ops(g) == ["conv", "activation", "conv", "elementwise"]
+    assert g.nodes[1].attrs["mode"] is mm.IActivation.HARD_SWISH
+    gate_conv = g.nodes[2]  # the hard sigmoid went into its weights and a clip epilogue
+    assert gate_conv.attrs["activation"] == {"function": "clip", "lo": 0.0, "hi": 1.0}
     assert counts["fuse_hard_sigmoid"] == 1 and counts["fuse_hard_swish"] == 1
+    assert counts["fold_hard_sigmoid"] == 1
 
 
 @pytest.mark.parametrize("mode", ["force_float32", "force_float16", "qint8_mixed_float32"])

@@ -11,8 +11,8 @@ and lists it in ``fused``).
 Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_hard_sigmoid": 0, "fuse_hard_swish": 0,
-"fuse_silu": 0, "fold_channel_affine": 0, "fuse_activations": 1, "convert_layout": 0,
-"cancel_permutes": 0, "sink_permutes": 0, "remove_dead_nodes": 0}``.
+"fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0, "fuse_activations": 1,
+"convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0, "remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterable
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph
 from mmbuild.passes.dce import remove_dead_nodes
-from mmbuild.passes.fold import fold_batch_norm, fold_channel_affine, fold_constants
+from mmbuild.passes.fold import (
+    fold_batch_norm,
+    fold_channel_affine,
+    fold_constants,
+    fold_hard_sigmoid,
+)
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
 from mmbuild.passes.layout import cancel_permutes, convert_layout
 from mmbuild.passes.pointwise import fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
@@ -38,6 +43,7 @@ __all__ = [
     "fold_batch_norm",
     "fold_channel_affine",
     "fold_constants",
+    "fold_hard_sigmoid",
     "fuse_activations",
     "fuse_hard_sigmoid",
     "fuse_hard_swish",
@@ -63,6 +69,8 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_silu,
     # after the pointwise fusions, which leave a conv's output read by one activation only
     fold_channel_affine,
+    # after the pointwise fusions have made the hard sigmoid of a squeeze-excitation gate
+    fold_hard_sigmoid,
     # before layout: the activation still reads the conv directly, not a permute after it
     fuse_activations,
     # after fusion: one permute pair per spatial node, around its fused epilogue

@@ -20,13 +20,14 @@ import numpy as np
 
 from mmbuild.graph import Graph, Node, reference_outputs
 from mmbuild.ir.types import DataType, Layout
+from mmbuild.ops.activation import IActivation
 from mmbuild.ops.conv import ConvLike
 from mmbuild.ops.deconv import IDeconvNode
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.ops.registry import get_op
 from mmbuild.passes._rewrite import CHANNEL_WEIGHT_OPS, absorb, is_a, sole_reader
 
-__all__ = ["fold_batch_norm", "fold_channel_affine", "fold_constants"]
+__all__ = ["fold_batch_norm", "fold_channel_affine", "fold_constants", "fold_hard_sigmoid"]
 
 
 def fold_constants(graph: Graph) -> int:
@@ -117,6 +118,39 @@ def fold_channel_affine(graph: Graph) -> int:
             continue
         const_slot = 1 if graph.value(e.inputs[1]) is not None else 0
         _scale_and_shift(graph, main, e, scale, shift, e.precisions[const_slot], "affine")
+        count += 1
+    if count:
+        graph.prune_tensors()
+    return count
+
+
+def fold_hard_sigmoid(graph: Graph) -> int:
+    """A HARD_SIGMOID after a conv, deconv or inner product becomes its weights and epilogue.
+
+    ``hard_sigmoid(t) = clip(alpha * t + beta, 0, 1)``: the affine part folds into the weights
+    (``W' = alpha * W``, ``b' = alpha * b + beta``) and the clip is the fused activation
+    ``{"function": "clip", "lo": 0.0, "hi": 1.0}``. Before: ``x -> conv(W, b) -> t ->
+    hard_sigmoid -> y`` (a squeeze-excitation gate). After: ``x -> conv(W', b')[clip 0..1] ->
+    y``. Example, alpha 1/6, beta 1/2, W = 3, b = 0, x = 1: clip(3 / 6 + 1 / 2, 0, 1) = 1, and
+    the folded conv gives clip(0.5 * 1 + 0.5, 0, 1) = 1.
+
+    It fires under the conditions of ``fold_channel_affine`` (``t`` private, weights constant,
+    no fused activation yet, the activation reads ``t`` in the node's output type).
+    """
+    count = 0
+    for act in [n for n in graph.nodes if n.op == "activation"]:
+        if act.attrs["mode"] is not IActivation.HARD_SIGMOID:
+            continue
+        main = graph.producer(act.inputs[0])
+        if main is None or not _affine_foldable(graph, main, act, act.inputs[0]):
+            continue
+        channels = graph.tensors[act.inputs[0]].dims[_channel_axis(main)]
+        if channels < 0:
+            continue
+        alpha, beta = float(act.attrs["alpha"]), float(act.attrs["beta"])
+        s, shift = np.full(channels, alpha), np.full(channels, beta)
+        _scale_and_shift(graph, main, act, s, shift, act.precisions[0], "hard_sigmoid")
+        main.attrs["activation"] = {"function": "clip", "lo": 0.0, "hi": 1.0}
         count += 1
     if count:
         graph.prune_tensors()
