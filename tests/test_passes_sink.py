@@ -208,3 +208,24 @@ def test_mobilenet_v3_block_builds_and_matches_the_reference(batch: int) -> None
     assert context.enqueue(inputs, outputs).ok()
     (expected,) = mm.run_reference(net, [x]).values()  # the build leaves the network as it was
     assert_close(outputs[0].asnumpy(), expected, "fp32_accumulate")
+
+
+@pytest.mark.parametrize("mode", ["force_float16", "qint8_mixed_float16"])
+def test_mobilenet_v3_block_in_other_modes_keeps_two_permutes_and_validates(mode: str) -> None:
+    """float16 reads the float32 network input of the residual add through a cast; the layout
+    passes infer it in the add's precision."""
+    import json
+
+    from sample_cnn import ImageBatches
+
+    net = mobilenet_v3_block(2)
+    x = np.random.default_rng(8).standard_normal((2, 8, 9, 7)).astype(np.float32)
+    config = mm.BuilderConfig()
+    config.parse_from_string(json.dumps({"precision_config": {"precision_mode": mode}}))
+    calib = mm.Calibrator([ImageBatches([x])])
+    calib.set_progress(False)
+    assert calib.calibrate(net, config).ok()
+    model = mm.Builder().build_model("mbv3", net, config)
+    assert [s.op for s in model.data.steps].count("permute") == 2
+    report = model.validate([x])
+    assert report.ok(), str(report)
