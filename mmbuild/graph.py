@@ -221,9 +221,14 @@ class Graph:
             del self.tensors[name]
 
     def infer_dims(self) -> None:
-        """Re-run every node's shape rule in order (after a pass changed attributes)."""
+        """Re-run every node's shape rule in order (after a pass changed attributes). A float
+        tensor is seen in the float precision its slot reads it in (``insert_conversions``
+        casts it there later), so a float16 add of a float32 network input infers."""
         for node in self.nodes:
-            specs = [TensorSpec(self.tensors[t].dims, self.tensors[t].dtype) for t in node.inputs]
+            specs = [
+                TensorSpec(self.tensors[t].dims, _as_read(self.tensors[t].dtype, p))
+                for t, p in zip(node.inputs, node.precisions)
+            ]
             outs = node.declaration().infer(specs)
             for name, spec in zip(node.outputs, outs):
                 self.tensors[name].dims = spec.dims
@@ -269,6 +274,10 @@ def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
     if fn == "leaky_relu":
         return np.where(y < 0, y * np.float32(act["alpha"]), y)
     raise MMError(f"unknown fused activation {fn!r}", Code.INTERNAL)
+
+
+def _as_read(dtype: DataType, precision: DataType) -> DataType:
+    return precision if dtype.is_float and precision.is_float else dtype
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:

@@ -11,7 +11,11 @@ Shapes: a ``-1`` dimension is fixed by the arrays given to ``enqueue``; every st
 shape is then inferred by its op's own rule, and the buffers are planned: intermediates share
 one arena, a buffer being reused once its last reader has run (the layer report states the
 peak). Example: the sample CNN at batch 8 in float32 needs 2 buffers of 8*16*16*16 floats at its
-peak, not one per tensor.
+peak, not one per tensor. The output of a reshape, squeeze or unsqueeze of an intermediate is
+a view of its input's bytes (``BufferPlan.views``), so that step copies nothing and runs nothing.
+
+A context binds the plan once per set of input shapes (``mmbuild.runtime.bind``): a run then
+only calls the bound steps. ``Context.set_step_hook`` gives a profiler each step's time.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +35,7 @@ from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.types import DataType, Dims
 from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named
+from mmbuild.runtime.bind import BoundPlan, StepHook, bind_plan
 from mmbuild.runtime.device import Device, Queue, check_device
 from mmbuild.runtime.device import EngineConfig as _EngineConfig
 
@@ -39,6 +45,10 @@ if TYPE_CHECKING:
     from mmbuild.runtime.model_file import ModelData, TensorInfo
 
 _ALIGN = 64
+# ops whose output is its input's bytes in row-major order: a view where the buffer allows it
+VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze"})
+# bound plans a context keeps (one per set of input shapes, the least recently used dropped)
+_BOUND_PLANS = 4
 
 
 def _threadsafe_parallel_layer() -> bool:
@@ -301,6 +311,7 @@ class BufferPlan:
     shapes: dict[str, tuple[int, ...]]
     offsets: dict[str, int]  # arena byte offset of each intermediate tensor
     arena_bytes: int
+    views: dict[str, str] = field(default_factory=dict)  # view tensor -> tensor whose bytes it is
 
 
 class Engine(CamelCaseAliases):
@@ -347,7 +358,8 @@ def plan_buffers(
                     "run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
                     Code.OUT_OF_RANGE,
                 )
-    offsets, arena = _plan_arena(data, shapes)
+    views = _plan_views(data)
+    offsets, arena = _plan_arena(data, shapes, views)
     if arena > MAX_BUFFER_BYTES:
         raise MMError(
             f"model {data.name!r}: its intermediates for inputs of shapes "
@@ -355,22 +367,47 @@ def plan_buffers(
             f"of {MAX_BUFFER_BYTES} bytes; run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
             Code.OUT_OF_RANGE,
         )
-    return BufferPlan(shapes, offsets, arena)
+    return BufferPlan(shapes, offsets, arena, views)
+
+
+def _fixed_tensors(data: ModelData) -> set[str]:
+    """Tensors that live outside the arena: network inputs, outputs and constants."""
+    return {t.name for t in data.inputs} | {t.name for t in data.outputs} | set(data.constants)
+
+
+def _plan_views(data: ModelData) -> dict[str, str]:
+    """The outputs of ``VIEW_OPS`` steps that can be views of an intermediate's bytes, each
+    mapped to that intermediate (through a chain of views, the first one). Not a view: a
+    network output (the caller keeps it after the arena is reused), the view of a network input
+    or output (those arrays change from run to run), or one that changes the buffer type."""
+    fixed = _fixed_tensors(data)
+    views: dict[str, str] = {}
+    for step in data.steps:
+        if step.op not in VIEW_OPS or "activation" in step.op_attrs or len(step.outputs) != 1:
+            continue
+        src, dst = step.inputs[0], step.outputs[0]
+        source = views.get(src, src)
+        same_type = buffer_dtype(data.tensors[src].dtype) == buffer_dtype(data.tensors[dst].dtype)
+        if source not in fixed and dst not in fixed and same_type:
+            views[dst] = source
+    return views
 
 
 def _nbytes(info: TensorInfo, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * buffer_dtype(info.dtype).itemsize  # exact: no int64 wrap-around
 
 
-def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int]:
+def _plan_arena(
+    data: ModelData, shapes: dict[str, tuple[int, ...]], views: dict[str, str]
+) -> tuple[dict[str, int], int]:
     """First-fit placement of intermediates: a tensor lives from the step that writes it to the
-    last step that reads it; outputs of a step are placed before its inputs are freed, so no
-    step reads and writes the same bytes."""
-    fixed = {t.name for t in data.inputs} | {t.name for t in data.outputs} | set(data.constants)
+    last step that reads it or a view of it; outputs of a step are placed before its inputs are
+    freed, so no step reads and writes the same bytes. Views take no room of their own."""
+    fixed = _fixed_tensors(data) | set(views)
     last_use: dict[str, int] = {}
     for i, step in enumerate(data.steps):
         for t in step.inputs:
-            last_use[t] = i
+            last_use[views.get(t, t)] = i
     free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
     offsets: dict[str, int] = {}
     sizes: dict[str, int] = {}
@@ -389,7 +426,7 @@ def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[di
                 offsets[t] = top
                 top += size
             last_use.setdefault(t, i)
-        for t in {*step.inputs, *step.outputs}:
+        for t in {views.get(t, t) for t in (*step.inputs, *step.outputs)}:
             if t in offsets and last_use[t] == i:
                 free = _merge([*free, (offsets[t], sizes[t])])
     return offsets, top
@@ -410,11 +447,25 @@ class Context(CamelCaseAliases):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._arena = np.empty(0, np.uint8)
+        self._bound: OrderedDict[tuple[tuple[int, ...], ...], BoundPlan] = OrderedDict()
+        self._step_hook: StepHook | None = None
 
     def create_inputs(self) -> list[IRTTensor]:
         """One empty IRTTensor per network input, in order; fill them with ``from_numpy``."""
         return [IRTTensor(t.name, t.dtype, t.dims) for t in self._engine.data.inputs]
+
+    def set_step_hook(self, hook: StepHook | None) -> None:
+        """Call ``hook(step, seconds)`` after each step of every later run (``None``: stop).
+
+        ``step`` is the plan's ``Step`` (``name``, ``op``, ``kernel``), ``seconds`` the
+        ``time.perf_counter`` time of its call. Steps whose output is a view of their input
+        run nothing and are not reported. Example: ``times = []``;
+        ``context.set_step_hook(lambda s, t: times.append((s.name, t)))``.
+        """
+        if hook is not None and not callable(hook):
+            raise MMError(f"set_step_hook: {type(hook).__name__} is not callable; give a "
+                          "function of (step, seconds) or None")  # fmt: skip
+        self._step_hook = hook
 
     def enqueue(
         self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor], queue: Queue | None = None
@@ -451,45 +502,22 @@ class Context(CamelCaseAliases):
             return self._run(arrays, keep_all)
 
     def _run(self, arrays: Sequence[np.ndarray], keep_all: bool) -> dict[str, np.ndarray]:
-        engine, data = self._engine, self._engine.data
-        plan = engine.buffer_plan(tuple(a.shape for a in arrays))
-        if self._arena.size < plan.arena_bytes:
-            self._arena = np.empty(plan.arena_bytes, np.uint8)
-        buffers: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
-        buffers.update(engine._constants)
-        kept: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
-        for step, runner in zip(data.steps, engine.runners):
-            outs = []
-            for t in step.outputs:
-                shape = plan.shapes[t]
-                dtype = buffer_dtype(data.tensors[t].dtype)
-                if t in plan.offsets:
-                    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                    off = plan.offsets[t]
-                    buf = self._arena[off : off + n].view(dtype).reshape(shape)
-                else:
-                    buf = np.empty(shape, dtype)
-                buffers[t] = buf
-                outs.append(buf)
-            try:
-                runner([buffers[t] for t in step.inputs], outs)
-            except MMError:
-                raise
-            except Exception as exc:  # a kernel failure is a bug: name the step
-                raise MMError(
-                    f"step {step.name!r} ({step.kernel}) failed: {type(exc).__name__}: {exc}",
-                    Code.INTERNAL,
-                ) from exc
-            if keep_all:
-                kept.update({t: buffers[t].copy() for t in step.outputs})
-        out = {t.name: buffers[t.name] for t in data.outputs}
-        for info in data.inputs:  # an input marked as an output is returned as a copy
-            if info.name in out:
-                out[info.name] = out[info.name].copy()
-        if keep_all:
-            kept.update(out)
-            return kept
-        return out
+        return self._bound_plan(tuple(a.shape for a in arrays)).run(
+            arrays, keep_all, self._step_hook
+        )
+
+    def _bound_plan(self, input_shapes: tuple[tuple[int, ...], ...]) -> BoundPlan:
+        """The plan bound for these input shapes: made on first use, kept for the next runs."""
+        bound = self._bound.get(input_shapes)
+        if bound is None:
+            engine = self._engine
+            bound = bind_plan(engine.data, engine.runners, engine.buffer_plan(input_shapes))
+            self._bound[input_shapes] = bound
+            if len(self._bound) > _BOUND_PLANS:
+                self._bound.popitem(last=False)
+        else:
+            self._bound.move_to_end(input_shapes)
+        return bound
 
 
 def check_input_shapes(data: ModelData, arrays: Sequence[np.ndarray]) -> None:
