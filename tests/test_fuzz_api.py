@@ -119,7 +119,7 @@ def test_campaign_of_odd_arguments(which: int, args: list[Any]) -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda net, x: net.add_input(F32, None), "argument 'dims' is missing"),
+        (lambda net, x: net.add_input(F32, 3.5), "argument 'dims': expected a Dims"),
         (lambda net, x: net.add_input("FLOAT32", [1]), "argument 'dtype': expected an mm.DataType"),
         (lambda net, x: net.add_i_maxpool2d_node(None), "argument 'x' is missing"),
         (lambda net, x: net.add_i_softmax_node(None, 1), "argument 'x' is missing"),
