@@ -12,9 +12,10 @@ module
 
 It listens to numba's ``"numba:compile"`` event. Numba broadcasts that event only around a real
 compilation: ``Dispatcher.compile`` returns before it when the overload is already in memory or is
-loaded from the disk cache (numba 0.60 to 0.68; the tests check both cases on the installed
-numba). Compilations of functions outside mmbuild (a user's own ``@njit`` code) are not
-announced. The listener is registered when ``mmbuild.kernels`` is imported, before any kernel.
+loaded from the disk cache (so in numba 0.68's ``numba/core/dispatcher.py``; a test checks both
+cases on the installed numba, in two processes sharing one cache). Compilations of functions
+outside mmbuild (a user's own ``@njit`` code) are not announced. The listener is registered when
+``mmbuild.kernels`` is imported, before any kernel.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 from typing import Any
 
 from numba.core import config as numba_config
-from numba.core import event
+from numba.core import event as numba_event
 
 __all__ = ["MESSAGE", "PROGRESS_ENV", "CompileNotice", "notice"]
 
@@ -41,15 +42,15 @@ MESSAGE = "compiling kernels for this CPU (first run only; cached in {where})"
 _KERNEL_MODULE_PREFIXES = ("mmbuild.", "_mmbuild_generated_")
 
 
-class CompileNotice(event.Listener):  # type: ignore[misc]  # numba is untyped
+class CompileNotice(numba_event.Listener):
     """The ``"numba:compile"`` listener: announces the first compilation of an mmbuild kernel."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.announced = False
 
-    def on_start(self, event_: event.Event) -> None:
-        dispatcher = (event_.data or {}).get("dispatcher")
+    def on_start(self, event: numba_event.Event) -> None:
+        dispatcher = (event.data or {}).get("dispatcher")
         if self.announced or not _is_kernel(dispatcher):
             return
         with self._lock:
@@ -62,7 +63,7 @@ class CompileNotice(event.Listener):  # type: ignore[misc]  # numba is untyped
             sys.stderr.write(f"mmbuild: {message}\n")
             sys.stderr.flush()
 
-    def on_end(self, event_: event.Event) -> None:
+    def on_end(self, event: numba_event.Event) -> None:
         pass
 
 
@@ -94,4 +95,4 @@ def _stderr_line_shown() -> bool:
 
 #: The listener of this process (``notice.announced`` tells whether it has spoken).
 notice = CompileNotice()
-event.register("numba:compile", notice)
+numba_event.register("numba:compile", notice)
