@@ -1,9 +1,16 @@
 """pyproject.toml declares what the repository imports, and its entry points exist.
 
 Every top-level module imported by tests/, samples/ and benchmarks/ is the standard library,
-mmbuild, a module of those folders, or provided by a distribution that pyproject.toml declares
-(in ``dependencies`` or an extra). A package that only happens to be installed on the machine (as
-a dependency of a dependency, or by hand) fails here, naming the file, the line and the module.
+mmbuild, a module of those folders, or provided by a distribution that pyproject.toml declares.
+A package that only happens to be installed on the machine (as a dependency of a dependency, or
+by hand) fails here, naming the file, the line and the module:
+
+- tests/ run after ``pip install -e ".[test]"`` (the README's command), so what they import must be
+  installed and declared in ``dependencies`` or the ``test`` extra;
+- samples/ and benchmarks/ may import what another extra declares (``bench``, ``samples``). That
+  extra need not be installed here; a module that is not installed must then be named like the
+  distribution declared for it (or be listed in ``IMPORT_NAMES``). CI installs ``bench`` too, so an
+  undeclared benchmark import is missing there and fails.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("tests", "samples", "benchmarks")
 FIRST_PARTY = frozenset({"mmbuild"})
-# Optional modules that need not be installed where the tests run, with the distribution that
-# provides them (packages_distributions() knows only installed ones): samples/calibrate_images.py
-# says how to install scikit-learn when it is missing.
-NOT_INSTALLED_HERE = {"sklearn": "scikit-learn"}
+# Import names that differ from the name of the distribution that provides them, for modules of
+# an extra that may not be installed (packages_distributions() knows installed ones only).
+IMPORT_NAMES = {"sklearn": "scikit-learn"}
+# What the tests may import: the runtime dependencies and this extra.
+TEST_EXTRA = "test"
 
 
 def _pyproject() -> dict[str, Any]:
@@ -43,12 +51,16 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def declared_distributions(pyproject: Mapping[str, Any]) -> set[str]:
-    """Normalized names of ``dependencies`` and of every extra: ``"onnx==1.22.0"`` -> ``onnx``."""
+def declared_distributions(
+    pyproject: Mapping[str, Any], extras: Iterable[str] | None = None
+) -> set[str]:
+    """Normalized names of ``dependencies`` and of the given extras (default: all of them):
+    ``"onnx==1.22.0"`` -> ``onnx``."""
     project = pyproject["project"]
+    optional = project.get("optional-dependencies", {})
     requirements = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        requirements += extra
+    for extra in optional if extras is None else extras:
+        requirements += optional.get(extra, [])
     names = set()
     for requirement in requirements:
         match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
@@ -81,34 +93,42 @@ def local_modules(folders: Iterable[Path]) -> set[str]:
 
 def undeclared_imports(
     files: Sequence[Path],
-    declared: set[str],
+    pyproject: Mapping[str, Any],
     provided: Mapping[str, Sequence[str]],
     local: set[str],
 ) -> list[str]:
-    """One message per import of a third-party module no declared distribution provides.
+    """One message per import of a third-party module that no allowed distribution provides.
 
-    ``provided`` maps a top-level module to the distributions that provide it, as
+    A file in a folder named ``tests`` may use ``dependencies`` and the test extra; any other file
+    every extra. ``provided`` maps a top-level module to the distributions that provide it, as
     ``importlib.metadata.packages_distributions()`` does.
     """
+    everything = declared_distributions(pyproject)
+    for_tests = declared_distributions(pyproject, [TEST_EXTRA])
     problems = []
     for path in files:
         shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        is_test = path.parent.name == "tests"
+        allowed, where = (
+            (for_tests, f"dependencies or the {TEST_EXTRA} extra (tests run with .[{TEST_EXTRA}])")
+            if is_test
+            else (everything, "dependencies or an extra (test, bench, samples)")
+        )
         for line, module in imported_modules(path):
             if module in sys.stdlib_module_names or module in FIRST_PARTY or module in local:
                 continue
-            dists = list(provided.get(module, ()))
-            if not dists and module in NOT_INSTALLED_HERE:
-                dists = [NOT_INSTALLED_HERE[module]]
+            dists = sorted(set(provided.get(module, ())))
+            if not dists and not is_test and normalize(IMPORT_NAMES.get(module, module)) in allowed:
+                continue  # declared in an extra that is not installed here
             if not dists:
                 problems.append(
                     f"{shown}:{line}: imports {module!r}, which no installed distribution "
-                    "provides; declare the distribution in pyproject.toml and install it"
+                    f"provides; declare the distribution in {where} and install it"
                 )
-            elif not any(normalize(d) in declared for d in dists):
+            elif not any(normalize(d) in allowed for d in dists):
                 problems.append(
-                    f"{shown}:{line}: imports {module!r} (from {', '.join(sorted(set(dists)))}), "
-                    "which pyproject.toml does not declare; add it to dependencies, or to the "
-                    "test, bench or samples extra"
+                    f"{shown}:{line}: imports {module!r} (from {', '.join(dists)}), which "
+                    f"pyproject.toml does not declare in {where}; add it there"
                 )
     return problems
 
@@ -122,7 +142,7 @@ def test_every_import_of_tests_samples_benchmarks_is_declared() -> None:
     assert len(files) > 20 and ROOT / "tests" / "test_packaging.py" in files
     problems = undeclared_imports(
         files,
-        declared_distributions(_pyproject()),
+        _pyproject(),
         importlib.metadata.packages_distributions(),
         local_modules(ROOT / folder for folder in SCANNED),
     )
@@ -130,30 +150,49 @@ def test_every_import_of_tests_samples_benchmarks_is_declared() -> None:
 
 
 def test_an_undeclared_import_fails_naming_file_and_module(tmp_path: Path) -> None:
-    fake = tmp_path / "test_fake.py"
-    fake.write_text(
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    fake_test = tmp_path / "tests" / "test_fake.py"
+    fake_test.write_text(
         "import os\nimport numpy as np\nimport helper\n\n"
         "def f():\n    from pluggy import HookspecMarker\n    import yaml.loader\n"
-        "    import not_a_module_anywhere\n"
+        "    import not_a_module_anywhere\n    import threadpoolctl\n"
     )
-    (tmp_path / "helper.py").write_text("")
-    provided = dict(importlib.metadata.packages_distributions())
+    (tmp_path / "tests" / "helper.py").write_text("")
+    fake_bench = tmp_path / "benchmarks" / "bench_fake.py"
+    fake_bench.write_text("import threadpoolctl\nimport sklearn.datasets\nimport not_declared\n")
+    provided = {
+        **importlib.metadata.packages_distributions(),
+        "yaml": ["PyYAML"],
+        "numpy": ["numpy"],
+    }
     assert "pluggy" in provided  # installed with pytest, declared by nobody here
-    provided["yaml"] = ["PyYAML"]
+    provided.pop("threadpoolctl", None)  # as after pip install -e ".[test]"
+    provided.pop("sklearn", None)
     problems = undeclared_imports(
-        [fake], declared_distributions(_pyproject()), provided, local_modules([tmp_path])
+        [fake_test, fake_bench], _pyproject(), provided, local_modules([tmp_path / "tests"])
     )
-    assert len(problems) == 3, problems
-    assert problems[0].startswith(f"{fake}:6: imports 'pluggy' (from pluggy), which pyproject")
-    assert problems[1].startswith(f"{fake}:7: imports 'yaml' (from PyYAML), which pyproject")
-    assert problems[2].startswith(f"{fake}:8: imports 'not_a_module_anywhere', which no installed")
+    assert len(problems) == 5, "\n".join(problems)
+    test_only = "in dependencies or the test extra (tests run with .[test])"
+    assert problems[0] == (
+        f"{fake_test}:6: imports 'pluggy' (from pluggy), which pyproject.toml does not declare "
+        f"{test_only}; add it there"
+    )
+    assert problems[1].startswith(f"{fake_test}:7: imports 'yaml' (from PyYAML), which pyproject")
+    assert problems[2].startswith(f"{fake_test}:8: imports 'not_a_module_anywhere', which no ")
+    assert problems[3].startswith(f"{fake_test}:9: imports 'threadpoolctl', which no installed")
+    assert test_only in problems[3]  # declared, but in the bench extra only
+    assert problems[4].startswith(f"{fake_bench}:3: imports 'not_declared', which no installed")
 
 
 def test_declared_distributions_reads_every_requirement_form() -> None:
     pyproject = {
         "project": {
             "dependencies": ["numpy>=1.26", "Typing_Extensions; python_version < '3.12'"],
-            "optional-dependencies": {"test": ["onnx==1.22.0", "scikit-learn[alldeps] >=1"]},
+            "optional-dependencies": {
+                "test": ["onnx==1.22.0", "scikit-learn[alldeps] >=1"],
+                "bench": ["threadpoolctl"],
+            },
         }
     }
     assert declared_distributions(pyproject) == {
@@ -161,9 +200,12 @@ def test_declared_distributions_reads_every_requirement_form() -> None:
         "typing-extensions",
         "onnx",
         "scikit-learn",
+        "threadpoolctl",
     }
-    declared = declared_distributions(_pyproject())
-    assert {"numpy", "numba", "pytest", "jsonschema", "onnxruntime", "threadpoolctl"} <= declared
+    assert "threadpoolctl" not in declared_distributions(pyproject, ["test"])
+    declared = declared_distributions(_pyproject(), [TEST_EXTRA])
+    assert {"numpy", "numba", "pytest", "jsonschema", "onnx", "onnxruntime"} <= declared
+    assert {"threadpoolctl", "scikit-learn"} <= declared_distributions(_pyproject())
 
 
 # -- entry points ---------------------------------------------------------------------------------
