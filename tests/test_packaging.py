@@ -268,12 +268,13 @@ def test_installed_console_script_runs() -> None:
         "help": [str(script), "--help"],
         "module help": [sys.executable, "-m", "mmbuild", "--help"],
     }
+    printed = {}
     for what, command in commands.items():
         run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert run.returncode == 0, f"{what}: {command} failed:\n{run.stderr}"
         assert run.stdout.strip(), f"{what}: {command} printed nothing"
-    version = subprocess.run(commands["version"], capture_output=True, text=True, check=False)
-    assert mmbuild.__version__ in version.stdout
+        printed[what] = run.stdout
+    assert mmbuild.__version__ in printed["version"]
 
 
 # -- the wheel ------------------------------------------------------------------------------------
