@@ -97,6 +97,9 @@ class BuilderConfig(CamelCaseAliases):
                 f"{where}: the top level must be a JSON object "
                 f'(like {{"precision_config": {{...}}}}), got {_kind(data)}'
             )
+        # "$schema" names the file's JSON Schema for editors (mmbuild.schemas): not a build setting
+        if not isinstance(data.pop("$schema", ""), str):
+            raise MMError(f'{where}: "$schema" must be a string, the URL or path of a JSON Schema')
         bad = next(_non_finite(data, ()), None)
         if bad is not None:
             raise MMError(

@@ -220,10 +220,24 @@ def _ignored(description: str) -> Any:
     )
 
 
+def _allow_schema_key(schema: dict[str, Any]) -> None:
+    # A config file may name its schema ("$schema", for editors); BuilderConfig accepts and drops
+    # it before validation, and the published schema allows it, or editors would flag it.
+    schema["properties"] = {
+        "$schema": {
+            "type": "string",
+            "description": "The URL or path of this JSON Schema, for editors; ignored by mmbuild.",
+        },
+        **schema["properties"],
+    }
+
+
 class BuilderConfigModel(_Strict):
     """The configuration of a build, as parsed by BuilderConfig.parse_from_string."""
 
-    model_config = ConfigDict(title="mmbuild builder configuration")
+    model_config = ConfigDict(
+        title="mmbuild builder configuration", json_schema_extra=_allow_schema_key
+    )
 
     precision_config: PrecisionConfig = Field(
         default_factory=PrecisionConfig,
