@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
@@ -69,15 +70,12 @@ def _threadsafe_parallel_layer() -> bool:
     return layer in ("tbb", "omp")
 
 
-def _parallel_probe(x: np.ndarray) -> None:
-    import numba
-
-    @numba.njit(parallel=True, cache=False)
-    def fill(out: np.ndarray) -> None:  # pragma: no cover - numba compiles it
-        for i in numba.prange(out.shape[0]):
-            out[i] = 1.0
-
-    fill(x)
+@numba.njit(parallel=True, cache=True)
+def _parallel_probe(out: np.ndarray) -> None:  # pragma: no cover - numba compiles it
+    """A one-element parallel launch, after which numba names the threading layer it chose.
+    Cached like every kernel, so only the first process of a cache compiles it."""
+    for i in numba.prange(out.shape[0]):
+        out[i] = 1.0
 
 
 class _SerialRuns:
