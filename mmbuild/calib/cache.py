@@ -32,7 +32,7 @@ CACHE_VERSION: Final = 1
 
 #: The keys of ``mm.QuantizationAlgorithm`` (``QuantizationAlgorithm.X.key``); a test keeps the two
 #: in step.
-AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse"]
+AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse", "auto"]
 
 
 class CalibrationCacheModel(BaseModel):
