@@ -195,9 +195,7 @@ def main() -> None:
                 f'"weight_quant_granularity": "per_axis", "activation_quant_algo": "{algo}"}}}}'
             )
             scores = {a: evaluate(build, calib_x, eval_x, config, a) for a in ALGORITHMS}
-            cells = [
-                f"{c:.5f}" + (f" ({t:.0%})" if classifier else "") for c, t in scores.values()
-            ]
+            cells = [f"{c:.5f}" + (f" ({t:.0%})" if classifier else "") for c, t in scores.values()]
             best_fixed = max(c for a, (c, _) in scores.items() if a is not QA.AUTO)
             margin = scores[QA.AUTO][0] - best_fixed
             print(f"| {name} | {algo} | " + " | ".join(cells) + f" | {margin:+.5f} |")
