@@ -33,7 +33,7 @@ MAX_CACHE_BYTES = 64 * 2**20
 
 #: The keys of ``mm.QuantizationAlgorithm`` (``QuantizationAlgorithm.X.key``); a test keeps the two
 #: in step.
-AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse"]
+AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse", "auto"]
 
 
 class CalibrationCacheModel(BaseModel):
