@@ -247,12 +247,13 @@ def test_pyproject_declares_the_console_script() -> None:
 
 
 def _installed_from_this_tree() -> bool:
-    try:
-        direct_url = importlib.metadata.distribution("mmbuild").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    url = json.loads(direct_url or "{}").get("url", "")
-    return url.removeprefix("file://") == str(ROOT)
+    # every mmbuild distribution on the path: the source tree's own mmbuild.egg-info (found
+    # first, as the tree is on sys.path) has no direct_url.json; the installed one has
+    for dist in importlib.metadata.distributions(name="mmbuild"):
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if url.removeprefix("file://") == str(ROOT):
+            return True
+    return False
 
 
 def test_installed_console_script_runs() -> None:
