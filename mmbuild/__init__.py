@@ -14,6 +14,8 @@ from mmbuild.ir.node import INode, Policy
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
+from mmbuild import parser
+from mmbuild.parser import ModelKind, Parser
 from mmbuild.reference import run_reference
 from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
 
@@ -37,12 +39,15 @@ __all__ = [
     "Layout",
     "MMError",
     "Model",
+    "ModelKind",
     "Network",
+    "Parser",
     "Policy",
     "QuantizationAlgorithm",
     "Range",
     "Status",
     "__version__",
+    "parser",
     "run_reference",
     *_OPS_PUBLIC,
 ]

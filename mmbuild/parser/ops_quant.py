@@ -1,0 +1,3 @@
+"""Handlers of QuantizeLinear / DequantizeLinear (see ``quant``)."""
+
+from __future__ import annotations
