@@ -142,10 +142,16 @@ _SIMPLE = {
     "Relu": IActivation.RELU,
     "Sigmoid": IActivation.SIGMOID,
     "Tanh": IActivation.TANH,
+    "Exp": IActivation.EXP,
+    "Log": IActivation.LOG,
+    "Sqrt": IActivation.SQRT,
+    "Erf": IActivation.ERF,
+    "Softplus": IActivation.SOFTPLUS,
+    "Mish": IActivation.MISH,
 }
 
 
-@imports("Relu", "Sigmoid", "Tanh", notes="float inputs")
+@imports(*_SIMPLE, notes="float inputs")
 def import_simple_activation(ctx: NodeContext) -> list[Any]:
     return [activation(ctx, ctx.tensor(0), _SIMPLE[ctx.op_type])]
 

@@ -18,7 +18,12 @@ from mmbuild.ir.types import DataType, Dims, Layout
 from mmbuild.ops.conv import IPaddingMode
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.ops.reduce import IReduce
-from mmbuild.ops.transform import IResizeCoordinateMode, IResizeMode, IResizeNearestMode
+from mmbuild.ops.transform import (
+    IResizeCoordinateMode,
+    IResizeMode,
+    IResizeNearestMode,
+    IResizeNode,
+)
 from mmbuild.parser.ops_math import binary
 from mmbuild.parser.table import imports
 from mmbuild.parser.walk import NodeContext
@@ -200,18 +205,34 @@ def import_batch_norm(ctx: NodeContext) -> list[Any]:
 
 @imports(
     "LayerNormalization",
-    notes="axis, epsilon, Scale and B",
+    notes="axis, epsilon, Scale and B; the Mean and InvStdDev outputs as reductions",
     since=17,
-    limits={"stats": "the Mean and InvStdDev outputs are not imported"},
 )
 def import_layer_norm(ctx: NodeContext) -> list[Any]:
-    if any(o for o in ctx.node.output[1:]):
-        ctx.refuse("stats")
     x = ctx.tensor(0)
     scale = ctx.tensor(1)
     bias = ctx.tensor(2) if ctx.has(2) else None
     axis, eps = ctx.attr("axis", -1), ctx.attr("epsilon", 1e-5)
-    return [ctx.net.add_i_layer_norm_node(x, scale, bias, axis, eps).get_output(0)]
+    outs: list[Any] = [ctx.net.add_i_layer_norm_node(x, scale, bias, axis, eps).get_output(0)]
+    if any(o for o in ctx.node.output[1:]):
+        outs += _norm_stats(ctx, x, axis, eps)
+    return outs
+
+
+def _norm_stats(ctx: NodeContext, x: ITensor, axis: int, eps: float) -> list[ITensor]:
+    """mean and 1 / sqrt(var + eps) over the axes [axis, rank), kept as size 1."""
+    from mmbuild.ops.activation import IActivation
+
+    rank = len(x.get_dimension())
+    axes = list(range(axis % rank, rank))
+    mean = ctx.net.add_i_reduce_node(x, axes, IReduce.MEAN, True).get_output(0)
+    centered = binary(ctx, x, mean, IElementwise.SUB)
+    square = binary(ctx, centered, centered, IElementwise.MUL)
+    var = ctx.net.add_i_reduce_node(square, axes, IReduce.MEAN, True).get_output(0)
+    std = ctx.net.add_i_activation_node(
+        binary(ctx, var, _scalar(ctx, eps), IElementwise.ADD), IActivation.SQRT
+    ).get_output(0)
+    return [mean, binary(ctx, _scalar(ctx, 1.0), std, IElementwise.DIV)]
 
 
 @imports("MatMul", notes="batched, with numpy broadcasting of the batch dimensions")
@@ -286,6 +307,8 @@ _NEAREST = {m.value: m for m in IResizeNearestMode}
         "keep_aspect_ratio_policy attributes, is not imported",
         "rank": "only rank-4 inputs are resized",
         "runtime_scales": "scales or sizes computed at run time are not imported",
+        "align_fraction": "align_corners with scales whose output size in * scale is not whole "
+        "(ONNX then maps by the fractional size) is not imported",
     },
 )  # fmt: skip
 def import_resize(ctx: NodeContext) -> list[Any]:
@@ -318,19 +341,23 @@ def import_resize(ctx: NodeContext) -> list[Any]:
             ctx.refuse("runtime_scales")
     if coord not in _COORD:
         ctx.refuse("coordinate")
+    attrs: dict[str, Any] = {"size": None, "scale": None, "layout": NCHW}
     if sizes is not None:
-        if sizes[:2] != dims[:2]:
+        if sizes[:2] != dims[:2] or min(sizes) < 1:
             ctx.refuse("axes")
-        node = ctx.net.add_i_resize_node(x, size=sizes[2:])
+        attrs["size"] = tuple(sizes[2:])
     else:
         sc = [float(s) for s in np.asarray(scales).ravel()]
-        if sc[:2] != [1.0, 1.0]:
+        if sc[:2] != [1.0, 1.0] or min(sc) <= 0:
             ctx.refuse("axes")
-        node = ctx.net.add_i_resize_node(x, scale=sc[2:])
-    node.set_layout(NCHW)  # type: ignore[attr-defined]
-    node.set_mode(IResizeMode.NEAREST if mode == "nearest" else IResizeMode.BILINEAR)  # type: ignore[attr-defined]
-    node.set_coordinate_mode(_COORD[coord])  # type: ignore[attr-defined]
-    node.set_nearest_mode(_NEAREST[nearest])  # type: ignore[attr-defined]
-    return [node.get_output(0)]
+        whole = all(d < 0 or float(d * s).is_integer() for d, s in zip(dims[2:], sc[2:]))
+        if coord == "align_corners" and not whole:
+            ctx.refuse("align_fraction")
+        attrs["scale"] = tuple(sc[2:])
+    attrs["mode"] = IResizeMode.NEAREST if mode == "nearest" else IResizeMode.BILINEAR
+    attrs["coordinate_mode"] = _COORD[coord]
+    attrs["nearest_mode"] = _NEAREST[nearest]
+    # added in NCHW at once: a scale read through the default NHWC could not fit
+    return [ctx.net._add_node(IResizeNode, [x], attrs).get_output(0)]
 
 

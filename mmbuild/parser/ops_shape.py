@@ -25,7 +25,7 @@ INT64_MAX = (1 << 63) - 1
 
 folded_only(
     "Shape", "Size", "ConstantOfShape", "Range", "Equal", "Where", "Not", "Less", "Greater",
-    "Floor", "Ceil", "NonZero", "Constant", "ReduceProd", "Tile", "Sqrt", "Exp", "Log", "Erf",
+    "Floor", "Ceil", "NonZero", "Constant", "ReduceProd", "Tile",
     notes="folded at parse time",
 )  # fmt: skip
 
@@ -92,7 +92,8 @@ def import_reshape(ctx: NodeContext) -> list[Any]:
 def import_flatten(ctx: NodeContext) -> list[Any]:
     x = ctx.tensor(0)
     dims = x.get_dimension().get_dims()
-    axis = ctx.attr("axis", 1) % (len(dims) + 1) if dims else 0
+    axis = ctx.attr("axis", 1)
+    axis = axis + len(dims) if axis < 0 else axis
     head, tail = dims[:axis], dims[axis:]
     if -1 not in head:
         spec = [int(np.prod(head, dtype=np.int64)), -1 if -1 in tail else int(np.prod(tail))]

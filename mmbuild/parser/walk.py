@@ -131,10 +131,11 @@ class Importer:
             if entry is None or entry.handler is None:
                 if entry is None:
                     raise self._unknown(op, name, "")
-                raise MMError(
+                raise UnsupportedFeature(
                     f"{where}: {op} is imported only when its inputs are known at parse time, "
                     "and here they are computed at run time",
-                    Code.UNAVAILABLE,
+                    op,
+                    "runtime_inputs",
                 )
             before = len(self.net.nodes)
             try:
@@ -172,21 +173,15 @@ class Importer:
 
     def _mark_output(self, name: str) -> None:
         v = self.values[name]
-        if v.tensor is None or v.tensor.get_producer() is None and v.tensor.is_input:
-            if v.tensor is None or v.tensor in self.net.inputs:
-                raise MMError(
-                    f"{self.source}: graph output {name!r} is "
-                    + ("a constant" if v.tensor is None else "a graph input")
-                    + " that mmbuild would not compute; mmbuild runs computed outputs only",
-                    Code.UNAVAILABLE,
-                )
         t = v.tensor
-        producer = t.get_producer()
-        if producer is not None and producer.op == "const":
-            raise MMError(
-                f"{self.source}: graph output {name!r} is a constant (folded at parse time); "
-                "mmbuild runs computed outputs only",
-                Code.UNAVAILABLE,
+        producer = t.get_producer() if t is not None else None
+        if t is None or t.is_input or (producer is not None and producer.op == "const"):
+            what = "a graph input" if t is not None and t.is_input else "a constant"
+            raise UnsupportedFeature(
+                f"{self.source}: graph output {name!r} is {what} (folded at parse time "
+                "or passed through); mmbuild runs computed outputs only",
+                "(graph output)",
+                "constant_output",
             )
         if t.name != name:
             if t in self.net.outputs:  # two outputs of one tensor: the second is a copy

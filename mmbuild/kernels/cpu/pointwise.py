@@ -156,6 +156,7 @@ def apply_fused(y, act):  # type: ignore[no-untyped-def]
 # Codes: the piecewise functions first, each with its own loop (comparisons and products that
 # LLVM vectorises); the smooth ones share one loop, as they are scalar libm calls anyway.
 _RELU, _RELU6, _LEAKY, _HSIGMOID, _HSWISH, _CLIP, _SIGMOID, _TANH, _GELU, _SILU, _ELU = range(11)
+_EXP, _LOG, _SQRT, _ERF, _SOFTPLUS, _MISH = range(11, 17)
 _ACT_CODES = {
     IActivation.RELU: _RELU,
     IActivation.RELU6: _RELU6,
@@ -167,6 +168,12 @@ _ACT_CODES = {
     IActivation.GELU: _GELU,
     IActivation.SILU: _SILU,
     IActivation.ELU: _ELU,
+    IActivation.EXP: _EXP,
+    IActivation.LOG: _LOG,
+    IActivation.SQRT: _SQRT,
+    IActivation.ERF: _ERF,
+    IActivation.SOFTPLUS: _SOFTPLUS,
+    IActivation.MISH: _MISH,
 }
 _SQRT2 = math.sqrt(2.0)
 
@@ -219,8 +226,25 @@ def _smooth(x, a, b, code):  # type: ignore[no-untyped-def]
         return x / 2.0 * (1.0 + math.erf(x / _SQRT2))
     if code == _SILU:
         return x / (1.0 + math.exp(-x))
-    # ELU; np.minimum(x, 0) inside: the second operand unless x < 0 or x is NaN
-    return x if x > 0.0 else a * math.expm1(x if (x < 0.0 or x != x) else 0.0)
+    if code == _ELU:
+        # np.minimum(x, 0) inside: the second operand unless x < 0 or x is NaN
+        return x if x > 0.0 else a * math.expm1(x if (x < 0.0 or x != x) else 0.0)
+    if code == _EXP:
+        return math.exp(x)
+    if code == _LOG:
+        # np.log: -inf at 0 (either sign), NaN below 0; math.log would raise instead
+        if x == 0.0:
+            return -math.inf
+        return math.log(x) if x > 0.0 else math.nan
+    if code == _SQRT:
+        # np.sqrt keeps -0.0; NaN below 0
+        return math.sqrt(x) if x >= 0.0 else math.nan
+    if code == _ERF:
+        return math.erf(x)
+    if code == _SOFTPLUS:
+        return math.log1p(math.exp(x))
+    # MISH
+    return x * math.tanh(math.log1p(math.exp(x)))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -279,7 +303,7 @@ class _UnaryKernel(Kernel):
 
 @register_kernel
 class ActivationKernel(_UnaryKernel):
-    """The ten functions of ``mm.IActivation``, float32 and float16."""
+    """The functions of ``mm.IActivation``, float32 and float16."""
 
     name = "activation"
     ops = ("activation",)
