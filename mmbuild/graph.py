@@ -217,10 +217,17 @@ class Graph:
     def infer_dims(self) -> None:
         """Re-run every node's shape rule in order (after a pass changed attributes)."""
         for node in self.nodes:
-            specs = [TensorSpec(self.tensors[t].dims, self.tensors[t].dtype) for t in node.inputs]
+            specs = [self._read_spec(t, p) for t, p in zip(node.inputs, node.precisions)]
             outs = node.declaration().infer(specs)
             for name, spec in zip(node.outputs, outs):
                 self.tensors[name].dims = spec.dims
+
+    def _read_spec(self, name: str, precision: DataType) -> TensorSpec:
+        """A tensor as its reader sees it: a float tensor in the float precision of the slot
+        (a float32 constant read by a float16 node is converted before it runs)."""
+        t = self.tensors[name]
+        dtype = precision if precision.is_float and t.dtype.is_float else t.dtype
+        return TensorSpec(t.dims, dtype)
 
     # -- evaluation --------------------------------------------------------------------------
     def run_reference(

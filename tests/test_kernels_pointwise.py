@@ -34,6 +34,11 @@ TRANSCENDENTAL = {
     mm.IActivation.GELU,
     mm.IActivation.SILU,
     mm.IActivation.ELU,
+    mm.IActivation.EXP,
+    mm.IActivation.LOG,
+    mm.IActivation.ERF,
+    mm.IActivation.SOFTPLUS,
+    mm.IActivation.MISH,
 }
 # (input precision, output type): same type, and each float precision writing the other
 PRECISIONS = [(F32, F32), (F16, F16), (F16, F32), (F32, F16)]

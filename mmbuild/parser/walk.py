@@ -319,7 +319,7 @@ def _const_of(t: ITensor | None) -> np.ndarray | None:
 
 
 def _checked(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
+    return np.array(a, order="C")  # ascontiguousarray would make a scalar 1-D
 
 
 def _free(stem: str, taken: Any) -> str:
