@@ -81,7 +81,7 @@ def run_case(name: str) -> tuple[str, str]:
     from onnx import numpy_helper
 
     import mmbuild as mm
-    from mmbuild.parser.table import UnsupportedFeature
+    from mmbuild.parser.table import UnsupportedFeatureError
 
     model, inputs, expected = _load(node_dir() / name)
     graph = model.graph  # type: ignore[attr-defined]
@@ -95,7 +95,7 @@ def run_case(name: str) -> tuple[str, str]:
     net = mm.Network()
     try:
         mm.Parser(mm.ModelKind.kOnnx).parse(net, str(path))
-    except UnsupportedFeature as exc:
+    except UnsupportedFeatureError as exc:
         return "skip", f"{exc.op_type}: {exc.limit}: {exc}"
     except mm.MMError as exc:
         if "mmbuild imports opsets" in str(exc):
@@ -130,7 +130,9 @@ def summary() -> dict[str, collections.Counter[str]]:
             outcome, _ = run_case(name)
         except Exception as exc:  # a failure, counted and reported
             outcome = "fail"
-            print(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+            print(
+                f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr
+            )
         for op in ops:
             counts[op][outcome] += 1
     return counts

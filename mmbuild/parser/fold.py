@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     from mmbuild.parser.walk import NodeContext
 
 # ops never folded: their result is not a function of their inputs
-NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-              "Bernoulli", "QuantizeLinear", "DequantizeLinear"}  # fmt: skip
-# larger results stay nodes: folding them would copy data the network can compute
-MAX_FOLD_ELEMENTS = 1 << 24
+# (Q/DQ: their handlers turn the pairs into ranges)
+NEVER_FOLD = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "QuantizeLinear", "DequantizeLinear",
+}  # fmt: skip
 
 
 def try_fold(ctx: NodeContext) -> list[Value] | None:
@@ -46,7 +47,7 @@ def try_fold(ctx: NodeContext) -> list[Value] | None:
     if any(v.is_folding for v in present) and op in SYMBOLIC:
         try:
             result = SYMBOLIC[op](ctx, [None if v is None else v.array for v in ctx.inputs])
-        except _NotFoldable:
+        except _NotFoldableError:
             return None
         return [Value(ctx.node.output[0], array=simplify(result))]
     return None
@@ -79,7 +80,9 @@ def fold_numeric(ctx: NodeContext) -> list[Value]:
 
     node = ctx.node
     names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
-    feeds = {n: v.array for n, v in zip(names, ctx.inputs) if n and v is not None}
+    feeds: dict[str, np.ndarray] = {
+        n: v.array for n, v in zip(names, ctx.inputs) if n and v is not None and v.array is not None
+    }
     outs = [f"o{k}" for k in range(len(node.output))]
     one = helper.make_node(node.op_type, names, outs, domain=node.domain)
     one.attribute.extend(node.attribute)
@@ -114,13 +117,13 @@ def _shape_of(ctx: NodeContext, v: Value) -> np.ndarray:
     return shape[start:end]
 
 
-class _NotFoldable(Exception):
+class _NotFoldableError(Exception):
     pass
 
 
 def _known(a: np.ndarray | None) -> np.ndarray:
     if a is None or is_symbolic(a):
-        raise _NotFoldable
+        raise _NotFoldableError
     return a
 
 
@@ -157,7 +160,7 @@ def _same(ctx: NodeContext, a: list[Any]) -> np.ndarray:
     from onnx import TensorProto
 
     if ctx.op_type == "Cast" and ctx.attr("to") not in (TensorProto.INT64, TensorProto.INT32):
-        raise _NotFoldable
+        raise _NotFoldableError
     return a[0]
 
 
@@ -182,8 +185,8 @@ def _arith(ctx: NodeContext, a: list[Any]) -> np.ndarray:
     fn = {"Add": int.__add__, "Sub": int.__sub__, "Mul": int.__mul__, "Div": int.__floordiv__}
     out = np.empty(x.shape, dtype=object)
     for i, (p, q) in enumerate(zip(x.ravel(), y.ravel())):
-        out.ravel()[i] = UNKNOWN if isinstance(p, Dim) or isinstance(q, Dim) else fn[ctx.op_type](
-            int(p), int(q)
+        out.ravel()[i] = (
+            UNKNOWN if isinstance(p, Dim) or isinstance(q, Dim) else fn[ctx.op_type](int(p), int(q))
         )
     return out
 

@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 class ModelKind(enum.Enum):
     """The frameworks MagicMind parses; mmbuild imports ONNX and asks for an export otherwise."""
 
-    kOnnx = "onnx"
-    kPytorch = "pytorch"
-    kCaffe = "caffe"
-    kTensorflow = "tensorflow"
+    kOnnx = "onnx"  # noqa: N815 (MagicMind spelling)
+    kPytorch = "pytorch"  # noqa: N815 (MagicMind spelling)
+    kCaffe = "caffe"  # noqa: N815 (MagicMind spelling)
+    kTensorflow = "tensorflow"  # noqa: N815 (MagicMind spelling)
 
 
 _EXPORT_HINT = {

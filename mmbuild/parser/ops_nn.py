@@ -8,7 +8,6 @@ height of 1 (an ``Unsqueeze`` before, a ``Squeeze`` after).
 
 from __future__ import annotations
 
-
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ def _spatial(ctx: NodeContext, x: ITensor) -> tuple[ITensor, bool]:
 
 def _window_attrs(ctx: NodeContext, one_d: bool, n: int = 2) -> dict[str, Any]:
     """kernel_shape, strides, dilations and pads (t, b, l, r) of a 1-D or 2-D window."""
+
     def pair(name: str, default: int) -> tuple[int, int]:
         v = list(ctx.attr(name, [default] * (1 if one_d else 2)))
         return (1, v[0]) if one_d else (v[0], v[1])
@@ -62,7 +62,9 @@ def _window_attrs(ctx: NodeContext, one_d: bool, n: int = 2) -> dict[str, Any]:
     }
 
 
-def _auto_pad(ctx: NodeContext, node: Any, x: ITensor, k: tuple[int, int], w: dict[str, Any]) -> None:
+def _auto_pad(
+    ctx: NodeContext, node: Any, x: ITensor, k: tuple[int, int], w: dict[str, Any]
+) -> None:
     """Apply ONNX auto_pad: NOTSET uses ``pads``, VALID none, SAME_UPPER TensorFlow SAME."""
     mode = ctx.attr("auto_pad", "NOTSET")
     if mode == "VALID":
@@ -219,6 +221,25 @@ def import_layer_norm(ctx: NodeContext) -> list[Any]:
     return outs
 
 
+@imports(
+    "InstanceNormalization",
+    notes="a layer norm over the spatial axes [2, rank), then the per-channel scale and B",
+)
+def import_instance_norm(ctx: NodeContext) -> list[Any]:
+    x = ctx.tensor(0)
+    rank = len(x.get_dimension())
+    y = ctx.net.add_i_layer_norm_node(x, None, None, 2, ctx.attr("epsilon", 1e-5)).get_output(0)
+    per_channel = [-1] + [1] * (rank - 2)
+    scale = _reshaped_const(ctx, ctx.array(1, "scale"), per_channel)
+    bias = _reshaped_const(ctx, ctx.array(2, "B"), per_channel)
+    return [binary(ctx, binary(ctx, y, scale, IElementwise.MUL), bias, IElementwise.ADD)]
+
+
+def _reshaped_const(ctx: NodeContext, a: np.ndarray, shape: list[int]) -> ITensor:
+    arr = np.ascontiguousarray(a.astype(np.float32).reshape(shape))
+    return ctx.net.add_i_const_node(DataType.FLOAT32, Dims(list(arr.shape)), arr).get_output(0)
+
+
 def _norm_stats(ctx: NodeContext, x: ITensor, axis: int, eps: float) -> list[ITensor]:
     """mean and 1 / sqrt(var + eps) over the axes [axis, rank), kept as size 1."""
     from mmbuild.ops.activation import IActivation
@@ -359,5 +380,3 @@ def import_resize(ctx: NodeContext) -> list[Any]:
     attrs["nearest_mode"] = _NEAREST[nearest]
     # added in NCHW at once: a scale read through the default NHWC could not fit
     return [ctx.net._add_node(IResizeNode, [x], attrs).get_output(0)]
-
-

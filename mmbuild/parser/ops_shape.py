@@ -138,8 +138,11 @@ def import_concat(ctx: NodeContext) -> list[Any]:
     return [ctx.net.add_i_concat_node(ctx.attr("axis"), ts).get_output(0)]
 
 
-@imports("Split", notes="split as attribute or input, num_outputs, equal parts",
-         limits={"uneven": "num_outputs that does not divide the axis is not imported"})  # fmt: skip
+@imports(
+    "Split",
+    notes="split as attribute or input, num_outputs, equal parts",
+    limits={"uneven": "num_outputs that does not divide the axis is not imported"},
+)
 def import_split(ctx: NodeContext) -> list[Any]:
     x = ctx.tensor(0)
     axis = ctx.attr("axis", 0)

@@ -33,6 +33,17 @@ class Dim:
 UNKNOWN = Dim(None)
 
 
+@dataclass(frozen=True)
+class QuantParams:
+    """ONNX linear quantization: ``q = clip(rint(x / scale) + zero_point, qmin, qmax)``."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+    axis: int
+
+
 @dataclass
 class Value:
     """One ONNX value during import (see the module docstring)."""
@@ -40,6 +51,10 @@ class Value:
     name: str
     tensor: ITensor | None = None
     array: np.ndarray | None = None
+    # the output of a QuantizeLinear waiting for its DequantizeLinear: the float value it
+    # quantizes (``source``) and its parameters
+    quant: QuantParams | None = None
+    source: Value | None = None
 
     @property
     def is_known(self) -> bool:

@@ -21,7 +21,7 @@ from mmbuild.ir.node import INode
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims
 from mmbuild.parser import fold
-from mmbuild.parser.table import IMPORTS, OpEntry, UnsupportedFeature, load_table
+from mmbuild.parser.table import IMPORTS, OpEntry, UnsupportedFeatureError, load_table
 from mmbuild.parser.values import Value
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Importer:
             if entry is None or entry.handler is None:
                 if entry is None:
                     raise self._unknown(op, name, "")
-                raise UnsupportedFeature(
+                raise UnsupportedFeatureError(
                     f"{where}: {op} is imported only when its inputs are known at parse time, "
                     "and here they are computed at run time",
                     op,
@@ -140,7 +140,7 @@ class Importer:
             before = len(self.net.nodes)
             try:
                 outs = entry.handler(ctx)
-            except UnsupportedFeature:
+            except UnsupportedFeatureError:
                 raise
             except MMError as exc:
                 raise MMError(f"{where}: {exc}", exc.code) from None
@@ -177,7 +177,7 @@ class Importer:
         producer = t.get_producer() if t is not None else None
         if t is None or t.is_input or (producer is not None and producer.op == "const"):
             what = "a graph input" if t is not None and t.is_input else "a constant"
-            raise UnsupportedFeature(
+            raise UnsupportedFeatureError(
                 f"{self.source}: graph output {name!r} is {what} (folded at parse time "
                 "or passed through); mmbuild runs computed outputs only",
                 "(graph output)",
@@ -196,9 +196,11 @@ class Importer:
         taken = self.net.find_node_by_name(name)
         if taken is not None and taken is not node:
             if taken in self.claimed_nodes:
-                name = _free(name, lambda n: self.net.find_node_by_name(n) is not None)
+                name = _free(name + "_", lambda n: self.net.find_node_by_name(n) is not None)
             else:
-                taken.set_node_name(_free(name + "~", lambda n: self.net.find_node_by_name(n)))
+                taken.set_node_name(
+                    _free(name + "~", lambda n: self.net.find_node_by_name(n) is not None)
+                )
         node.set_node_name(name)
         self.claimed_nodes.add(node)
 
@@ -226,6 +228,12 @@ class Importer:
         """The tensor of a value: a const node (named after the value) for a known array."""
         if v.tensor is not None:
             return v.tensor
+        if v.quant is not None:
+            raise MMError(
+                f"value {v.name!r} is the output of a QuantizeLinear; mmbuild imports it only "
+                "when a DequantizeLinear reads it (the pair becomes the range of its input)",
+                Code.UNAVAILABLE,
+            )
         if v.array is None or v.is_folding:
             raise MMError(
                 f"value {v.name!r} is a shape computed from run-time dimensions; it cannot be "
@@ -306,7 +314,7 @@ class NodeContext:
         """Refuse the node for the reason the import table lists under ``key``."""
         reason = (self.entry.limits.get(key) if self.entry else None) or detail or key
         extra = f" ({detail})" if detail and detail != reason else ""
-        raise UnsupportedFeature(
+        raise UnsupportedFeatureError(
             f"ONNX node {self.name!r} ({self.op_type}, opset {self.opset}): {reason}{extra}",
             self.op_type,
             key,
