@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from mmbuild import parser
 from mmbuild.builder import Builder
 from mmbuild.calib import CalibDataInterface, Calibrator, QuantizationAlgorithm
 from mmbuild.config import BuilderConfig
@@ -14,7 +15,6 @@ from mmbuild.ir.node import INode, Policy
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
-from mmbuild import parser
 from mmbuild.parser import ModelKind, Parser
 from mmbuild.reference import run_reference
 from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
