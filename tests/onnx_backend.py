@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -90,19 +91,18 @@ def run_case(name: str) -> tuple[str, str]:
     for info, arr in list(zip(live, inputs))[run_time:]:
         graph.initializer.append(numpy_helper.from_array(arr, info.name))
         graph.input.remove(info)
-    path = Path("/tmp") / f"mmbuild_backend_{name}.onnx"
-    onnx.save(model, str(path))
     net = mm.Network()
-    try:
-        mm.Parser(mm.ModelKind.kOnnx).parse(net, str(path))
-    except UnsupportedFeatureError as exc:
-        return "skip", f"{exc.op_type}: {exc.limit}: {exc}"
-    except mm.MMError as exc:
-        if "mmbuild imports opsets" in str(exc):
-            return "skip", f"opset: {exc}"
-        raise
-    finally:
-        path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        onnx.save(model, str(path))
+        try:
+            mm.Parser(mm.ModelKind.kOnnx).parse(net, str(path))
+        except UnsupportedFeatureError as exc:
+            return "skip", f"{exc.op_type}: {exc.limit}: {exc}"
+        except mm.MMError as exc:
+            if "mmbuild imports opsets" in str(exc):
+                return "skip", f"opset: {exc}"
+            raise
     model_ = mm.Builder().build_model(name, net)
     ctx = model_.create_i_engine().create_i_context()
     feeds = ctx.create_inputs()
@@ -122,25 +122,32 @@ def run_case(name: str) -> tuple[str, str]:
     return "pass", ""
 
 
-def summary() -> dict[str, collections.Counter[str]]:
-    """op -> Counter of outcomes over the cases that use it."""
+def summary() -> tuple[dict[str, collections.Counter[str]], collections.Counter[str]]:
+    """op -> Counter of outcomes over the cases that use it, and the skip reasons counted by
+    (op, limit)."""
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    reasons: collections.Counter[str] = collections.Counter()
     for name, ops in cases().items():
         try:
-            outcome, _ = run_case(name)
+            outcome, reason = run_case(name)
         except Exception as exc:  # a failure, counted and reported
-            outcome = "fail"
+            outcome, reason = "fail", ""
             print(
                 f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr
             )
+        if outcome == "skip":
+            reasons[": ".join(reason.split(": ")[:2])] += 1
         for op in ops:
             counts[op][outcome] += 1
-    return counts
+    return counts, reasons
 
 
 if __name__ == "__main__":
-    table = summary()
-    print("| op | pass | skip | fail |\n| --- | --- | --- | --- |")
+    table, skips = summary()
+    print("| op | cases passed | skipped | failed |\n| --- | --- | --- | --- |")
     for op in sorted(table):
         c = table[op]
         print(f"| {op} | {c['pass']} | {c['skip']} | {c['fail']} |")
+    print("\n| skipped because (op: reason key) | cases |\n| --- | --- |")
+    for reason, n in skips.most_common():
+        print(f"| {reason} | {n} |")
