@@ -367,3 +367,34 @@ def test_import_table_covers_the_ops_of_the_issue() -> None:
     Pad Resize Upsample Cast Identity Dropout LayerNormalization InstanceNormalization Expand
     Gather Where Equal Shape Range ConstantOfShape QuantizeLinear DequantizeLinear""".split()  # noqa: SIM905
     assert [op for op in wanted if op not in table] == []
+
+
+@pytest.mark.parametrize("square", ["Pow", "Mul"])
+def test_a_written_out_layer_norm_imports_as_one_node(tmp_path: Path, square: str) -> None:
+    sq = (
+        helper.make_node("Pow", ["d", "two"], ["d2"])
+        if square == "Pow"
+        else helper.make_node("Mul", ["d", "d"], ["d2"])
+    )
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        sq,
+        helper.make_node("ReduceMean", ["d2"], ["v"], axes=[-1]),
+        helper.make_node("Add", ["v", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["s"]),
+        helper.make_node("Div", ["d", "s"], ["n"], "norm"),
+        helper.make_node("Mul", ["n", "gamma"], ["y"], "affine"),
+    ]
+    inits = {
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "gamma": np.linspace(0.5, 2, 16, dtype=np.float32),
+    }
+    path = save(tmp_path, nodes, [vi("x", [2, 3, 16])], [vi("y", None)], inits, opset=13)
+    net = parse(path)
+    types = [n.get_node_type() for n in net.get_all_nodes_in_network() if n.op != "const"]
+    assert types == ["ILayerNormNode", "IElementwiseNode"]
+    assert net.find_node_by_name("norm").get_node_type() == "ILayerNormNode"
+    x = np.random.default_rng(3).standard_normal((2, 3, 16)).astype(np.float32) * 3 + 1
+    np.testing.assert_allclose(run(net, x)[0], ort_run(path, x)[0], rtol=1e-5, atol=1e-5)

@@ -212,7 +212,7 @@ def import_batch_norm(ctx: NodeContext) -> list[Any]:
 )
 def import_layer_norm(ctx: NodeContext) -> list[Any]:
     x = ctx.tensor(0)
-    scale = ctx.tensor(1)
+    scale = ctx.tensor(1) if ctx.has(1) else None  # None: a recognised chain (see patterns)
     bias = ctx.tensor(2) if ctx.has(2) else None
     axis, eps = ctx.attr("axis", -1), ctx.attr("epsilon", 1e-5)
     outs: list[Any] = [ctx.net.add_i_layer_norm_node(x, scale, bias, axis, eps).get_output(0)]

@@ -20,7 +20,7 @@ from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims
-from mmbuild.parser import fold
+from mmbuild.parser import fold, patterns
 from mmbuild.parser.table import IMPORTS, OpEntry, UnsupportedFeatureError, load_table
 from mmbuild.parser.values import Value
 
@@ -52,7 +52,7 @@ class Importer:
         self.input_dtypes = input_dtypes
         self.values: dict[str, Value] = {}
         self.claimed_nodes: set[INode] = set()
-        self.claimed_tensors: set[ITensor] = set()
+        self.recognised: set[int] = set()  # ids of nodes that stand for a recognised chain
         self.opset = self._opset()
         load_table()
 
@@ -86,7 +86,8 @@ class Importer:
             )
         for k, info in enumerate(inputs):
             self._add_input(k, info)
-        for node in graph.node:
+        nodes, self.recognised = patterns.layer_norm_chains(self.model)
+        for node in nodes:
             self.import_node(node)
         for out in graph.output:
             self._mark_output(out.name)
@@ -119,7 +120,7 @@ class Importer:
             if tname and v is None:
                 raise MMError(f"{where}: input {i} ({tname!r}) is not computed before it")
         entry = IMPORTS.get(op)
-        if entry is not None and self.opset < entry.since:
+        if entry is not None and self.opset < entry.since and id(node) not in self.recognised:
             raise MMError(
                 f"{where}: mmbuild imports {op} from opset {entry.since}; opset {self.opset} of "
                 f"{op} is not supported (convert the model to opset {entry.since} or newer)",
@@ -206,7 +207,6 @@ class Importer:
 
     def _claim_tensor(self, tensor: ITensor, name: str) -> None:
         self._rename_tensor(tensor, name)
-        self.claimed_tensors.add(tensor)
 
     def _rename_tensor(self, tensor: ITensor, name: str) -> None:
         taken = self.net.find_tensor_by_name(name)
