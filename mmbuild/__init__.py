@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from mmbuild import parser
 from mmbuild.builder import Builder
 from mmbuild.calib import CalibDataInterface, Calibrator, QuantizationAlgorithm
 from mmbuild.config import BuilderConfig
@@ -14,6 +15,7 @@ from mmbuild.ir.node import INode, Policy
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range, get_datatype_by_numpy
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
+from mmbuild.parser import ModelKind, Parser
 from mmbuild.reference import run_reference
 from mmbuild.runtime.device import Device, EngineConfig, Queue, System
 from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
@@ -40,7 +42,9 @@ __all__ = [
     "Layout",
     "MMError",
     "Model",
+    "ModelKind",
     "Network",
+    "Parser",
     "Policy",
     "QuantizationAlgorithm",
     "Queue",
@@ -49,6 +53,7 @@ __all__ = [
     "System",
     "__version__",
     "get_datatype_by_numpy",
+    "parser",
     "run_reference",
     *_OPS_PUBLIC,
 ]

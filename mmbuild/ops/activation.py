@@ -33,6 +33,12 @@ class IActivation(enum.Enum):
     HARD_SIGMOID = "hard_sigmoid"
     HARD_SWISH = "hard_swish"
     ELU = "elu"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    ERF = "erf"
+    SOFTPLUS = "softplus"
+    MISH = "mish"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,12 @@ class ActivationDef:
     fn: Callable[[np.ndarray, float, float], np.ndarray]
     alpha: float | None = None  # default alpha, None when the function has none
     beta: float | None = None
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.vectorize(erf, otypes=[np.float64])(x)
 
 
 def _one_plus_erf(z: np.ndarray) -> np.ndarray:
@@ -76,6 +88,14 @@ ACTIVATIONS: dict[IActivation, ActivationDef] = {
         "x if x > 0 else alpha * (exp(x) - 1)",
         lambda x, a, b: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
         alpha=1.0,
+    ),
+    IActivation.EXP: ActivationDef("exp(x)", lambda x, a, b: np.exp(x)),
+    IActivation.LOG: ActivationDef("log(x) (-inf at 0, NaN below)", lambda x, a, b: np.log(x)),
+    IActivation.SQRT: ActivationDef("sqrt(x) (NaN below 0)", lambda x, a, b: np.sqrt(x)),
+    IActivation.ERF: ActivationDef("erf(x)", lambda x, a, b: _erf(x)),
+    IActivation.SOFTPLUS: ActivationDef("log1p(exp(x))", lambda x, a, b: np.log1p(np.exp(x))),
+    IActivation.MISH: ActivationDef(
+        "x * tanh(log1p(exp(x)))", lambda x, a, b: x * np.tanh(np.log1p(np.exp(x)))
     ),
 }
 
@@ -135,7 +155,8 @@ class IActivationNode(INode):
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         d = ACTIVATIONS[self.mode]
         x = arrays[0].astype(np.float64)
-        with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives the right limit, 0
+        # exp(-x) -> inf for x << 0 gives the right limit, 0; log and sqrt give -inf / NaN
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             y = d.fn(x, self.attrs["alpha"] or 0.0, self.attrs["beta"] or 0.0)
         return [np.asarray(y, dtype=np.float32)]
 

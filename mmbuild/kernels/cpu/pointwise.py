@@ -45,6 +45,7 @@ vectorising a loop).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,7 @@ def apply_fused(y, act):  # type: ignore[no-untyped-def]
 # Codes: the piecewise functions first (float64, exact), then the smooth ones (float32
 # polynomials); each has a loop of its own, which LLVM vectorises.
 _RELU, _RELU6, _LEAKY, _HSIGMOID, _HSWISH, _CLIP, _SIGMOID, _TANH, _GELU, _SILU, _ELU = range(11)
+_EXP, _LOG, _SQRT, _ERF, _SOFTPLUS, _MISH = range(11, 17)
 _ACT_CODES = {
     IActivation.RELU: _RELU,
     IActivation.RELU6: _RELU6,
@@ -168,6 +170,12 @@ _ACT_CODES = {
     IActivation.GELU: _GELU,
     IActivation.SILU: _SILU,
     IActivation.ELU: _ELU,
+    IActivation.EXP: _EXP,
+    IActivation.LOG: _LOG,
+    IActivation.SQRT: _SQRT,
+    IActivation.ERF: _ERF,
+    IActivation.SOFTPLUS: _SOFTPLUS,
+    IActivation.MISH: _MISH,
 }
 
 
@@ -230,6 +238,28 @@ def _silu(x, a):  # type: ignore[no-untyped-def]
     return silu32(x)
 
 
+# The functions real models use rarely (ONNX Exp, Log, Sqrt, Erf, Softplus, Mish): float64 libm,
+# as their reference computes them, one scalar call per element (1 ulp, see the module docstring).
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _libm(x, a, b, code):  # type: ignore[no-untyped-def]
+    if code == _EXP:
+        return math.exp(x)
+    if code == _LOG:
+        # np.log: -inf at 0 (either sign), NaN below 0; math.log would raise instead
+        if x == 0.0:
+            return -math.inf
+        return math.log(x) if x > 0.0 else math.nan
+    if code == _SQRT:
+        # np.sqrt keeps -0.0; NaN below 0
+        return math.sqrt(x) if x >= 0.0 else math.nan
+    if code == _ERF:
+        return math.erf(x)
+    if code == _SOFTPLUS:
+        return math.log1p(math.exp(x))
+    # MISH
+    return x * math.tanh(math.log1p(math.exp(x)))
+
+
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _map(fn, xs, ys, a, b, code, act):  # type: ignore[no-untyped-def]
     """``ys[j] = float32(fn(float64(xs[j])))`` then the fused activation. ``xs`` and ``ys`` are
@@ -269,8 +299,10 @@ def _unary_range(x, out, code, a, b, act, start, stop):  # type: ignore[no-untyp
         _map32(_gelu, xs, ys, np.float32(a), act)
     elif code == _SILU:
         _map32(_silu, xs, ys, np.float32(a), act)
-    else:
+    elif code == _ELU:
         _map32(elu32, xs, ys, np.float32(a), act)
+    else:
+        _map(_libm, xs, ys, a, b, code, act)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
@@ -289,7 +321,7 @@ class _UnaryKernel(Kernel):
         code, a, b = self.params(step)
         act = fused_activation(step)
         name = step.name
-        cost = COST_POLY if code >= _SIGMOID else COST_SIMPLE
+        cost = COST_LIBM if code >= _EXP else COST_POLY if code >= _SIGMOID else COST_SIMPLE
 
         def run(inputs: Buffers, outputs: Buffers) -> None:
             out = contiguous_out(outputs[0], name)
@@ -301,7 +333,7 @@ class _UnaryKernel(Kernel):
 
 @register_kernel
 class ActivationKernel(_UnaryKernel):
-    """The ten functions of ``mm.IActivation``, float32 and float16."""
+    """The functions of ``mm.IActivation``, float32 and float16."""
 
     name = "activation"
     ops = ("activation",)
