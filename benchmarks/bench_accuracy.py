@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 
 from onnx_models import model_input, model_path
+from sample_cnn import ImageBatches
 
 import mmbuild as mm
 
@@ -35,29 +36,6 @@ CALIBRATION = [(2, k) for k in (1, 2, 4)]  # (batch, image offset)
 EVALUATION = (4, 0)
 
 
-class Batches(mm.CalibDataInterface):
-    def __init__(self, batches: list[np.ndarray]) -> None:
-        super().__init__()
-        self.batches, self.i = batches, -1
-
-    def get_shape(self) -> mm.Dims:
-        return mm.Dims(list(self.batches[self.i].shape))
-
-    def get_data_type(self) -> mm.DataType:
-        return mm.DataType.FLOAT32
-
-    def get_sample(self) -> np.ndarray:
-        return self.batches[self.i]
-
-    def next(self) -> mm.Status:
-        self.i += 1
-        if self.i >= len(self.batches):
-            return mm.Status(mm.Code.OUT_OF_RANGE, "end of data")
-        return mm.Status.OK()
-
-    def reset(self) -> mm.Status:
-        self.i = -1
-        return mm.Status.OK()
 
 
 def agreement(key: str, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
@@ -86,7 +64,7 @@ def mmbuild_run(key: str, mode: str, algo: mm.QuantizationAlgorithm | None, x: n
     precision = {"precision_mode": mode, "weight_quant_granularity": "per_axis"}
     config.parse_from_string(json.dumps({"precision_config": precision}))
     if algo is not None:
-        calib = mm.Calibrator([Batches([model_input(key, b, k) for b, k in CALIBRATION])])
+        calib = mm.Calibrator([ImageBatches([model_input(key, b, k) for b, k in CALIBRATION])])
         calib.set_quantization_algorithm(algo)
         if algo is mm.QuantizationAlgorithm.PERCENTILE_ALGORITHM:
             calib.set_percentile(99.99)

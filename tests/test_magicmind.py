@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_cnn import ImageBatches
 
 import mmbuild as mm
 from mmbuild.errors import Code
@@ -304,40 +305,16 @@ def test_insert_bn_on_an_nhwc_network_uses_its_last_axis() -> None:
 
 
 def test_calibration_reads_samples_as_the_model_takes_them() -> None:
-    class Batches(mm.CalibDataInterface):
-        def __init__(self, batches: list[np.ndarray]) -> None:
-            super().__init__()
-            self.batches, self.i = batches, -1
-
-        def get_shape(self) -> mm.Dims:
-            return mm.Dims(self.batches[self.i].shape)
-
-        def get_data_type(self) -> mm.DataType:
-            return mm.DataType.FLOAT32
-
-        def get_sample(self) -> np.ndarray:
-            return self.batches[self.i]
-
-        def next(self) -> mm.Status:
-            self.i += 1
-            if self.i >= len(self.batches):
-                return mm.Status(mm.Code.OUT_OF_RANGE, "end")
-            return mm.Status.OK()
-
-        def reset(self) -> mm.Status:
-            self.i = -1
-            return mm.Status.OK()
-
     raw = [RNG.uniform(0, 4, (2, 6, 6, 3)).astype(np.float32) for _ in range(3)]
     config = config_of(insert_bn_before_firstnode=NORMALISE, convert_input_layout=TO_NHWC)
     net, plain = nchw_conv_net(), nchw_conv_net()
-    mm.Calibrator([Batches(raw)]).calibrate(net, config)
+    mm.Calibrator([ImageBatches(raw)]).calibrate(net, config)
     by_hand = [np.ascontiguousarray(normalise(b, 3).transpose(0, 3, 1, 2)) for b in raw]
-    mm.Calibrator([Batches(by_hand)]).calibrate(plain, mm.BuilderConfig())
+    mm.Calibrator([ImageBatches(by_hand)]).calibrate(plain, mm.BuilderConfig())
     ranges = [t.get_dynamic_range() for t in net.tensors()]
     assert ranges == [t.get_dynamic_range() for t in plain.tensors()] and ranges[0] is not None
-    with pytest.raises(mm.MMError, match=r"data source 0 \(Batches\).*\[-1, 6, 6, 3\]"):
-        mm.Calibrator([Batches([np.zeros((2, 6, 6), np.float32)])]).calibrate(net, config)
+    with pytest.raises(mm.MMError, match=r"data source 0 \(ImageBatches\).*\[-1, 6, 6, 3\]"):
+        mm.Calibrator([ImageBatches([np.zeros((2, 6, 6), np.float32)])]).calibrate(net, config)
 
 
 def test_graph_shape_mutable_false_needs_fixed_shapes_and_refuses_others() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from onnx_models import model_input, model_path
+from sample_cnn import ImageBatches
 
 import mmbuild as mm
 from mmbuild.config.schema import PRECISION_MODES
@@ -62,29 +63,6 @@ def agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return cos, float(np.abs(got - want).max())
 
 
-class Batches(mm.CalibDataInterface):
-    def __init__(self, batches: list[np.ndarray]) -> None:
-        super().__init__()
-        self.batches, self.i = batches, -1
-
-    def get_shape(self) -> mm.Dims:
-        return mm.Dims(list(self.batches[self.i].shape))
-
-    def get_data_type(self) -> mm.DataType:
-        return mm.DataType.FLOAT32
-
-    def get_sample(self) -> np.ndarray:
-        return self.batches[self.i]
-
-    def next(self) -> mm.Status:
-        self.i += 1
-        if self.i >= len(self.batches):
-            return mm.Status(mm.Code.OUT_OF_RANGE, "end of data")
-        return mm.Status.OK()
-
-    def reset(self) -> mm.Status:
-        self.i = -1
-        return mm.Status.OK()
 
 
 def check_fp32(key: str, batch: int) -> None:
@@ -123,7 +101,7 @@ def test_model_builds_and_runs_in_every_mode(key: str, mode: str) -> None:
     net, path = parse(key)
     config = config_for(mode)
     if mode.startswith("qint"):
-        calib = mm.Calibrator([Batches([model_input(key, 2, offset=k) for k in range(2)])])
+        calib = mm.Calibrator([ImageBatches([model_input(key, 2, offset=k) for k in range(2)])])
         assert calib.calibrate(net, config).ok()
     # the detector sees text (and finds nothing to map in the photographs)
     x = model_input(key, 2, offset=0 if key == "ocr_det" else 3)
