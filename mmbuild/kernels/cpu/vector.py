@@ -175,34 +175,26 @@ vzero_f32 = intrinsic(_zero("f32"))
 vzero_f32.__doc__ = "All-zero float32 vector of ``lanes`` lanes."
 
 
-@intrinsic
-def vsplat_i32(typingctx, x, lanes):  # type: ignore[no-untyped-def]
-    """An integer scalar (truncated to int32) in every lane."""
-    n = lanes_of(lanes)
-    if n is None or not isinstance(x, types.Integer):
-        return None
-    ty = vec("i32", n)
+def _splat_of(element: str, scalar: Any, as_type: Any):  # type: ignore[no-untyped-def]
+    def typer(typingctx, x, lanes):  # type: ignore[no-untyped-def]
+        n = lanes_of(lanes)
+        if n is None or not isinstance(x, scalar):
+            return None
+        ty = vec(element, n)
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        scalar = context.cast(builder, args[0], sig.args[0], types.int32)
-        return splat(builder, ty.llvm_type, scalar)
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            value = context.cast(builder, args[0], sig.args[0], as_type)
+            return splat(builder, ty.llvm_type, value)
 
-    return ty(x, lanes), codegen
+        return ty(x, lanes), codegen
+
+    return typer
 
 
-@intrinsic
-def vsplat_f32(typingctx, x, lanes):  # type: ignore[no-untyped-def]
-    """A float scalar (rounded to float32) in every lane."""
-    n = lanes_of(lanes)
-    if n is None or not isinstance(x, types.Float):
-        return None
-    ty = vec("f32", n)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
-        return splat(builder, ty.llvm_type, scalar)
-
-    return ty(x, lanes), codegen
+vsplat_i32 = intrinsic(_splat_of("i32", types.Integer, types.int32))
+vsplat_i32.__doc__ = "An integer scalar (truncated to int32) in every lane."
+vsplat_f32 = intrinsic(_splat_of("f32", types.Float, types.float32))
+vsplat_f32.__doc__ = "A float scalar (rounded to float32) in every lane."
 
 
 @intrinsic
