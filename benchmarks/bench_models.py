@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,16 @@ POOLS = {"IMaxPool2DNode": "MaxPool", "IAvgPool2DNode": "AveragePool"}
 
 
 def cnn_onnx_seconds(net: mm.Network, x: np.ndarray, runs: int) -> float | None:
-    """Time of the sample CNN in onnxruntime (NCHW inside, one transpose in), or None without
-    onnx/onnxruntime."""
+    """Time of the sample CNN in onnxruntime, or None without onnx/onnxruntime."""
+    session = cnn_onnx_session(net, x)
+    if session is None:
+        return None
+    return median_time(lambda: session.run(None, {"x": x}), runs)
+
+
+def cnn_onnx_session(net: mm.Network, x: np.ndarray) -> Any:
+    """The sample CNN as an onnxruntime fp32 session (NCHW inside, one transpose in), checked
+    against the network on ``x``; None without onnx/onnxruntime."""
     try:
         import onnx
         import onnxruntime as ort
@@ -106,7 +115,7 @@ def cnn_onnx_seconds(net: mm.Network, x: np.ndarray, runs: int) -> float | None:
     got = session.run(None, {"x": x})[0]
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise SystemExit("the ONNX export of the sample CNN does not match the network")
-    return median_time(lambda: session.run(None, {"x": x}), runs)
+    return session
 
 
 def bench(name: str, make: Callable[[], mm.Network], x: np.ndarray, runs: int) -> None:

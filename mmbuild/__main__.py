@@ -1,7 +1,9 @@
-"""``python -m mmbuild``: the command line (mmbuild.cli)."""
+"""``python -m mmbuild``: the same as the ``mmbuild`` console script."""
 
 from __future__ import annotations
 
+import sys
+
 from mmbuild.cli import main
 
-raise SystemExit(main())
+sys.exit(main())

@@ -3,13 +3,17 @@
 ``build_model(name, network, config)`` runs, in order:
 
 1. ``INode.validate`` on every node (values the shapes implied but no setter confirmed);
-2. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
-3. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
-   never edited), rewritten by the pass pipeline (:mod:`mmbuild.passes`);
-4. conversions: where a node's input precision differs from the float type its input arrives
+2. the model's edges (:func:`mmbuild.config.model_io.model_edges`): the config's
+   ``convert_input_layout``, ``insert_bn_before_firstnode``, ``convert_output_layout``,
+   ``graph_shape_mutable`` and ``dim_range``, checked against the network;
+3. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
+4. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
+   never edited), with the edges' nodes inserted (:mod:`mmbuild.passes.io_rewrites`), rewritten
+   by the pass pipeline (:mod:`mmbuild.passes`);
+5. conversions: where a node's input precision differs from the float type its input arrives
    in, a ``cast`` node is inserted (shared by all readers that need the same conversion), and a
    constant read at run time is stored in the precision of its reader;
-5. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
+6. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
    prepares what it needs once (weights quantized and packed, epilogues).
 
 Example: in ``qint8_mixed_float16`` the sample CNN's first conv reads the float32 network input
@@ -26,7 +30,8 @@ import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
 from mmbuild.config import BuilderConfig
-from mmbuild.errors import MMError
+from mmbuild.config.model_io import ModelEdges, model_edges
+from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node, Tensor
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import Policy
@@ -59,6 +64,7 @@ class Builder(CamelCaseAliases):
                 f"build_model: config must be an mm.BuilderConfig or omitted, not {type(config)!r}"
             )
         config = config or BuilderConfig()
+        network.check_input_shapes_known(f"build_model({name!r})")
         if not network.outputs:
             raise MMError(
                 f"build_model({name!r}): the network has no outputs; mark them with "
@@ -66,12 +72,18 @@ class Builder(CamelCaseAliases):
             )
         for inode in network.nodes:
             inode.validate()
+        edges = model_edges(network, config)
         plan = plan_precision(network, config)
-        graph = lower_graph(network, config, plan)
+        graph = lower_graph(network, config, plan, edges)
         steps = lower_steps(graph)
+        ranges = {e.name: (e.min_dims, e.max_dims) for e in edges.inputs}
 
         def info(t: str) -> TensorInfo:
             return TensorInfo(t, graph.tensors[t].dims, graph.tensors[t].dtype)
+
+        def input_info(t: str) -> TensorInfo:
+            lo, hi = ranges.get(t, (None, None))
+            return TensorInfo(t, graph.tensors[t].dims, graph.tensors[t].dtype, lo, hi)
 
         read = {t for s in steps for t in s.inputs}
         constants = {
@@ -81,7 +93,7 @@ class Builder(CamelCaseAliases):
         data = ModelData(
             name=name,
             mode=config.precision_mode,
-            inputs=[info(t) for t in graph.inputs],
+            inputs=[input_info(t) for t in graph.inputs],
             outputs=[info(t) for t in graph.outputs],
             tensors={t: info(t) for t in sorted(used)},
             constants=constants,
@@ -93,15 +105,21 @@ class Builder(CamelCaseAliases):
         return Model._from_data(data)
 
 
-def lower_graph(network: Network, config: BuilderConfig, plan: PrecisionPlan) -> Graph:
-    """The network as a graph with the plan's precisions, passes run and casts inserted."""
+def lower_graph(
+    network: Network, config: BuilderConfig, plan: PrecisionPlan, edges: ModelEdges | None = None
+) -> Graph:
+    """The network as a graph with the plan's precisions and the model edges the config asks
+    for (layout conversions, input normalisation), passes run and casts inserted."""
     from mmbuild.passes import run_passes
+    from mmbuild.passes.io_rewrites import apply_model_edges
 
     graph = Graph.from_network(network, plan)
     graph.options = {
         "weight_quant_granularity": config.weight_quant_granularity,
         "activation_quant_algo": config.activation_quant_algo,
     }
+    edges = edges if edges is not None else model_edges(network, config)
+    apply_model_edges(graph, edges)
     run_passes(graph)
     insert_conversions(graph)
     _check_outputs_produced(graph)
@@ -112,6 +130,8 @@ def lower_steps(graph: Graph) -> list[Step]:
     """One step per node: its kernel from the table and what the kernel prepared."""
     steps = []
     for node in graph.nodes:
+        if node.op == "cast":
+            _check_cast_types(graph, node)
         kernel = find_kernel(node)
         lowered = kernel.lower(node, graph)
         steps.append(
@@ -172,6 +192,27 @@ def insert_conversions(graph: Graph) -> None:
             node.inputs[i] = casts[key]
         nodes.append(node)
     graph.nodes = nodes
+
+
+# The cast kernel reads every uint16 buffer as float16 bits and converts float64 only down to
+# float32 / float16, so these types cast exactly only as listed here.
+_CASTS_FROM = {DataType.FLOAT64: (DataType.FLOAT32, DataType.FLOAT16)}
+_NO_CAST = (DataType.UINT16, DataType.FLOAT64)
+
+
+def _check_cast_types(graph: Graph, node: Node) -> None:
+    """Refuse, naming the node, a cast the cast kernel cannot do exactly (see ``_NO_CAST``)."""
+    src, dst = graph.tensors[node.inputs[0]].dtype, node.output_types[0]
+    if src is dst or dst in _CASTS_FROM.get(src, ()):
+        return
+    if src in _NO_CAST or dst in _NO_CAST:
+        allowed = ", ".join(f"{a.name} -> {b.name}" for a, bs in _CASTS_FROM.items() for b in bs)
+        raise MMError(
+            f"{node.node_type} {node.name!r}: no kernel casts {src.name} to {dst.name}; "
+            f"UINT16 and FLOAT64 tensors are moved (copy, permute, reshape, ...) but the only "
+            f"casts from or to them are {allowed}. Give the network input as FLOAT32 or INT32",
+            Code.UNAVAILABLE,
+        )
 
 
 def constant_buffer(tensor: Tensor) -> np.ndarray:

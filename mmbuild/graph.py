@@ -35,6 +35,7 @@ from mmbuild.ops.registry import get_op
 
 if TYPE_CHECKING:
     from mmbuild.ir.network import Network
+    from mmbuild.ir.tensor import ITensor
     from mmbuild.precision import PrecisionPlan
 
 
@@ -110,11 +111,21 @@ class Graph:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_network(cls, network: Network, plan: PrecisionPlan | None = None) -> Graph:
-        """Copy ``network`` with ``plan``'s precisions (all float32 when ``plan`` is None)."""
+        """Copy ``network`` with ``plan``'s precisions (all float32 when ``plan`` is None).
+
+        Every tensor's range is the one the plan resolved (``PrecisionPlan.tensor_ranges``, from
+        ``precision.resolve_range``), never read from the network again. Without a plan (and so
+        without a config) that is the tensor's own range, set or calibrated.
+        """
         graph = cls({}, [], [t.name for t in network.inputs], [t.name for t in network.outputs])
-        ranges = plan.ranges if plan is not None else {}
+
+        def range_of(t: ITensor) -> Range | None:
+            return plan.tensor_ranges.get(t.name) if plan is not None else t.get_dynamic_range()
+
         for t in network.inputs:
-            graph.tensors[t.name] = Tensor(t.name, tuple(t.get_dimension()), t.get_data_type())
+            graph.tensors[t.name] = Tensor(
+                t.name, tuple(t.get_dimension()), t.get_data_type(), range=range_of(t)
+            )
         for inode in network.nodes:
             decided = plan[inode] if plan is not None else None
             out_types = (
@@ -127,7 +138,7 @@ class Graph:
                 continue
             for t, dtype in zip(inode.outputs, out_types):
                 graph.tensors[t.name] = Tensor(
-                    t.name, tuple(t.get_dimension()), dtype, range=t.get_dynamic_range()
+                    t.name, tuple(t.get_dimension()), dtype, range=range_of(t)
                 )
             graph.nodes.append(
                 Node(
@@ -145,11 +156,6 @@ class Graph:
                     notes=list(decided.notes) if decided else [],
                 )
             )
-        for name, rng in ranges.items():
-            if name in graph.tensors:
-                graph.tensors[name].range = rng
-        for t in network.inputs:
-            graph.tensors[t.name].range = t.get_dynamic_range()
         return graph
 
     # -- queries -----------------------------------------------------------------------------
@@ -215,9 +221,14 @@ class Graph:
             del self.tensors[name]
 
     def infer_dims(self) -> None:
-        """Re-run every node's shape rule in order (after a pass changed attributes)."""
+        """Re-run every node's shape rule in order (after a pass changed attributes). A float
+        tensor is seen in the float precision its slot reads it in (``insert_conversions``
+        casts it there later), so a float16 add of a float32 network input infers."""
         for node in self.nodes:
-            specs = [TensorSpec(self.tensors[t].dims, self.tensors[t].dtype) for t in node.inputs]
+            specs = [
+                TensorSpec(self.tensors[t].dims, _as_read(self.tensors[t].dtype, p))
+                for t, p in zip(node.inputs, node.precisions)
+            ]
             outs = node.declaration().infer(specs)
             for name, spec in zip(node.outputs, outs):
                 self.tensors[name].dims = spec.dims
@@ -263,6 +274,10 @@ def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
     if fn == "leaky_relu":
         return np.where(y < 0, y * np.float32(act["alpha"]), y)
     raise MMError(f"unknown fused activation {fn!r}", Code.INTERNAL)
+
+
+def _as_read(dtype: DataType, precision: DataType) -> DataType:
+    return precision if dtype.is_float and precision.is_float else dtype
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:

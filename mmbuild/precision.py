@@ -12,17 +12,22 @@ graph. The rules (API.md, "Precision semantics"):
 * A node-level setting wins, and is honoured or refused with the node and slot named. The
   quantizable inputs of one node share one domain, so quantizing one of them quantizes its
   partners too (noted in the plan).
-* Every QINT activation needs a range; the order of sources is: ``set_dynamic_range``, then the
-  config's ``custom_ranges`` entry for the tensor, then calibration, then ``custom_ranges[""]``.
+* Every QINT activation needs a range. :func:`resolve_range` is the one place that picks it; the
+  order of sources is: ``set_dynamic_range``, then the config's ``custom_ranges`` entry for the
+  tensor, then calibration, then ``custom_ranges[""]``. The plan keeps the resolved range of every
+  tensor (``tensor_ranges``), and the builder's graph copy, and so the kernels, read it from there.
   Constant weights are ranged from their values when the model is built.
 * fp16 guard: a float16 chosen by the mode (not by the user) for a node that touches a tensor
-  whose range exceeds 65504 falls back to float32, with a warning and a note in the plan.
+  whose range exceeds 65504 (a constant: whose largest finite value does) falls back to float32,
+  with a warning and a note in the plan.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from mmbuild.config import BuilderConfig
 from mmbuild.errors import MMError
@@ -68,6 +73,8 @@ class PrecisionPlan:
     mode: str
     nodes: dict[str, NodePrecision]
     ranges: dict[str, Range] = field(default_factory=dict)  # QINT activation tensor -> range
+    # every non-constant tensor that has a range (from any source) -> its resolved range
+    tensor_ranges: dict[str, Range] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def __getitem__(self, node: INode | str) -> NodePrecision:
@@ -81,6 +88,10 @@ def plan_precision(network: Network, config: BuilderConfig | None = None) -> Pre
     plan = PrecisionPlan(config.precision_mode, {})
     arrives: dict[ITensor, DataType] = {t: t.get_data_type() for t in network.inputs}
     problems: list[str] = []
+    for t in network.tensors():
+        rng = None if _is_constant(t) else resolve_range(t, config)
+        if rng is not None:
+            plan.tensor_ranges[t.get_tensor_name()] = rng
     for node in network.nodes:
         try:
             decided = _plan_node(node, qtype, ftype, arrives, config, plan)
@@ -211,15 +222,16 @@ def _guard_float16(
     if ftype is not DataType.FLOAT16:
         return ftype
     for t in [*node.inputs, *node.outputs]:
-        rng = t.get_dynamic_range() or _config_range(t, config)
-        if rng is not None and _magnitude(rng) > FLOAT16_MAX:
+        rng = None if _is_constant(t) else resolve_range(t, config)
+        reach = _magnitude(rng) if rng is not None else _constant_reach(t)
+        if reach is not None and reach > FLOAT16_MAX:
             msg = (
                 f"{node.node_type} {node.get_node_name()!r}: tensor {t.get_tensor_name()!r} "
-                f"reaches {_magnitude(rng):.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
+                f"reaches {reach:.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
                 "keeps FLOAT32 (set_precision / set_output_type to override)"
             )
             notes.append(
-                f"fp16 overflow guard: {t.get_tensor_name()} reaches {_magnitude(rng):.6g} > "
+                f"fp16 overflow guard: {t.get_tensor_name()} reaches {reach:.6g} > "
                 f"{FLOAT16_MAX:g}, kept FLOAT32"
             )
             plan.warnings.append(msg)
@@ -227,20 +239,32 @@ def _guard_float16(
     return ftype
 
 
-def _resolve_range(
-    node: INode, i: int, t: ITensor, dtype: DataType, config: BuilderConfig
-) -> Range:
-    name = t.get_tensor_name()
+def resolve_range(t: ITensor, config: BuilderConfig | None) -> Range | None:
+    """The range ``t`` is quantized with, or None: the one place that orders the sources.
+
+    ``t.set_dynamic_range`` > ``custom_ranges[name]`` > calibration > ``custom_ranges[""]``.
+    Example: with ``{"custom_ranges": {"": {"min": [-1], "max": [1]}}}`` and no other source,
+    every tensor resolves to ``Range(-1.0, 1.0)``; a calibrated tensor keeps its calibrated range.
+    """
     if t.has_user_range:
-        return t.get_dynamic_range()  # type: ignore[return-value]
-    exact = config.custom_ranges.get(name)
+        return t.get_dynamic_range()
+    ranges = config.custom_ranges if config is not None else {}
+    exact = ranges.get(t.get_tensor_name())
     if exact is not None:
         return _as_range(exact)
     if t.get_dynamic_range() is not None:
-        return t.get_dynamic_range()  # type: ignore[return-value]
-    fallback = config.custom_ranges.get("")
-    if fallback is not None:
-        return _as_range(fallback)
+        return t.get_dynamic_range()
+    fallback = ranges.get("")
+    return _as_range(fallback) if fallback is not None else None
+
+
+def _resolve_range(
+    node: INode, i: int, t: ITensor, dtype: DataType, config: BuilderConfig
+) -> Range:
+    found = resolve_range(t, config)
+    if found is not None:
+        return found
+    name = t.get_tensor_name()
     raise node.error(
         f"{node.input_label(i)} runs in {dtype.name} and tensor {name!r} has no range. Give it "
         "one: (1) calibrate the network (mm.Calibrator(...).calibrate(network, config)), "
@@ -249,14 +273,21 @@ def _resolve_range(
     )
 
 
-def _config_range(t: ITensor, config: BuilderConfig) -> Range | None:
-    exact = config.custom_ranges.get(t.get_tensor_name())
-    return _as_range(exact) if exact is not None else None
-
-
 def _as_range(bounds: tuple[list[float], list[float]]) -> Range:
     lo, hi = bounds
     return Range(lo[0], hi[0]) if len(lo) == 1 else Range(lo, hi)
+
+
+def _constant_reach(t: ITensor) -> float | None:
+    """The largest finite magnitude of a float constant (an infinity stays one in fp16), else
+    None: the guard's range for a constant, which has no calibrated range."""
+    if not _is_constant(t):
+        return None
+    value = np.asarray(t.get_producer().attrs["value"])  # type: ignore[union-attr]
+    if value.dtype.kind != "f" or value.size == 0:
+        return None
+    finite = np.abs(value[np.isfinite(value)])
+    return float(finite.max()) if finite.size else None
 
 
 def _magnitude(rng: Range) -> float:

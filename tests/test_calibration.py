@@ -22,7 +22,7 @@ from mmbuild.calib.cache import AlgorithmKey, CalibrationCacheModel, network_fin
 from mmbuild.ops.activation import IActivation
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.precision import plan_precision
-from mmbuild.quant.algorithms import choose_range
+from mmbuild.quant.algorithms import choose_range, rank_ranges
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
 from mmbuild.reference import run_reference
 from mmbuild.tools.write_schemas import DEFAULT_OUT_DIR, render_schemas, stale_schemas
@@ -222,6 +222,37 @@ def test_asymmetric_config_keeps_relu_ranges_at_zero_and_percentile_100_is_linea
     calib.set_percentile(100)
     assert calib.calibrate(net, asymmetric).ok()
     assert calib.get_ranges() == linear
+
+
+@pytest.mark.parametrize("algo", ["symmetric", "asymmetric"])
+def test_auto_chooses_per_tensor_and_says_what_it_chose(algo: str, tmp_path: Path) -> None:
+    net, batches = conv_net(), image_batches((2, 1, 3, 2))
+    cfg = config("qint8_mixed_float32", algo)
+    calib = calibrated(net, batches, QA.AUTO, cfg)
+    choices = calib.get_auto_choices()
+    outs = [run_reference(net, [b], keep_all=True) for b in batches]
+    observed = [t for t in net.tensors() if not is_const(t)]
+    assert set(choices) == {t.name for t in observed}
+    for t in observed:
+        minmax, hist = MinMaxObserver(), HistogramObserver()
+        for o in outs:
+            minmax.observe(o[t.name])
+            hist.observe(o[t.name])
+        ranked = rank_ranges(hist, minmax, symmetric=algo == "symmetric")
+        assert choices[t.name] == ranked[0], t.name
+        assert t.get_dynamic_range() == mm.Range(ranked[0].lo, ranked[0].hi), t.name
+        if algo == "symmetric":
+            assert choices[t.name].form == "symmetric"
+    # the post-ReLU tensor keeps a range that starts at 0 when a zero point is allowed
+    if algo == "asymmetric":
+        assert choices["activation_0:0"].lo == 0.0
+    calib.write_cache(tmp_path / "auto.json")
+    assert json.loads((tmp_path / "auto.json").read_text())["algorithm"] == "auto"
+    again = Calibrator([MyData(batches)])
+    again.read_cache(tmp_path / "auto.json")
+    other = conv_net()
+    assert again.calibrate(other, cfg).ok()
+    assert again.get_ranges() == calib.get_ranges() and again.get_auto_choices() == {}
 
 
 # -- ranges set by the user ----------------------------------------------------------------------

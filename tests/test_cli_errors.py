@@ -3,7 +3,6 @@ status, one line on stderr that names what is wrong, and nothing written at the 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -135,20 +134,19 @@ def test_compare_bound_fails_with_status_1(
     assert "softmax vs float32: max abs 0 > -1.0" in err
 
 
-def test_onnx_models_need_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("onnx")
+def test_onnx_models_build_through_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cli_models import write_mlp_onnx
 
     onnx_file = write_mlp_onnx(tmp_path / "mlp.onnx")
     out = tmp_path / "mlp.mm"
-    if importlib.util.find_spec("mmbuild.parser") is None:
-        err = fails(capsys, 1, "build", onnx_file, "-o", out)
-        assert "no ONNX parser (mmbuild.parser)" in err and "file.py:function" in err
-        assert not out.exists()
-    else:
-        assert main(["build", str(onnx_file), "-o", str(out)]) == 0
-        model = mm.Model()
-        model.deserialize_from_file(str(out))
-        assert model.get_input_names() == ["x"] and model.get_output_names() == ["probs"]
+    assert main(["build", str(onnx_file), "-o", str(out)]) == 0
+    model = mm.Model()
+    model.deserialize_from_file(str(out))
+    assert model.get_input_names() == ["x"] and model.get_output_names() == ["probs"]
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf")
+    err = fails(capsys, 1, "build", tmp_path / "broken.onnx", "-o", out)
+    assert "broken.onnx" in err
     err = fails(capsys, 2, "build", tmp_path / "missing.onnx", "-o", out)
     assert "ONNX file" in err and "does not exist" in err

@@ -79,7 +79,7 @@ def test_refused_setter_leaves_network_unchanged() -> None:
     net, conv = small_cnn()
     before = (conv.attrs.copy(), net.get_output(0).get_dimension())
     with pytest.raises(mm.MMError, match="IConvNode 'conv_0'"):
-        conv.set_dilation(9, 9)  # the 17x17 window does not fit the 8x8 input
+        conv.set_group(2)  # 3 input channels do not make 2 groups of the filter's 3
     assert (conv.attrs, net.get_output(0).get_dimension()) == before
     with pytest.raises(mm.MMError, match="below 1"):
         conv.set_stride(0, 1)

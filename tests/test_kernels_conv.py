@@ -26,6 +26,9 @@ from mmbuild.ops._common import same_pads
 from mmbuild.ops.conv import IPaddingMode, conv2d_nhwc
 from mmbuild.quant.params import choose_qparams, fake_quantize
 
+# every test runs on each instruction-set level this CPU can run (the `isa` fixture)
+pytestmark = pytest.mark.usefixtures("isa")
+
 F32, F16, Q8, Q16 = (mm.DataType.FLOAT32, mm.DataType.FLOAT16, mm.DataType.QINT8,
                      mm.DataType.QINT16)  # fmt: skip
 RELU = {"function": "relu"}
@@ -339,16 +342,15 @@ def test_quantized_runner_takes_any_batch_and_threads() -> None:
     assert not errors
 
 
-@pytest.mark.skipif(not features.has_vnni(), reason="the SIMD int8 path needs AVX512-VNNI")
-def test_portable_int8_path_gives_the_same_bits(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_every_level_gives_the_same_int8_bits(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     conv = CASES["wide-70"]
     case, x, _, _ = conv.case(Q8, F32, ("per_axis", "asymmetric"))
     inputs = input_buffers(case, [x], F32)
-    simd, _ = run_both(case, inputs)
-    monkeypatch.setattr(features, "use_int8_simd", lambda: False)
-    portable, ref = run_both(case, inputs)
-    assert np.array_equal(simd.view(np.uint32), portable.view(np.uint32))
-    assert np.array_equal(portable.view(np.uint32), ref.view(np.uint32))
+    results = {}
+    for name in features.runnable_levels():
+        monkeypatch.setattr(features, "level", lambda name=name: features.get_level(name))
+        results[name], ref = run_both(case, inputs)
+        assert np.array_equal(results[name].view(np.uint32), ref.view(np.uint32)), name
 
 
 def test_worked_example_of_the_module_docstring() -> None:

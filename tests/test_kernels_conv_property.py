@@ -4,6 +4,7 @@ kernels equal their reference bit for bit."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernelcheck import assert_ulps
@@ -11,6 +12,9 @@ from test_kernels_conv import Conv, input_buffers, run_both
 
 import mmbuild as mm
 from mmbuild.ops import IPaddingMode
+
+# every test runs on each instruction-set level this CPU can run (the `isa` fixture)
+pytestmark = pytest.mark.usefixtures("isa")
 
 F32, F16, Q8, Q16 = mm.DataType.FLOAT32, mm.DataType.FLOAT16, mm.DataType.QINT8, mm.DataType.QINT16
 ACTS = [None, {"function": "relu"}, {"function": "clip", "lo": -0.5, "hi": 1.5},

@@ -29,11 +29,8 @@ from mmbuild.kernels.cpu.gemm import (
     pack_int16_weights,
 )
 
-# Every test runs the portable kernels; the SIMD ones where this CPU has them.
-INT8_PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(
-    not features.has_vnni(), reason="needs AVX512-VNNI"))]  # fmt: skip
-FLOAT_PATHS = [True, pytest.param(False, marks=pytest.mark.skipif(
-    not features.has_avx512(), reason="needs AVX-512"))]  # fmt: skip
+# Every test runs on every instruction-set level this CPU can run (portable always).
+LEVELS = features.runnable_levels()
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 
@@ -119,13 +116,13 @@ def int8_problems(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     return a_buf[:, :k], za, w, ep, draw(st.sampled_from([0, 0, 5]))
 
 
-@pytest.mark.parametrize("portable", INT8_PATHS)
+@pytest.mark.parametrize("isa", LEVELS)
 @SETTINGS
 @given(problem=int8_problems())
-def test_u8s8_matches_reference(portable: bool, problem) -> None:  # type: ignore[no-untyped-def]
+def test_u8s8_matches_reference(isa: str, problem) -> None:  # type: ignore[no-untyped-def]
     a, za, w, ep, col_pad = problem
     out = output_for(ep, a.shape[0], col_pad=col_pad)
-    gemm_u8s8(a, za, pack_int8_weights(w), ep, out, portable=portable)
+    gemm_u8s8(a, za, pack_int8_weights(w), ep, out, isa=isa)
     acc = (a.astype(np.int64) - za) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
 
@@ -141,22 +138,22 @@ def test_u8s8_worked_example() -> None:
     assert out[0, 0] == 13
 
 
-@pytest.mark.parametrize("portable", INT8_PATHS)
-def test_u8s8_largest_k_is_exact(portable: bool) -> None:
+@pytest.mark.parametrize("isa", LEVELS)
+def test_u8s8_largest_k_is_exact(isa: str) -> None:
     k = 65793  # 255 * 128 * k is just below 2**31
     a = np.full((2, k), 255, np.uint8)
     w = np.full((k, 3), -128, np.int8)
     w[:, 1] = 127
     ep = Epilogue.create(3)
     out = np.zeros((2, 3), np.float32)
-    gemm_u8s8(a, 0, pack_int8_weights(w), ep, out, portable=portable)
+    gemm_u8s8(a, 0, pack_int8_weights(w), ep, out, isa=isa)
     assert_same_bits(out, reference_epilogue(a.astype(np.int64) @ w.astype(np.int64), ep))
     with pytest.raises(MMError, match="int32 accumulator"):
         pack_int8_weights(np.zeros((k + 1, 1), np.int8))
 
 
-@pytest.mark.parametrize("portable", INT8_PATHS)
-def test_u8s8_large_problem_runs_parallel_and_exact(portable: bool) -> None:
+@pytest.mark.parametrize("isa", LEVELS)
+def test_u8s8_large_problem_runs_parallel_and_exact(isa: str) -> None:
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (300, 301), dtype=np.uint8)
     w = rng.integers(-128, 128, (301, 150), dtype=np.int8)
@@ -164,23 +161,34 @@ def test_u8s8_large_problem_runs_parallel_and_exact(portable: bool) -> None:
                          bias=rng.standard_normal(150), out_kind=OutKind.U8, out_scale=0.05,
                          out_zp=100)  # fmt: skip
     out = np.zeros((300, 150), np.uint8)
-    gemm_u8s8(a, 119, pack_int8_weights(w), ep, out, portable=portable)
+    gemm_u8s8(a, 119, pack_int8_weights(w), ep, out, isa=isa)
     acc = (a.astype(np.int64) - 119) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
 
 
-def test_simd_and_portable_agree_bit_for_bit() -> None:
-    if not features.has_vnni():
-        pytest.skip("needs AVX512-VNNI")
+def test_every_level_gives_the_same_bits() -> None:
     rng = np.random.default_rng(2)
     a = rng.integers(0, 256, (37, 203), dtype=np.uint8)
     w = pack_int8_weights(rng.integers(-128, 128, (203, 77), dtype=np.int8))
     ep = Epilogue.create(77, scale_a=0.003, scale_w=0.01, act=Activation.LEAKY_RELU, act_a=0.1,
                          out_kind=OutKind.F16)  # fmt: skip
-    outs = [np.zeros((37, 77), np.uint16) for _ in range(2)]
-    gemm_u8s8(a, 7, w, ep, outs[0], portable=False)
-    gemm_u8s8(a, 7, w, ep, outs[1], portable=True)
-    assert_same_bits(outs[0], outs[1])
+    outs = {isa: np.zeros((37, 77), np.uint16) for isa in LEVELS}
+    for isa, out in outs.items():
+        gemm_u8s8(a, 7, w, ep, out, isa=isa)
+    for out in outs.values():
+        assert_same_bits(out, outs["portable"])
+
+
+def test_a_level_the_cpu_cannot_run_is_refused() -> None:
+    missing = [lv.name for lv in features.LEVELS if lv.name not in LEVELS]
+    if not missing:
+        pytest.skip("this CPU runs every level")
+    w = pack_int8_weights(np.ones((4, 4), np.int8))
+    out = np.zeros((1, 4), np.float32)
+    with pytest.raises(MMError, match="cannot run on this CPU"):
+        gemm_u8s8(np.ones((1, 4), np.uint8), 0, w, Epilogue.create(4), out, isa=missing[0])
+    with pytest.raises(MMError, match="unknown instruction-set level"):
+        gemm_u8s8(np.ones((1, 4), np.uint8), 0, w, Epilogue.create(4), out, isa="sse9")
 
 
 def test_portable_environment_variable_forces_portable_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -189,8 +197,7 @@ def test_portable_environment_variable_forces_portable_path(tmp_path) -> None:  
         import numpy as np
         from mmbuild.kernels.cpu import features
         from mmbuild.kernels.cpu.gemm import Epilogue, gemm_u8s8, pack_int8_weights
-        assert features.portable_forced() and not features.use_int8_simd()
-        assert not features.use_float_simd()
+        assert features.level().name == "portable"
         rng = np.random.default_rng(3)
         a = rng.integers(0, 256, (9, 30), dtype=np.uint8)
         w = rng.integers(-128, 128, (30, 20), dtype=np.int8)
@@ -206,6 +213,18 @@ def test_portable_environment_variable_forces_portable_path(tmp_path) -> None:  
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "portable ok" in done.stdout
+
+
+@pytest.mark.parametrize("isa", [*LEVELS, "sse9"])
+def test_isa_environment_variable_chooses_the_level(isa: str) -> None:
+    code = "from mmbuild.kernels.cpu import features; print(features.level().name)"
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, MMBUILD_ISA=isa),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    if isa in LEVELS:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == isa
+    else:
+        assert "MMBUILD_ISA=sse9: unknown instruction-set level" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +291,7 @@ def assert_float_close(
     assert np.all(err <= tol), f"max error / tolerance = {np.max(err / tol):.3g}"
 
 
-@pytest.mark.parametrize("portable", FLOAT_PATHS)
+@pytest.mark.parametrize("isa", LEVELS)
 @SETTINGS
 @given(
     m=st.integers(1, 30),
@@ -283,8 +302,8 @@ def assert_float_close(
     seed=st.integers(0, 2**32 - 1),
     data=st.data(),
 )
-def test_f32_within_tolerance(portable, m, k, n, half_a, half_w, seed, data) -> None:  # type: ignore[no-untyped-def]
-    if portable:  # one generic loop serves every dtype pair there: two pairs cover its loads
+def test_f32_within_tolerance(isa, m, k, n, half_a, half_w, seed, data) -> None:  # type: ignore[no-untyped-def]
+    if isa == "portable":  # one generic loop serves every dtype pair: two pairs cover its loads
         half_w = half_a
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k + 2)).astype(np.float16 if half_a else np.float32)[:, :k]
@@ -292,19 +311,19 @@ def test_f32_within_tolerance(portable, m, k, n, half_a, half_w, seed, data) -> 
     ep = data.draw(epilogues(n, acc_scale=float(np.sqrt(k)), kinds=(OutKind.F32, OutKind.F16)))
     out = output_for(ep, m)
     packed = pack_float_weights(w, half=half_w)
-    gemm_f32(a, packed, ep, out, portable=portable)
+    gemm_f32(a, packed, ep, out, isa=isa)
     w_used = w.astype(np.float16) if half_w else w
     assert_float_close(out, a.astype(np.float64), w_used.astype(np.float64), ep, ep.out_kind)
 
 
-@pytest.mark.parametrize("portable", FLOAT_PATHS)
-def test_f32_large_problem_runs_parallel(portable: bool) -> None:
+@pytest.mark.parametrize("isa", LEVELS)
+def test_f32_large_problem_runs_parallel(isa: str) -> None:
     rng = np.random.default_rng(5)
     a = rng.standard_normal((130, 120)).astype(np.float32)
     w = rng.standard_normal((120, 70)).astype(np.float32)
     ep = Epilogue.create(70, bias=rng.standard_normal(70), act=Activation.CLIP, act_a=-1, act_b=2)
     out = np.zeros((130, 70), np.float32)
-    gemm_f32(a, pack_float_weights(w), ep, out, portable=portable)
+    gemm_f32(a, pack_float_weights(w), ep, out, isa=isa)
     assert_float_close(out, a.astype(np.float64), w.astype(np.float64), ep, OutKind.F32)
 
 
@@ -341,9 +360,9 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("portable", INT8_PATHS)
+@pytest.mark.parametrize("isa", LEVELS)
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_u8s8_implicit_conv_matches_im2col(portable: bool, case) -> None:  # type: ignore[no-untyped-def]
+def test_u8s8_implicit_conv_matches_im2col(isa: str, case) -> None:  # type: ignore[no-untyped-def]
     b, h, wd, c, kernel, stride, dilation = case
     rng = np.random.default_rng(6)
     xp = rng.integers(0, 256, (b, h, wd, c), dtype=np.uint8)
@@ -353,7 +372,7 @@ def test_u8s8_implicit_conv_matches_im2col(portable: bool, case) -> None:  # typ
     ep = Epilogue.create(cout, scale_a=0.1, scale_w=0.001, act=Activation.RELU)
     out = np.zeros((rows.m, cout), np.float32)
     packed = pack_int8_weights(w, segments=kernel[0])
-    gemm_u8s8(xp, 9, packed, ep, out, rows=rows, portable=portable)
+    gemm_u8s8(xp, 9, packed, ep, out, rows=rows, isa=isa)
     acc = (im2col(xp, kernel, stride, dilation).astype(np.int64) - 9) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
 

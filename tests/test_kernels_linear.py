@@ -34,6 +34,9 @@ from mmbuild.kernels.table import to_numpy
 from mmbuild.ops.linear import matmul_nd
 from mmbuild.quant.params import choose_qparams, fake_quantize
 
+# every test runs on each instruction-set level this CPU can run (the `isa` fixture)
+pytestmark = pytest.mark.usefixtures("isa")
+
 # the range given to every computed operand, by input slot
 RANGES = {0: (-2.5, 2.0), 1: (-1.5, 3.0)}
 

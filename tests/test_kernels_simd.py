@@ -13,21 +13,25 @@ from numba import njit
 
 from mmbuild.errors import MMError
 from mmbuild.kernels.cpu import codegen, convert, features, simd
-from mmbuild.kernels.cpu.simd import (
-    f2h,
-    f2h_soft,
-    h2f,
-    h2f_soft,
-    load_f32,
-    load_u8_tail,
-    store_f32,
+from mmbuild.kernels.cpu.dot import (
+    madd_bcast4,
+    madd_cols,
+    madd_dot,
+    madd_weights,
+    madd_zero,
+    vnni_bcast4,
+    vnni_cols,
+    vnni_dot,
+    vnni_weights,
+    vnni_zero,
+)
+from mmbuild.kernels.cpu.simd import f2h, f2h_soft, h2f, h2f_soft, load_f32, load_u8_tail, store_f32
+from mmbuild.kernels.cpu.vector import (
     vadd_f32,
     vadd_i32,
-    vbcast4_u8,
     vbcast_f32,
     vcvt_f32,
     vdiv_f32,
-    vdpbusd,
     vfma,
     vload_f32,
     vload_i32,
@@ -46,8 +50,12 @@ from mmbuild.kernels.cpu.simd import (
     vzero_i32,
 )
 
-needs_vnni = pytest.mark.skipif(not features.has_vnni(), reason="needs AVX512-VNNI")
-needs_avx512 = pytest.mark.skipif(not features.has_avx512(), reason="needs AVX-512")
+RUNNABLE = features.runnable_levels()
+# Vector widths this CPU runs: 16 lanes with AVX-512, 8 with AVX2; each test runs at every one.
+WIDTHS = [
+    pytest.param(16, marks=pytest.mark.skipif("avx512" not in RUNNABLE, reason="needs AVX-512")),
+    pytest.param(8, marks=pytest.mark.skipif("avx2" not in RUNNABLE, reason="needs AVX2")),
+]
 
 ALL_HALVES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 
@@ -169,99 +177,132 @@ def test_load_u8_tail_reads_only_n_bytes() -> None:
 # ---------------------------------------------------------------------------------------------
 # Vector intrinsics
 # ---------------------------------------------------------------------------------------------
-@njit
-def _dpbusd(acc, a, b, out):  # type: ignore[no-untyped-def]
-    vstore_i32(out, 0, vdpbusd(vload_i32(acc, 0), vload_i32(a, 0), vload_i32(b, 0)))
+def _dot_kernel(zero, bcast4, weights, dot, cols, lanes):  # type: ignore[no-untyped-def]
+    @njit
+    def run(a, b, out):  # type: ignore[no-untyped-def]
+        acc = zero(lanes)
+        for g in range(a.size // 4):
+            acc = dot(acc, bcast4(a, 4 * g, lanes), weights(b, 4 * lanes * g, lanes))
+        vstore_i32(out, 0, cols(acc))
+
+    return run
 
 
-@needs_vnni
-def test_vdpbusd_is_u8_times_s8_summed_in_fours_with_wrap() -> None:
+DOTS = {
+    "vnni": ((vnni_zero, vnni_bcast4, vnni_weights, vnni_dot, vnni_cols), "avx512_vnni", 16),
+    "madd16": ((madd_zero, madd_bcast4, madd_weights, madd_dot, madd_cols), "avx512", 16),
+    "madd8": ((madd_zero, madd_bcast4, madd_weights, madd_dot, madd_cols), "avx2", 8),
+}
+
+
+@pytest.mark.parametrize("form", list(DOTS))
+def test_int8_dot_products_are_exact_and_wrap(form: str) -> None:
+    fns, level, lanes = DOTS[form]
+    if level not in RUNNABLE:
+        pytest.skip(f"the {form} dot product needs the {level} level")
+    run = _dot_kernel(*fns, lanes)
     rng = np.random.default_rng(1)
-    for _ in range(20):
-        a = rng.integers(0, 256, 64, dtype=np.uint8)
-        b = rng.integers(-128, 128, 64, dtype=np.int8)
-        acc = rng.integers(-(2**31), 2**31, 16, dtype=np.int64).astype(np.int32)
-        out = np.empty(16, np.int32)
-        _dpbusd(acc, a, b, out)
-        sums = (a.astype(np.int64) * b.astype(np.int64)).reshape(16, 4).sum(1)
-        want = ((acc.astype(np.int64) + sums + 2**31) % 2**32 - 2**31).astype(np.int32)
+    for groups in (1, 3, 20000):  # 20000 groups of extremes wrap int32 (80000 * 255 * 128)
+        a = rng.integers(0, 256, 4 * groups, dtype=np.uint8)
+        b = rng.integers(-128, 128, (groups, lanes, 4), dtype=np.int8)
+        if groups > 100:
+            a[:] = 255
+            b[:] = -128
+        out = np.empty(lanes, np.int32)
+        run(a, b.reshape(-1), out)
+        sums = (a.reshape(groups, 1, 4).astype(np.int64) * b).sum(axis=(0, 2))
+        want = ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)
         assert np.array_equal(out, want)
 
 
-@njit
-def _bcast_add(a, i, x, out):  # type: ignore[no-untyped-def]
-    vstore_i32(out, 0, vadd_i32(vbcast4_u8(a, i), vadd_i32(vsplat_i32(x), vzero_i32())))
+def test_madd_worked_example() -> None:
+    """The column of the module docstring: (200, 3, 0, 255) . (-128, 5, 7, -1) = -25840."""
+    if "avx2" not in RUNNABLE:
+        pytest.skip("needs AVX2")
+    a = np.array([200, 3, 0, 255], np.uint8)
+    b = np.zeros((1, 8, 4), np.int8)
+    b[0, 0] = [-128, 5, 7, -1]
+    out = np.empty(8, np.int32)
+    _dot_kernel(*DOTS["madd8"][0], 8)(a, b.reshape(-1), out)
+    assert out[0] == -25840 and not out[1:].any()
 
 
-@needs_avx512
-def test_integer_broadcasts_and_add() -> None:
-    a = np.array([9, 1, 2, 3, 4, 5], np.uint8)
-    out = np.empty(16, np.int32)
-    _bcast_add(a, 1, -5, out)
-    assert np.all(out == 0x04030201 - 5)
+def _lane_kernels(lanes: int):  # type: ignore[no-untyped-def]
+    @njit
+    def bcast_add(x, out):  # type: ignore[no-untyped-def]
+        vstore_i32(out, 0, vadd_i32(vsplat_i32(x, lanes), vzero_i32(lanes)))
+
+    @njit
+    def fma(acc, a, i, b, out):  # type: ignore[no-untyped-def]
+        vstore_f32(out, 0, vfma(vload_f32(acc, 0, lanes), vbcast_f32(a, i, lanes),
+                                vload_f32(b, 0, lanes)))  # fmt: skip
+
+    @njit
+    def splat(x, out):  # type: ignore[no-untyped-def]
+        z = vzero_f32(lanes)
+        vstore_f32(out, 0, vfma(z, vsplat_f32(x, z), vsplat_f32(2.0, lanes)))
+
+    @njit
+    def epilogue_ops(x, y, ints, n, out_f, out_h, out_b, out_s, out_c):  # type: ignore[no-untyped-def]
+        a = vload_f32(x, 0, lanes)
+        b = vload_f32(y, 0, lanes)
+        vstore_n_f32(out_f, 0, vselect_lt(a, b, vadd_f32(a, b), vdiv_f32(vmul_f32(a, b), b)), n)
+        vstore_n_f16(out_h, 0, a, n)
+        q = vrint_f32(a)
+        vstore_n_u8(out_b, 0, q, n)
+        vstore_n_i16(out_s, 0, q, n)
+        vstore_n_f32(out_c, 0, vcvt_f32(vload_i32(ints, 0, lanes)), lanes)
+
+    return bcast_add, fma, splat, epilogue_ops
 
 
-@njit
-def _fma(acc, a, i, b, out):  # type: ignore[no-untyped-def]
-    vstore_f32(out, 0, vfma(vload_f32(acc, 0), vbcast_f32(a, i), vload_f32(b, 0)))
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_integer_splat_and_add(lanes: int) -> None:
+    out = np.empty(lanes, np.int32)
+    _lane_kernels(lanes)[0](-5, out)
+    assert np.all(out == -5)
 
 
-@njit
-def _splat_f32(x, out):  # type: ignore[no-untyped-def]
-    vstore_f32(out, 0, vfma(vzero_f32(), vsplat_f32(x), vsplat_f32(2.0)))
-
-
-@needs_avx512
-def test_float_splat_and_zero() -> None:
-    out = np.empty(16, np.float32)
-    _splat_f32(1.25, out)
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_float_splat_and_zero(lanes: int) -> None:
+    out = np.empty(lanes, np.float32)
+    _lane_kernels(lanes)[2](1.25, out)
     assert np.all(out == 2.5)
 
 
-@needs_avx512
+@pytest.mark.parametrize("lanes", WIDTHS)
 @pytest.mark.parametrize("half", [False, True])
-def test_vfma_rounds_once_and_loads_widen_halves(half: bool) -> None:
+def test_vfma_rounds_once_and_loads_widen_halves(lanes: int, half: bool) -> None:
     rng = np.random.default_rng(2)
     a = rng.standard_normal(3).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
+    b = rng.standard_normal(lanes).astype(np.float32)
     if half:  # exercise the fp16 loads: values that are exact halves
         a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
     # acc = -fl(a * b): a fused multiply-add leaves exactly the rounding error of the product,
     # which a separate multiply and add would lose
     acc = -(a[1] * b)
-    out = np.empty(16, np.float32)
+    out = np.empty(lanes, np.float32)
     a_arg = a.astype(np.float16).view(np.uint16) if half else a
     b_arg = b.astype(np.float16).view(np.uint16) if half else b
-    _fma(acc, a_arg, 1, b_arg, out)
+    _lane_kernels(lanes)[1](acc, a_arg, 1, b_arg, out)
     want = (np.float64(a[1]) * b.astype(np.float64) + acc.astype(np.float64)).astype(np.float32)
     assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
     if not half:
         assert np.any(out != 0)
 
 
-@njit
-def _epilogue_ops(x, y, ints, n, out_f, out_h, out_b, out_s, out_c):  # type: ignore[no-untyped-def]
-    a = vload_f32(x, 0)
-    b = vload_f32(y, 0)
-    vstore_n_f32(out_f, 0, vselect_lt(a, b, vadd_f32(a, b), vdiv_f32(vmul_f32(a, b), b)), n)
-    vstore_n_f16(out_h, 0, a, n)
-    q = vrint_f32(a)
-    vstore_n_u8(out_b, 0, q, n)
-    vstore_n_i16(out_s, 0, q, n)
-    vstore_n_f32(out_c, 0, vcvt_f32(vload_i32(ints, 0)), 16)
-
-
-@needs_avx512
-@pytest.mark.parametrize("n", [16, 5, 0])
-def test_epilogue_vector_ops_round_like_scalar_float32(n: int) -> None:
+@pytest.mark.parametrize("lanes", WIDTHS)
+@pytest.mark.parametrize("n", ["all", 5, 0])
+def test_epilogue_vector_ops_round_like_scalar_float32(lanes: int, n) -> None:  # type: ignore[no-untyped-def]
+    n = lanes if n == "all" else n
     a = np.array([0.5, 1.5, 2.5, -0.5, 3.7, 100.2, 254.5, 7.0, 0.1, 9.5, 1e-3, 12.5,
-                  -0.0, 200.0, 33.3, 65.5], np.float32)  # fmt: skip
+                  -0.0, 200.0, 33.3, 65.5], np.float32)[:lanes]  # fmt: skip
     b = np.array([1.0, -2.0, 3.0, np.nan, 0.3, 7.0, 255.0, 0.5, 2.0, 9.0, 1.0, 3.0, 1.0, 1.0,
-                  np.inf, 2.0], np.float32)  # fmt: skip
-    ints = np.array([2**24 + 1, 2**24 + 3, -(2**31), 2**31 - 1, *range(12)], np.int32)
+                  np.inf, 2.0], np.float32)[:lanes]  # fmt: skip
+    ints = np.array([2**24 + 1, 2**24 + 3, -(2**31), 2**31 - 1, *range(12)], np.int32)[:lanes]
     outs = [np.full(64 + 8, 0xEE, np.uint8) for _ in range(5)]
     with np.errstate(invalid="ignore"):
-        _epilogue_ops(a, b, ints, n, *outs)
+        _lane_kernels(lanes)[3](a, b, ints, n, *outs)
         want_f = np.where(a < b, a + b, (a * b) / b)  # NaN compares false, as in numpy
     sentinel = np.full(64, 0xEE, np.uint8)
     assert np.array_equal(outs[0][: 4 * n], want_f.view(np.uint8)[: 4 * n])
@@ -271,13 +312,13 @@ def test_epilogue_vector_ops_round_like_scalar_float32(n: int) -> None:
     assert np.array_equal(outs[2][:n], np.rint(a).astype(np.uint8)[:n] if n else [])
     assert np.array_equal(outs[2][n:16], sentinel[: 16 - n])
     assert np.array_equal(outs[3][: 2 * n], np.rint(a).astype(np.int16).view(np.uint8)[: 2 * n])
-    assert np.array_equal(outs[4][:64].view(np.float32), ints.astype(np.float32))
+    assert np.array_equal(outs[4][: 4 * lanes].view(np.float32), ints.astype(np.float32))
 
 
 def test_vector_intrinsics_refuse_wrong_types() -> None:
     @njit
     def bad(x):  # type: ignore[no-untyped-def]
-        return vload_f32(x, 0)
+        return vload_f32(x, 0, 8)
 
     with pytest.raises(Exception, match="vload_f32"):
         bad(np.zeros(16, np.int64))
@@ -291,9 +332,13 @@ def test_feature_string_parsing() -> None:
 
 
 def test_feature_answers_are_consistent() -> None:
-    assert not features.has_vnni() or features.has_avx512()
-    assert features.use_int8_simd() <= features.has_vnni()
-    assert "int8_path=" in features.describe()
+    assert RUNNABLE[-1] == "portable"
+    assert features.level().name in RUNNABLE
+    order = [lv.name for lv in features.LEVELS]
+    assert list(RUNNABLE) == sorted(RUNNABLE, key=order.index)
+    for name in RUNNABLE:
+        assert features.get_level(name).needs <= features.target_features()
+    assert f"isa={features.level().name}" in features.describe()
 
 
 def _run_python(code: str, **env: str) -> str:
@@ -304,19 +349,16 @@ def _run_python(code: str, **env: str) -> str:
 
 
 def test_portable_variable_and_generic_cpu_turn_the_simd_paths_off() -> None:
-    code = (
-        "from mmbuild.kernels.cpu import features as f\n"
-        "print(f.use_int8_simd(), f.use_float_simd())"
-    )
-    assert _run_python(code, MMBUILD_PORTABLE="1") == "False False"
+    code = "from mmbuild.kernels.cpu import features as f\nprint(f.level().name)"
+    assert _run_python(code, MMBUILD_PORTABLE="1") == "portable"
     generic = (
         "from mmbuild.kernels.cpu import features as f, simd\n"
         "import numpy as np\nfrom numba import njit\n"
         "@njit\ndef r(x): return simd.f2h(simd.h2f(x))\n"
-        "print(f.has_avx512(), f.has_hw_half(), r(np.uint16(0x3c01)))"
+        "print(f.level().name, f.has_hw_half(), r(np.uint16(0x3c01)))"
     )
-    # a feature-less target must neither choose the SIMD path nor crash on half conversions
-    assert _run_python(generic, NUMBA_CPU_NAME="generic") == "False False 15361"
+    # a feature-less target must neither choose a SIMD level nor crash on half conversions
+    assert _run_python(generic, NUMBA_CPU_NAME="generic") == "portable False 15361"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,13 +383,15 @@ def test_load_module_writes_once_and_rewrites_a_changed_file(tmp_path, monkeypat
 def test_micro_kernel_sources_name_their_accumulators() -> None:
     text = codegen.int8_tile_source(4, 2, "epi")
     assert "def u8s8_tile_4x2(A, ao0, ao1, ao2, ao3," in text
-    assert text.count("vdpbusd(") == 2 * 4 * 2  # the K loop and the K tail
-    # row 3, second vector: columns n0 + 16.., stored only if the tile has 4 rows
+    assert text.count("vdot4(") == 2 * 4 * 2  # the K loop and the K tail
+    # row 3, second vector: columns n0 + LANES.., stored only if the tile has 4 rows
     assert "    if mr > 3:\n" in text
-    assert "epi(c3_1, n0 + 16, out, o_off + 3 * ldo + 16, nn - 16, comp, ep_args)" in text
+    assert ("epi(vcols(c3_1), n0 + 1 * LANES, out, o_off + 3 * ldo + 1 * LANES, nn - 1 * LANES, "
+            "comp, ep_args)") in text  # fmt: skip
     ftext = codegen.float_tile_source(6, 1, "epf")
     assert ftext.count("vfma(") == 6
-    assert "epf(c5_0, n0 + 0, out, o_off + 5 * ldo + 0, nn - 0, ep_args)" in ftext
+    want = "epf(c5_0, n0 + 0 * LANES, out, o_off + 5 * ldo + 0 * LANES, nn - 0 * LANES, ep_args)"
+    assert want in ftext
     compile(text + ftext, "<tiles>", "exec")
 
 

@@ -283,3 +283,22 @@ def test_histogram_refusals() -> None:
     h.observe([1.0, 2.0])
     assert h.merge(HistogramObserver(bins=8)).total == 2  # merging an empty observer
     assert HistogramObserver(bins=8).merge(h).counts.tolist() == h.counts.tolist()
+
+
+def test_exact_zeros_are_counted_and_merged() -> None:
+    rng = np.random.default_rng(8)
+    x = np.maximum(rng.standard_normal(5000), 0.0)  # about half exact zeros
+    y = np.concatenate([np.zeros(7), rng.uniform(-3.0, 5.0, 100), [-0.0]])  # -0.0 is 0 too
+    a, b, both = (HistogramObserver(bins=256) for _ in range(3))
+    a.observe(x)
+    b.observe(y)
+    both.observe(x)
+    both.observe(y)
+    assert a.zeros == int(np.count_nonzero(x == 0.0)) > 2000
+    assert b.zeros == 8
+    assert both.zeros == a.zeros + b.zeros == a.merge(b).zeros
+    # the zeros lie in the bin that starts at 0, and never exceed its count
+    at_zero = int(np.argmin(np.abs(both.edges[:-1])))
+    assert both.edges[at_zero] == 0.0 and both.counts[at_zero] >= both.zeros
+    empty = HistogramObserver(bins=256)
+    assert empty.zeros == 0 and empty.merge(a).zeros == a.zeros

@@ -138,7 +138,7 @@ def test_activation_parameters_and_refusals() -> None:
     with pytest.raises(mm.MMError, match="alpha must be a finite number, not 'big'"):
         leaky.set_alpha("big")  # type: ignore[arg-type]
     assert leaky.get_alpha() == 0.2
-    with pytest.raises(mm.MMError, match=r"mode 'relu' is not one of mm\.IActivation\.RELU"):
+    with pytest.raises(mm.MMError, match=r"argument 'mode': expected an mm\.IActivation .*e\.g\. mm\.IActivation\.RELU"):
         net.add_i_activation_node(x, "relu")
     _, i = one_node([4], mm.DataType.INT32)
     with pytest.raises(mm.MMError, match="INT32; this op computes on FLOAT32 or FLOAT16"):
@@ -150,7 +150,10 @@ def test_every_activation_is_quiet_on_extreme_inputs() -> None:
     with np.errstate(over="raise", divide="raise", invalid="raise"):
         for mode in mm.IActivation:
             (y,) = run_mm(activation(mode), [x])
-            assert not np.isnan(y).any(), mode.name
+            # log and sqrt are NaN below 0 by definition, and only there
+            outside = x < 0 if mode in (mm.IActivation.LOG, mm.IActivation.SQRT) else x != x
+            assert not np.isnan(y[~outside]).any(), mode.name
+            assert np.isnan(y[outside]).all(), mode.name
 
 
 # -- clip ----------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ def test_clip_refusals() -> None:
         net.add_i_clip_node(x, 2, 1)
     with pytest.raises(mm.MMError, match="neither NaN"):
         net.add_i_clip_node(x, float("nan"), 1)
-    with pytest.raises(mm.MMError, match="bounds must be numbers"):
+    with pytest.raises(mm.MMError, match="argument 'lo': expected a number, got str"):
         net.add_i_clip_node(x, "0", None)
     _, i = one_node([4], mm.DataType.INT32)
     with pytest.raises(mm.MMError, match="INT32"):
@@ -250,7 +253,7 @@ def test_elementwise_refusals() -> None:
     i = net.add_input(mm.DataType.INT32, mm.Dims([2, 3]))
     with pytest.raises(mm.MMError, match=r"input 1 \(b\) is INT32"):
         net.add_i_elementwise_node(a, i, mm.IElementwise.SUB)
-    with pytest.raises(mm.MMError, match=r"mode 'add' is not one of mm\.IElementwise\.ADD"):
+    with pytest.raises(mm.MMError, match=r"argument 'mode': expected an mm\.IElementwise .*e\.g\. mm\.IElementwise\.ADD"):
         net.add_i_elementwise_node(a, a, "add")
     assert net.get_all_nodes_in_network() == []
     node = net.add_i_elementwise_node(a, a, mm.IElementwise.ADD)

@@ -349,7 +349,7 @@ def test_deconv_refusals_name_both_shapes() -> None:
 def test_deconv_refuses_foreign_and_non_tensors() -> None:
     net = mm.Network()
     x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 4, 4, 2]))
-    with pytest.raises(mm.MMError, match=r"input 1 \(filter\): expected an ITensor, got ndarray"):
+    with pytest.raises(mm.MMError, match=r"argument 'w': expected an ITensor, got ndarray"):
         net.add_i_deconv_node(x, np.ones((2, 3, 3, 2), np.float32))
     with pytest.raises(mm.MMError, match="belongs to another network"):
         net.add_i_deconv_node(x, const(mm.Network(), np.ones((2, 3, 3, 2), np.float32)))

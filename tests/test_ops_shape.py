@@ -523,13 +523,13 @@ def test_concat_split_refusals() -> None:
     c = net.add_input(F32, mm.Dims([2, 3, 1]))
     d = net.add_input(I32, mm.Dims([2, 3]))
     cases: list[tuple[Callable[[], Any], str]] = [
-        (lambda: net.add_i_concat_node([a, b], 1), "axis comes first"),
+        (lambda: net.add_i_concat_node([a, b], 1), "check the order of the arguments"),
         (lambda: net.add_i_concat_node(1, []), "non-empty list"),
         (lambda: net.add_i_concat_node(0, [a, b]), r"dimension 1 differs \(4 vs 3\)"),
         (lambda: net.add_i_concat_node(1, [a, c]), r"\[2, 3, 1\] \(rank 3\)"),
         (lambda: net.add_i_concat_node(0, [a, d]), "INT32 but input 0 is FLOAT32"),
         (lambda: net.add_i_concat_node(2, [a, b]), "axis 2 is out of range"),
-        (lambda: net.add_i_concat_node(1.0, [a, b]), "not an integer"),
+        (lambda: net.add_i_concat_node(1.0, [a, b]), "expected an integer, got float"),
         (lambda: net.add_i_split_node(b, 1, 3), r"\[2, 4\] has size 4, which does not divide"),
         (lambda: net.add_i_split_node(b, 1, [1, 2]), "sum to 3; make them sum to 4"),
         (lambda: net.add_i_split_node(b, 1, 0), "below 1"),
@@ -554,7 +554,7 @@ def test_slice_pad_refusals() -> None:
     refused([4, 5], lambda n, t: n.add_i_pad_node(t, [1, 2, 3]), "two values per dimension")
     refused([4, 5], lambda n, t: n.add_i_pad_node(t, [(1, -1), (0, 0)]), "negative")
     refused([4, 5], lambda n, t: n.add_i_pad_node(t, [(1, 1)]), "1 .* pairs .* rank 2")
-    refused([4, 5], lambda n, t: n.add_i_pad_node(t, [0, 0, 0, 0], "x"), "must be a number")
+    refused([4, 5], lambda n, t: n.add_i_pad_node(t, [0, 0, 0, 0], "x"), "expected a number")
     refused([4, 5], lambda n, t: n.add_i_pad_node(t, [0, 0, 0, 0], 0.5), "not representable", I32)
     net = mm.Network()
     x = net.add_input(F32, mm.Dims([2, 3]))
@@ -590,7 +590,7 @@ def test_resize_cast_refusals() -> None:
     node.set_layout(mm.Layout.NCHW)
     assert node.get_output(0).get_dimension() == mm.Dims([1, 4, 8, 6])
     refused([2], lambda n, t: n.add_i_cast_node(t, mm.DataType.QINT8), "is not one of")
-    refused([2], lambda n, t: n.add_i_cast_node(t, np.int32), "is not one of")
+    refused([2], lambda n, t: n.add_i_cast_node(t, np.int32), "expected an mm.DataType")
     refused([2], lambda n, t: n.add_i_cast_node(t, F32), "codes mean nothing", mm.DataType.QINT8)
 
 

@@ -562,9 +562,16 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
     assert names == [
         "fold_constants",
         "fold_batch_norm",
+        "fuse_hard_sigmoid",
+        "fuse_hard_swish",
+        "fuse_silu",
+        "fold_channel_affine",
+        "fold_hard_sigmoid",
         "fuse_activations",
         "convert_layout",
         "cancel_permutes",
+        "sink_permutes",
+        "fold_input_normalization",
         "remove_dead_nodes",
     ]
     assert all("Before" in (p.__doc__ or "") and "After" in (p.__doc__ or "") for p in PIPELINE)

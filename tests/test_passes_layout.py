@@ -278,9 +278,16 @@ def test_pipeline_on_an_nchw_cnn_leaves_two_permutes(batch: int) -> None:
     assert counts == {
         "fold_constants": 0,
         "fold_batch_norm": 1,
+        "fuse_hard_sigmoid": 0,
+        "fuse_hard_swish": 0,
+        "fuse_silu": 0,
+        "fold_channel_affine": 0,
+        "fold_hard_sigmoid": 0,
         "fuse_activations": 2,
         "convert_layout": 4,
         "cancel_permutes": 6,
+        "sink_permutes": 0,
+        "fold_input_normalization": 0,
         "remove_dead_nodes": 0,
     }
     assert ops(g) == [

@@ -17,22 +17,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmbuild._files import write_atomically
+from mmbuild._files import checked_path, parse_json, read_bytes, write_atomically
 from mmbuild.config.schema import ActivationQuantAlgo, CustomRange
-from mmbuild.errors import Code, MMError
+from mmbuild.errors import MMError
 from mmbuild.ir.network import Network
 
 CACHE_FORMAT: Final = "mmbuild-calibration-cache"
 CACHE_VERSION: Final = 1
+#: A cache file above this size is refused unread (a cache of 100,000 tensors is about 10 MiB).
+MAX_CACHE_BYTES = 64 * 2**20
 
 #: The keys of ``mm.QuantizationAlgorithm`` (``QuantizationAlgorithm.X.key``); a test keeps the two
 #: in step.
-AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse"]
+AlgorithmKey = Literal["linear", "eqnm", "entropy", "percentile", "mse", "auto"]
 
 
 class CalibrationCacheModel(BaseModel):
@@ -98,30 +99,16 @@ def network_fingerprint(network: Network) -> str:
 def read_cache(path: str | os.PathLike[str]) -> CalibrationCacheModel:
     """The validated cache in the file at ``path``.
 
-    Raises ``MMError``: ``NOT_FOUND`` for a missing file; ``INVALID_ARGUMENT`` for text that is
-    not JSON, JSON that is not a calibration cache, a version newer than this reader, or a value
-    the model refuses (the message gives the key path and the reason).
+    Reading is as strict as reading a model manifest (``mmbuild._files`` guards the file and the
+    JSON). Raises ``MMError``: ``NOT_FOUND`` for a missing file; ``INVALID_ARGUMENT`` for a version
+    newer than this reader, a special file, text that is not JSON (a
+    truncated file among it), a repeated key, JSON that is not a calibration cache, a version that
+    is not an integer this reader knows, or a value the model refuses (the message gives the key
+    path, the reason and the value found).
     """
-    where = f"calibration cache {os.fspath(path)!r}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MMError(
-            f"{where}: no such file; write one with Calibrator.write_cache after calibrating",
-            Code.NOT_FOUND,
-        ) from None
-    except IsADirectoryError:
-        raise MMError(f"{where}: is a directory, not a cache file") from None
-    except UnicodeDecodeError as e:
-        raise MMError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise MMError(f"{where}: cannot be read ({e.strerror})", Code.UNAVAILABLE) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MMError(
-            f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
-        ) from None
+    where = f"calibration cache {checked_path(path, 'calibration cache')!r}"
+    text = read_bytes(path, "calibration cache", MAX_CACHE_BYTES)
+    data = parse_json(text, where, allow_non_finite=True)  # the model names a NaN's key path
     found = data.get("format") if isinstance(data, dict) else None
     if found != CACHE_FORMAT:
         what = f"its 'format' is {found!r}" if isinstance(data, dict) else "not a JSON object"
@@ -130,16 +117,33 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationCacheModel:
             f"{CACHE_FORMAT!r})"
         )
     version = data.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > CACHE_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MMError(
+            f"{where}: 'version' is {_found(version)}; a calibration cache's version is an "
+            f"integer ({CACHE_VERSION} for this mmbuild)"
+        )
+    if version > CACHE_VERSION:
         raise MMError(
             f"{where}: format version {version} is newer than this mmbuild reads (version "
             f"{CACHE_VERSION}); upgrade mmbuild or calibrate again to write a version "
             f"{CACHE_VERSION} cache"
         )
+    if version != CACHE_VERSION:
+        raise MMError(
+            f"{where}: format version {version} is not one this mmbuild reads (version "
+            f"{CACHE_VERSION}); calibrate again to write a version {CACHE_VERSION} cache"
+        )
     try:
-        return CalibrationCacheModel.model_validate(data)
+        cache = CalibrationCacheModel.model_validate(data)
     except ValidationError as e:
         raise MMError(f"{where}: {_explain(e)}") from None
+    if not text.endswith(b"\n"):  # a prefix of JSON text is JSON only when cut after its end
+        raise MMError(
+            f"{where}: the file does not end with the newline write_cache puts last, so it may "
+            "have been cut short; write it again with Calibrator.write_cache (or end it with a "
+            "newline if you wrote it by hand)"
+        )
+    return cache
 
 
 def write_cache(path: str | os.PathLike[str], cache: CalibrationCacheModel) -> None:
@@ -160,11 +164,23 @@ def _dumps(cache: CalibrationCacheModel) -> str:
     return f'{{\n{head}  "tensors": {{{body}}}\n}}\n'
 
 
+def _found(value: object) -> str:
+    """A value read from the file, for a message: its JSON type and a short repr."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "an object"}  # fmt: skip
+    if value is None:
+        return "missing or null"
+    kind = next((k for t, k in kinds.items() if isinstance(value, t)), type(value).__name__)
+    text = repr(value)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
 def _explain(error: ValidationError) -> str:
-    """The first few validation problems as 'key.path: reason'."""
+    """The first few validation problems as 'key.path: reason (found: value)'."""
     parts = []
     for item in error.errors()[:3]:
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        parts.append(f"{loc}: {item['msg']}")
+        found = f" (found {_found(item['input'])})" if item["type"] != "missing" else ""
+        parts.append(f"{loc}: {item['msg']}{found}")
     more = error.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

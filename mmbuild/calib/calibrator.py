@@ -33,12 +33,18 @@ from mmbuild.calib import cache as cache_file
 from mmbuild.calib.cache import CACHE_FORMAT, CACHE_VERSION, CalibrationCacheModel
 from mmbuild.calib.data import CalibDataInterface
 from mmbuild.config import BuilderConfig, CustomRange
+from mmbuild.config.model_io import ModelEdges, model_edges
 from mmbuild.errors import Code, MMError, Status, did_you_mean
 from mmbuild.ir.network import Network
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Range
 from mmbuild.precision import split_mode
-from mmbuild.quant.algorithms import QuantizationAlgorithm, choose_range
+from mmbuild.quant.algorithms import (
+    QuantizationAlgorithm,
+    RangeCandidate,
+    choose_range,
+    rank_ranges,
+)
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
 from mmbuild.reference import run_reference
 
@@ -96,11 +102,14 @@ class Calibrator(CamelCaseAliases):
         self._cache: CalibrationCacheModel | None = None
         self._cache_path = ""
         self._result: CalibrationCacheModel | None = None  # what the last calibration chose
+        self._auto_choices: dict[str, RangeCandidate] = {}
 
     # -- settings ------------------------------------------------------------------------------
     def set_quantization_algorithm(self, algorithm: QuantizationAlgorithm) -> Status:
         """The range algorithm: ``mm.QuantizationAlgorithm.LINEAR_ALGORITHM`` (the default),
-        ``EQNM_ALGORITHM``, ``ENTROPY_ALGORITHM``, ``PERCENTILE_ALGORITHM`` or ``MSE_ALGORITHM``."""
+        ``EQNM_ALGORITHM``, ``ENTROPY_ALGORITHM``, ``PERCENTILE_ALGORITHM``, ``MSE_ALGORITHM``,
+        or ``AUTO`` (alias ``AUTO_ALGORITHM``): per tensor, the range of the algorithm whose
+        quantization error on the calibration data is least (see ``get_auto_choices``)."""
         if not isinstance(algorithm, QuantizationAlgorithm):
             names = [a.name for a in QuantizationAlgorithm]
             by_key = {a.key: a.name for a in QuantizationAlgorithm}
@@ -164,9 +173,11 @@ class Calibrator(CamelCaseAliases):
         tensors = activation_tensors(network)
         if self._cache is not None:
             result = self._check_cache(self._cache, network, tensors, config, bits)
+            self._auto_choices = {}
             how = f"from the cache {self._cache_path!r}"
         else:
-            ranges, batches = self._from_data(network, tensors, bits, symmetric)
+            edges = model_edges(network, config)  # samples come as the model takes them
+            ranges, batches = self._from_data(network, tensors, bits, symmetric, edges)
             result = CalibrationCacheModel(
                 format=CACHE_FORMAT,
                 version=CACHE_VERSION,
@@ -197,6 +208,12 @@ class Calibrator(CamelCaseAliases):
         )
         return Status.OK()
 
+    def get_auto_choices(self) -> dict[str, RangeCandidate]:
+        """What ``AUTO`` chose for each tensor in the last calibration from data, by name: the
+        algorithm, the form (``'symmetric'`` or ``'asymmetric'``), the range and its mean squared
+        quantization error. Empty for the other algorithms and after a cache was applied."""
+        return dict(self._auto_choices)
+
     def get_ranges(self) -> dict[str, Range]:
         """The range the last calibration chose for each observed tensor, by name (empty before
         any). A tensor ranged with ``set_dynamic_range`` keeps its own on the network; here it
@@ -224,7 +241,12 @@ class Calibrator(CamelCaseAliases):
 
     # -- stages --------------------------------------------------------------------------------
     def _from_data(
-        self, network: Network, tensors: list[ITensor], bits: int, symmetric: bool
+        self,
+        network: Network,
+        tensors: list[ITensor],
+        bits: int,
+        symmetric: bool,
+        edges: ModelEdges | None = None,
     ) -> tuple[dict[str, tuple[float, float]], int]:
         """Stages 1 to 3: the chosen range of each tensor, and the number of batches read."""
         sources = self._data
@@ -234,6 +256,8 @@ class Calibrator(CamelCaseAliases):
                 f"{network.get_input_count()} input(s); give one data source per network input, "
                 "in input order"
             )
+        if edges is not None:
+            sources = [edges.inputs[i].calibration_source(s) for i, s in enumerate(sources)]
         minmax = {t.get_tensor_name(): MinMaxObserver() for t in tensors}
         hists: dict[str, HistogramObserver] = {}
         if self._algorithm is not QuantizationAlgorithm.LINEAR_ALGORITHM:
@@ -268,6 +292,7 @@ class Calibrator(CamelCaseAliases):
                 batch += 1
                 bar.update(1)
         chosen = {}
+        auto: dict[str, RangeCandidate] = {}
         for t in tensors:
             name = t.get_tensor_name()
             if minmax[name].empty:
@@ -276,6 +301,13 @@ class Calibrator(CamelCaseAliases):
                     f"{batch} batch(es), so it has no range; give batches with at least one element"
                 )
             try:
+                if self._algorithm is QuantizationAlgorithm.AUTO:
+                    best = rank_ranges(
+                        hists[name], minmax[name], bits, symmetric, self._percentile
+                    )[0]
+                    auto[name] = best
+                    chosen[name] = (best.lo, best.hi)
+                    continue
                 chosen[name] = choose_range(
                     self._algorithm,
                     hists.get(name),
@@ -286,6 +318,15 @@ class Calibrator(CamelCaseAliases):
                 )
             except MMError as e:
                 raise MMError(f"Calibrator: tensor {name!r}: {e}") from e
+        if auto:
+            tally: dict[str, int] = {}
+            for c in auto.values():
+                tally[f"{c.algorithm} {c.form}"] = tally.get(f"{c.algorithm} {c.form}", 0) + 1
+            log.info(
+                "AUTO chose, per tensor: %s",
+                ", ".join(f"{k} x{n}" for k, n in sorted(tally.items(), key=lambda kv: -kv[1])),
+            )
+        self._auto_choices = auto
         return chosen, batch
 
     def _next_batch(self, sources: list[CalibDataInterface], batch: int) -> bool:

@@ -25,6 +25,7 @@ from mmbuild.config import BuilderConfig
 from mmbuild.errors import Code, MMError, did_you_mean
 from mmbuild.ir.network import Network
 from mmbuild.ir.types import DataType, Dims
+from mmbuild.parser import ModelKind, Parser
 from mmbuild.precision import split_mode
 from mmbuild.quant.algorithms import QuantizationAlgorithm
 
@@ -213,21 +214,12 @@ def read_config(
 
 
 def load_network(spec: str) -> Network:
-    """An ``.onnx`` file through ``mmbuild.parser``, or ``file.py:function`` called with no
+    """An ``.onnx`` file through ``mm.Parser``, or ``file.py:function`` called with no
     arguments."""
     if spec.lower().endswith(".onnx"):
         existing_file(spec, "ONNX file")
-        if importlib.util.find_spec("mmbuild.parser") is None:
-            raise MMError(
-                f"cannot read {spec!r}: this mmbuild has no ONNX parser (mmbuild.parser); build "
-                "from a Python function instead (path/to/file.py:function)",
-                Code.UNAVAILABLE,
-            )
-        import mmbuild as mm
-
         network = Network()
-        parser = mm.Parser(mm.ModelKind.kOnnx)  # type: ignore[attr-defined]  # API.md
-        parser.parse(network, spec)
+        Parser(ModelKind.kOnnx).parse(network, spec)
         return network
     path, sep, function = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not function.isidentifier():

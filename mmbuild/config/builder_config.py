@@ -22,12 +22,17 @@ from typing import Annotated, Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from mmbuild._aliases import CamelCaseAliases
-from mmbuild.config.schema import IGNORED_KEYS, UNSUPPORTED_KEYS, BuilderConfigModel
-from mmbuild.errors import Code, MMError, Status, did_you_mean
+from mmbuild._files import parse_json, read_json_file
+from mmbuild.config.schema import IGNORED_KEYS, MAGICMIND_KEYS, BuilderConfigModel
+from mmbuild.errors import MMError, Status, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 Loc = tuple[str | int, ...]
+#: A builder config file above this size is refused unread.
+MAX_CONFIG_BYTES = 16 * 2**20
+#: How many problems an error message lists before it gives the count of the rest.
+MAX_LISTED_PROBLEMS = 5
 
 
 class BuilderConfig(CamelCaseAliases):
@@ -67,7 +72,12 @@ class BuilderConfig(CamelCaseAliases):
                 f"builder config: parse_from_string expects a str of JSON, got "
                 f"{type(text).__name__}"
             )
-        self._merge_in(_load_json(text, "builder config"), "builder config")
+        where = "builder config"
+        if len(text) > MAX_CONFIG_BYTES:
+            raise MMError(
+                f"{where}: {len(text)} characters is above the limit of {MAX_CONFIG_BYTES}"
+            )
+        self._merge_in(parse_json(text, where, allow_non_finite=True), where)
         return Status.OK()
 
     def parse_from_file(self, path: str | os.PathLike[str]) -> Status:
@@ -75,19 +85,10 @@ class BuilderConfig(CamelCaseAliases):
 
         A missing file raises ``MMError`` with code ``NOT_FOUND``.
         """
-        where = f"builder config {os.fspath(path)!r}"
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise MMError(f"{where}: no such file", Code.NOT_FOUND) from None
-        except IsADirectoryError:
-            raise MMError(f"{where}: is a directory, not a JSON file") from None
-        except UnicodeDecodeError as e:
-            raise MMError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise MMError(f"{where}: cannot be read ({e.strerror})", Code.UNAVAILABLE) from None
-        self._merge_in(_load_json(text, where), where)
+        data, where = read_json_file(
+            path, "builder config", MAX_CONFIG_BYTES, allow_non_finite=True
+        )
+        self._merge_in(data, where)
         return Status.OK()
 
     def _merge_in(self, data: Any, where: str) -> None:
@@ -96,6 +97,9 @@ class BuilderConfig(CamelCaseAliases):
                 f"{where}: the top level must be a JSON object "
                 f'(like {{"precision_config": {{...}}}}), got {_kind(data)}'
             )
+        # "$schema" names the file's JSON Schema for editors (mmbuild.schemas): not a build setting
+        if not isinstance(data.pop("$schema", ""), str):
+            raise MMError(f'{where}: "$schema" must be a string, the URL or path of a JSON Schema')
         bad = next(_non_finite(data, ()), None)
         if bad is not None:
             raise MMError(
@@ -156,6 +160,34 @@ class BuilderConfig(CamelCaseAliases):
         found = ranges.get(tensor_name, ranges.get(""))
         return None if found is None else (list(found.min), list(found.max))
 
+    # -- MagicMind's model-changing keys, by input / output index -------------------------------
+
+    @property
+    def convert_input_layout(self) -> dict[int, tuple[str, str]]:
+        """``convert_input_layout``: input index -> (src, dst), e.g. ``{0: ("NCHW", "NHWC")}``."""
+        return {int(k): (v.src, v.dst) for k, v in self._model.convert_input_layout.items()}
+
+    @property
+    def convert_output_layout(self) -> dict[int, tuple[str, str]]:
+        """``convert_output_layout``: output index -> (src, dst)."""
+        return {int(k): (v.src, v.dst) for k, v in self._model.convert_output_layout.items()}
+
+    @property
+    def insert_bn_before_firstnode(self) -> dict[int, tuple[list[float], list[float]]]:
+        """``insert_bn_before_firstnode``: input index -> (mean list, var list)."""
+        entries = self._model.insert_bn_before_firstnode
+        return {int(k): (list(v.mean), list(v.var)) for k, v in entries.items()}
+
+    @property
+    def graph_shape_mutable(self) -> bool:
+        """``graph_shape_mutable`` (default True); False fixes the input shapes at build time."""
+        return self._model.graph_shape_mutable
+
+    @property
+    def dim_range(self) -> dict[int, tuple[list[int], list[int]]]:
+        """``dim_range``: input index -> (min dims, max dims)."""
+        return {int(k): (list(v.min), list(v.max)) for k, v in self._model.dim_range.items()}
+
     def ignored_keys(self) -> list[str]:
         """The key paths that were accepted but have no effect, sorted.
 
@@ -169,13 +201,14 @@ class BuilderConfig(CamelCaseAliases):
     def to_json(self) -> str:
         """The whole configuration as pretty JSON, defaults included; parsing it gives it back.
 
-        Ignored keys appear only when they were given.
+        Ignored keys, and the MagicMind keys that change the model (``convert_input_layout``,
+        ``insert_bn_before_firstnode``, ``graph_shape_mutable``, ...), appear only when given.
         """
         return json.dumps(self._dump(), indent=2)
 
     def _dump(self) -> dict[str, Any]:
         data = self._model.model_dump(mode="json")
-        for key in IGNORED_KEYS:
+        for key in (*IGNORED_KEYS, *MAGICMIND_KEYS):
             if key not in self._model.model_fields_set:
                 del data[key]
         return data
@@ -199,31 +232,6 @@ class BuilderConfig(CamelCaseAliases):
 # -- JSON ----------------------------------------------------------------------------------------
 
 
-def _load_json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e:
-        raise MMError(
-            f"{where}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-        ) from None
-    except _DuplicateKeyError as e:
-        raise MMError(f"{where}: key {e.args[0]!r} appears twice in one JSON object") from None
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Within one document a repeated key is a mistake (json.loads would silently keep the last).
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKeyError(key)
-        out[key] = value
-    return out
-
-
 def _non_finite(value: Any, loc: Loc) -> Iterator[tuple[Loc, float]]:
     # json.loads accepts NaN, Infinity and 1e999; none of them belongs in a config.
     if isinstance(value, float) and not math.isfinite(value):
@@ -236,13 +244,17 @@ def _non_finite(value: Any, loc: Loc) -> Iterator[tuple[Loc, float]]:
             yield from _non_finite(v, (*loc, i))
 
 
+_WHOLE_ENTRIES = {("custom_ranges",), *((k,) for k in MAGICMIND_KEYS)}
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any], loc: Loc) -> None:
     """Merge ``update`` into ``base`` in place: objects key by key, anything else replaced.
 
-    An entry of ``custom_ranges`` is replaced as a whole: a range is one value, and merging a new
-    ``min`` with an old ``max`` of another length would make a range nobody wrote.
+    An entry of ``custom_ranges`` (or of an index-keyed MagicMind key such as ``dim_range``) is
+    replaced as a whole: a range is one value, and merging a new ``min`` with an old ``max`` of
+    another length would make a range nobody wrote.
     """
-    replace_children = loc == ("custom_ranges",)
+    replace_children = loc in _WHOLE_ENTRIES
     for key, value in update.items():
         old = base.get(key)
         if isinstance(old, dict) and isinstance(value, dict) and not replace_children:
@@ -334,10 +346,13 @@ def _keys_of(model: type[BaseModel]) -> list[str]:
 
 
 def _explain(error: ValidationError) -> str:
-    lines = [_explain_one(e) for e in error.errors(include_url=False)]
-    if len(lines) == 1:
+    """The first ``MAX_LISTED_PROBLEMS`` problems, then how many more there are."""
+    count = error.error_count()
+    lines = [_explain_one(e) for e in error.errors(include_url=False)[:MAX_LISTED_PROBLEMS]]
+    if count == 1:
         return lines[0]
-    return f"{len(lines)} problems: " + "; ".join(lines)
+    more = f" (and {count - len(lines)} more)" if count > len(lines) else ""
+    return f"{count} problems: " + "; ".join(lines) + more
 
 
 def _explain_one(err: Any) -> str:
@@ -349,8 +364,6 @@ def _explain_one(err: Any) -> str:
         holder, _ = _resolve(loc)
         allowed = _keys_of(holder or BuilderConfigModel)
         inside = f"in {_path(loc[:-1])}" if len(loc) > 1 else "at the top level"
-        if key in UNSUPPORTED_KEYS:
-            return f"{path}: not supported: {UNSUPPORTED_KEYS[key]}"
         return (
             f"unknown key {path!r}{did_you_mean(key, allowed)}; "
             f"allowed keys {inside}: {', '.join(allowed)}"
@@ -372,7 +385,16 @@ def _explain_one(err: Any) -> str:
         needs = f" (an entry needs {' and '.join(map(repr, needed))})" if needed else ""
         return f"{path}: required key is missing{needs}"
     if kind in ("float_type", "float_parsing"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (
+                f"{path}: the integer {_show(value)} ({len(str(abs(value)))} digits) is too "
+                "large for a float; use a number of magnitude below 1.8e308"
+            )
         return f"{path}: expected a number, got {_kind(value)}"
+    if kind == "bool_type":
+        return f"{path}: expected true or false, got {_kind(value)}"
+    if kind in ("int_type", "int_from_float"):
+        return f"{path}: expected a whole number, got {_kind(value)}"
     if kind == "list_type":
         return f"{path}: expected a number or a list of numbers, got {_kind(value)}"
     if kind == "too_short":

@@ -4,7 +4,10 @@ This file is the single source of truth for the builder configuration: ``Builder
 with these models, ``python -m mmbuild.tools.write_schemas`` turns them into
 ``include/builder_config.schema.json``, and ``docs/config.md`` describes them. A key that
 MagicMind knows but that means nothing on a CPU is declared here too, as a field marked
-``x-mmbuild-ignored``, so that it is accepted, reported and listed in the schema.
+``x-mmbuild-ignored``, so that it is accepted, reported and listed in the schema. The MagicMind
+keys that change what the built model takes or computes (``convert_input_layout``,
+``convert_output_layout``, ``insert_bn_before_firstnode``, ``graph_shape_mutable``, ``dim_range``)
+are honoured; they are keyed by input (or output) index, ``"0"``, ``"1"``, ..., as MagicMind's.
 
 The models are strict (``"1.0"`` is not a number, ``true`` is not a number) and forbid unknown keys;
 ``BuilderConfig`` turns their validation errors into ``MMError`` messages.
@@ -126,6 +129,88 @@ class CustomRange(_Strict):
         return self
 
 
+LayoutName = Literal["NCHW", "NHWC", "NCDHW", "NDHWC", "NCT", "NTC"]
+LAYOUT_NAMES: tuple[str, ...] = get_args(LayoutName)
+# Layouts of one rank name the same axes in another order: a conversion stays within one pair.
+_LAYOUT_PAIRS = "NCHW <-> NHWC, NCDHW <-> NDHWC, NCT <-> NTC"
+_Size = Annotated[int, Field(strict=True, ge=0)]
+
+
+class LayoutConversion(_Strict):
+    """One input's (or output's) layout conversion: ``{"src": "NCHW", "dst": "NHWC"}``.
+
+    The network was written for ``src``; the built model takes (or gives) the tensor in ``dst``.
+    """
+
+    src: LayoutName = Field(description="The layout the network was written for.")
+    dst: LayoutName = Field(description="The layout the built model takes or gives.")
+
+    @model_validator(mode="after")
+    def _same_axes(self) -> LayoutConversion:
+        if sorted(self.src) != sorted(self.dst):
+            raise ValueError(
+                f"src {self.src!r} and dst {self.dst!r} name different axes; convert within one "
+                f"of {_LAYOUT_PAIRS}"
+            )
+        return self
+
+
+class InputNormalization(_Strict):
+    """``{"mean": [...], "var": [...]}``: the model computes ``(x - mean[c]) / sqrt(var[c])``."""
+
+    mean: list[_FiniteFloat] = Field(
+        min_length=1, description="One mean per channel of the input (finite numbers)."
+    )
+    var: list[_FiniteFloat] = Field(
+        min_length=1, description="One variance per channel, each > 0, as many as mean."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InputNormalization:
+        if len(self.mean) != len(self.var):
+            raise ValueError(
+                f"mean has {len(self.mean)} values and var has {len(self.var)}; give one of each "
+                "per channel"
+            )
+        for c, v in enumerate(self.var):
+            if v <= 0:
+                raise ValueError(f"var[{c}] = {v}; a variance must be > 0 (it is divided by)")
+        return self
+
+
+class DimRange(_Strict):
+    """The shapes an input may take: ``{"min": [1, 3, 224, 224], "max": [8, 3, 224, 224]}``."""
+
+    min: list[_Size] = Field(min_length=1, description="Smallest size of each dimension.")
+    max: list[_Size] = Field(min_length=1, description="Largest size of each dimension.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DimRange:
+        if len(self.min) != len(self.max):
+            raise ValueError(
+                f"min has {len(self.min)} dimensions and max has {len(self.max)}; give both one "
+                "size per dimension of the input"
+            )
+        for i, (lo, hi) in enumerate(zip(self.min, self.max, strict=True)):
+            if lo > hi:
+                raise ValueError(f"min[{i}] = {lo} exceeds max[{i}] = {hi}; need min <= max")
+        return self
+
+
+def _check_index_keys(value: dict[str, Any]) -> dict[str, Any]:
+    for key in value:
+        if not key.isdigit() or not key.isascii():
+            raise ValueError(
+                f"key {key!r} is not an index; use the input's (or output's) position in the "
+                'network: "0", "1", ...'
+            )
+    return value
+
+
+def _indexed(description: str) -> Any:
+    return Field(default_factory=dict, description=description)
+
+
 def _ignored(description: str) -> Any:
     """A field for a MagicMind key that mmbuild accepts, remembers and reports as ignored."""
     return Field(
@@ -135,10 +220,24 @@ def _ignored(description: str) -> Any:
     )
 
 
+def _allow_schema_key(schema: dict[str, Any]) -> None:
+    # A config file may name its schema ("$schema", for editors); BuilderConfig accepts and drops
+    # it before validation, and the published schema allows it, or editors would flag it.
+    schema["properties"] = {
+        "$schema": {
+            "type": "string",
+            "description": "The URL or path of this JSON Schema, for editors; ignored by mmbuild.",
+        },
+        **schema["properties"],
+    }
+
+
 class BuilderConfigModel(_Strict):
     """The configuration of a build, as parsed by BuilderConfig.parse_from_string."""
 
-    model_config = ConfigDict(title="mmbuild builder configuration")
+    model_config = ConfigDict(
+        title="mmbuild builder configuration", json_schema_extra=_allow_schema_key
+    )
 
     precision_config: PrecisionConfig = Field(
         default_factory=PrecisionConfig,
@@ -152,25 +251,46 @@ class BuilderConfigModel(_Strict):
         ),
     )
 
+    # MagicMind keys that change the built model, honoured; keyed by input / output index.
+    convert_input_layout: dict[str, LayoutConversion] = _indexed(
+        'Per network input index: {"src": layout the network was written for, "dst": layout '
+        "the built model takes}. The model permutes the input; the layout pass absorbs the "
+        "permute where the network's first nodes are convolutions or pooling."
+    )
+    convert_output_layout: dict[str, LayoutConversion] = _indexed(
+        'Per network output index: {"src": layout the network computes, "dst": layout the '
+        "built model gives}."
+    )
+    insert_bn_before_firstnode: dict[str, InputNormalization] = _indexed(
+        'Per network input index: {"mean": [...], "var": [...]}; the model computes '
+        "(x - mean[c]) / sqrt(var[c]) per channel c of that input (the C axis of its layout) "
+        "before the network, folded into the first convolution where that is exact."
+    )
+    graph_shape_mutable: bool = Field(
+        default=True,
+        description=(
+            "false: the network's input shapes must be fully known (no -1) and the model takes "
+            "only those shapes. true (the default): -1 dimensions are fixed at enqueue."
+        ),
+    )
+    dim_range: dict[str, DimRange] = _indexed(
+        'Per model input index: {"min": [...], "max": [...]}, the shapes enqueue accepts for '
+        "that input (as the model takes it, after convert_input_layout)."
+    )
+
+    _index_keys = field_validator(
+        "convert_input_layout", "convert_output_layout", "insert_bn_before_firstnode", "dim_range"
+    )(_check_index_keys)
+
     # MagicMind keys with no meaning on a CPU. Keep them in MagicMind's own spelling.
     archs: _AnyJson = _ignored("the MLU architectures (and clusters) to build for.")
     opt_config: _AnyJson = _ignored("graph optimisation switches such as type64to32_conversion.")
     debug_config: _AnyJson = _ignored("debugging switches of the MLU compiler.")
     cross_compile_toolchain_path: _AnyJson = _ignored("the toolchain for edge devices.")
-    graph_shape_mutable: _AnyJson = _ignored(
-        "whether input shapes may change after the build; mmbuild always takes -1 dimensions."
-    )
     dynamic_shape: _AnyJson = _ignored("whether input shapes may change after the build.")
-    dim_range: _AnyJson = _ignored("the shape ranges the MLU kernels are tuned for.")
     computation_preference: _AnyJson = _ignored("fast or high-precision MLU kernels.")
     compute_determinism: _AnyJson = _ignored("deterministic MLU kernels; mmbuild is deterministic.")
     device_id: _AnyJson = _ignored("the MLU device to build on.")
-    convert_input_layout: _AnyJson = _ignored(
-        "a layout conversion at the model inputs; the model keeps the network's input layouts."
-    )
-    convert_output_layout: _AnyJson = _ignored(
-        "a layout conversion at the model outputs; the model keeps the network's output layouts."
-    )
     bit_width: _AnyJson = _ignored("the bit width of MLU integer kernels.")
     max_workspace_size: _AnyJson = _ignored("the MLU workspace limit.")
     enable_fusion_pass: _AnyJson = _ignored("MLU fusion passes.")
@@ -182,11 +302,11 @@ IGNORED_KEYS: tuple[str, ...] = tuple(
     if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(IGNORED_MARKER)
 )
 
-# MagicMind keys that change a network's arithmetic: ignoring them would give wrong results, so they
-# are refused with the reason and the mmbuild way to get the same effect.
-UNSUPPORTED_KEYS: dict[str, str] = {
-    "insert_bn_before_firstnode": (
-        "it changes the network's arithmetic, so mmbuild does not ignore it; normalise the input "
-        "in preprocessing, or add the (x - mean) / sqrt(var) nodes to the network"
-    ),
-}
+# The honoured MagicMind keys: like ignored keys, to_json() writes them only when they were given.
+MAGICMIND_KEYS: tuple[str, ...] = (
+    "convert_input_layout",
+    "convert_output_layout",
+    "insert_bn_before_firstnode",
+    "graph_shape_mutable",
+    "dim_range",
+)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._checks import checked
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.tensor import ITensor
@@ -35,25 +36,44 @@ class Network(CamelCaseAliases):
         self._nodes: list[INode] = []
         self._node_names: dict[str, INode] = {}
         self._tensor_names: dict[str, ITensor] = {}
+        self._unshaped: set[ITensor] = set()  # inputs added without dims, not yet set
 
     # -- inputs and outputs ------------------------------------------------------------------
-    def add_input(self, dtype: DataType, dims: Dims | Sequence[int]) -> ITensor:
-        """A network input; ``-1`` in ``dims`` marks a dimension given at run time."""
+    @checked
+    def add_input(self, dtype: DataType, dims: Dims | Sequence[int] | None = None) -> ITensor:
+        """A network input; ``-1`` in ``dims`` marks a dimension given at run time.
+
+        Without ``dims`` (MagicMind's ``add_input(dtype)``) the shape is not known yet: give it
+        with ``tensor.set_dimension(mm.Dims([...]))`` before a node reads the input.
+        """
         if not isinstance(dtype, DataType):
             raise MMError(f"add_input: the data type must be an mm.DataType, not {dtype!r}")
-        dims = dims if isinstance(dims, Dims) else Dims(dims)
         name = self._free_name("input", self._tensor_names)
-        tensor = ITensor(self, name, dims, dtype)
+        tensor = ITensor(self, name, Dims([]) if dims is None else Dims(dims), dtype)
+        if dims is None:
+            self._unshaped.add(tensor)
         self._inputs.append(tensor)
         self._tensor_names[name] = tensor
         return tensor
 
+    def check_input_shapes_known(self, what: str) -> None:
+        """Refuse (naming the input) an input added without dims whose shape was never set."""
+        for t in self._inputs:
+            if t in self._unshaped:
+                raise MMError(
+                    f"{what}: network input {self._inputs.index(t)} ({t.name!r}) was added "
+                    "without dimensions; give them with "
+                    f"net.get_input({self._inputs.index(t)}).set_dimension(mm.Dims([...]))"
+                )
+
+    @checked
     def get_input(self, i: int) -> ITensor:
         return self._inputs[_index(i, len(self._inputs), "input")]
 
     def get_input_count(self) -> int:
         return len(self._inputs)
 
+    @checked
     def mark_output(self, tensor: ITensor) -> Status:
         """Make ``tensor`` an output of the network, in the order outputs are marked."""
         self._own(tensor, "mark_output")
@@ -65,6 +85,7 @@ class Network(CamelCaseAliases):
         self._outputs.append(tensor)
         return Status.OK()
 
+    @checked
     def unmark_output(self, tensor: ITensor) -> Status:
         self._own(tensor, "unmark_output")
         if tensor not in self._outputs:
@@ -75,6 +96,7 @@ class Network(CamelCaseAliases):
         self._outputs.remove(tensor)
         return Status.OK()
 
+    @checked
     def get_output(self, i: int) -> ITensor:
         return self._outputs[_index(i, len(self._outputs), "output")]
 
@@ -86,9 +108,11 @@ class Network(CamelCaseAliases):
         """Every node, producers before consumers."""
         return list(self._nodes)
 
+    @checked
     def find_node_by_name(self, name: str) -> INode | None:
         return self._node_names.get(name)
 
+    @checked
     def find_tensor_by_name(self, name: str) -> ITensor | None:
         return self._tensor_names.get(name)
 
@@ -121,6 +145,8 @@ class Network(CamelCaseAliases):
             if t is None:
                 raise MMError(f"{call}: input {i} ({label}) is missing; pass an ITensor")
             self._own(t, f"{call}: input {i} ({label})")
+            if t in self._unshaped:
+                self.check_input_shapes_known(call)
         name = self._free_name(cls.op, self._node_names)
         node = cls(self, name, inputs, attrs)  # type: ignore[arg-type]
         specs = _infer(node, [_spec(t) for t in node._inputs])
@@ -146,7 +172,11 @@ class Network(CamelCaseAliases):
             raise
 
     def _set_input_spec(self, tensor: ITensor, dims: Dims, dtype: DataType) -> None:
+        if tensor in self._unshaped and dims is tensor.get_dimension():
+            tensor._dtype = dtype  # set_data_type before set_dimension: still no shape
+            return
         self._reinfer({}, {tensor: TensorSpec(tuple(dims), dtype)})
+        self._unshaped.discard(tensor)
 
     def _set_output_type(self, node: INode, i: int, dtype: DataType) -> None:
         # a precision choice: shape inference keeps working on the logical (inferred) types

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._checks import checked
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.types import DataType
 
@@ -96,6 +97,7 @@ class INode(CamelCaseAliases):
     def get_node_name(self) -> str:
         return self._name
 
+    @checked
     def set_node_name(self, name: str) -> Status:
         self._network._rename_node(self, name)
         return Status.OK()
@@ -109,18 +111,22 @@ class INode(CamelCaseAliases):
     def get_output_count(self) -> int:
         return len(self._outputs)
 
+    @checked
     def get_input(self, i: int) -> ITensor:
         return self._inputs[self._check_index(i, len(self._inputs), "input")]
 
+    @checked
     def get_output(self, i: int) -> ITensor:
         return self._outputs[self._check_index(i, len(self._outputs), "output")]
 
+    @checked
     def update_input(self, i: int, tensor: ITensor) -> Status:
         """Connect input ``i`` to another tensor of the same network; shapes are re-inferred."""
         self._check_index(i, len(self._inputs), "input")
         self._network._update_input(self, i, tensor)
         return Status.OK()
 
+    @checked
     def set_precision(self, i: int, dtype: DataType) -> Status:
         """Run input ``i`` in ``dtype`` (FLOAT32, FLOAT16, QINT8 or QINT16), whatever the mode.
 
@@ -131,11 +137,13 @@ class INode(CamelCaseAliases):
         self._precisions[i] = self._check_precision(dtype, f"set_precision({i}, ...)")
         return Status.OK()
 
+    @checked
     def get_precision(self, i: int) -> DataType:
         """The precision set for input ``i``, or the input's data type when none was set."""
         self._check_index(i, len(self._inputs), "input")
         return self._precisions.get(i, self._inputs[i].get_data_type())
 
+    @checked
     def set_output_type(self, i: int, dtype: DataType) -> Status:
         """Make output ``i`` of this node ``dtype`` (FLOAT32 or FLOAT16, or QINT8 / QINT16)."""
         self._check_index(i, len(self._outputs), "output")
@@ -143,6 +151,7 @@ class INode(CamelCaseAliases):
         self._network._set_output_type(self, i, dtype)
         return Status.OK()
 
+    @checked
     def get_output_type(self, i: int) -> DataType:
         self._check_index(i, len(self._outputs), "output")
         return self._outputs[i].get_data_type()

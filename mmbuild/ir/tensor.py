@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mmbuild._aliases import CamelCaseAliases
+from mmbuild._checks import checked
 from mmbuild.errors import MMError, Status
 from mmbuild.ir.types import DataType, Dims, Range
 
@@ -44,6 +45,7 @@ class ITensor(CamelCaseAliases):
     def get_tensor_name(self) -> str:
         return self._name
 
+    @checked
     def set_tensor_name(self, name: str) -> Status:
         self._network._rename_tensor(self, name)
         return Status.OK()
@@ -76,6 +78,7 @@ class ITensor(CamelCaseAliases):
     def get_dimension(self) -> Dims:
         return self._dims
 
+    @checked
     def set_dimension(self, dims: Dims | Sequence[int]) -> Status:
         """Change the shape of a network input; every node downstream is re-inferred."""
         if not self.is_input:
@@ -93,6 +96,7 @@ class ITensor(CamelCaseAliases):
             return self._producer._output_types.get(self._index, self._dtype)
         return self._dtype
 
+    @checked
     def set_data_type(self, dtype: DataType) -> Status:
         """For a network input, its declared type; for a node output, the node's output type."""
         if not isinstance(dtype, DataType):
@@ -114,6 +118,7 @@ class ITensor(CamelCaseAliases):
         return self._dtype
 
     # -- dynamic range ----------------------------------------------------------------------
+    @checked
     def set_dynamic_range(self, rng: Range, force: bool = False) -> Status:
         """Set the float range ``[min, max]`` that quantizes this tensor.
 
@@ -133,6 +138,7 @@ class ITensor(CamelCaseAliases):
         self._user_range = True
         return Status.OK()
 
+    @checked
     def set_dynamic_range_per_axis(self, ranges: Sequence[Range], force: bool = False) -> Status:
         """One range per channel (the last axis in NHWC, axis 0 for weights)."""
         if not ranges or not all(isinstance(r, Range) and not r.per_axis for r in ranges):

@@ -17,6 +17,12 @@ class DataType(enum.Enum):
 
     QINT8 and QINT16 are quantized types: their numpy dtype is the storage (int8, int16); scale
     and zero point come from the tensor's range.
+
+    UINT16, UINT32 and FLOAT64 are MagicMind's too. Data movement (copy, permute, reshape,
+    concat, slice, ...) and ``cast`` run in every type; no kernel computes in these three, so a
+    node that would compute in one is refused at build time, named, with the types it runs in
+    (cast to FLOAT32 or INT32 first). ``is_float`` means a float type mmbuild computes in
+    (FLOAT32, FLOAT16): FLOAT64 is not one.
     """
 
     FLOAT32 = "float32"
@@ -28,6 +34,9 @@ class DataType(enum.Enum):
     INT32 = "int32"
     INT64 = "int64"
     UINT8 = "uint8"
+    UINT16 = "uint16"
+    UINT32 = "uint32"
+    FLOAT64 = "float64"
     BOOL = "bool"
 
     @property
@@ -70,8 +79,27 @@ _NUMPY = {
     DataType.INT32: "int32",
     DataType.INT64: "int64",
     DataType.UINT8: "uint8",
+    DataType.UINT16: "uint16",
+    DataType.UINT32: "uint32",
+    DataType.FLOAT64: "float64",
     DataType.BOOL: "bool",
 }
+
+
+def get_datatype_by_numpy(dtype: Any) -> DataType:
+    """MagicMind's ``get_datatype_by_numpy``: the DataType of a numpy dtype (or of anything
+    ``np.dtype`` accepts). int8 gives INT8, never QINT8.
+
+    >>> get_datatype_by_numpy(np.float32), get_datatype_by_numpy(np.dtype("uint16"))
+    (DataType.FLOAT32, DataType.UINT16)
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise MMError(
+            f"get_datatype_by_numpy: {dtype!r} is not a numpy dtype; pass array.dtype"
+        ) from None
+    return DataType.from_numpy(dt)
 
 
 class Layout(enum.Enum):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -79,13 +80,27 @@ class Step:
 
 @dataclass(frozen=True)
 class Runner:
-    """A bound step: ``run(inputs, outputs)``; ``fns`` are the numba functions it calls."""
+    """A bound step: ``run(inputs, outputs)``; ``fns`` are the numba functions it calls.
+
+    ``prepare(inputs, outputs)``, when a kernel gives it, returns the step as a call without
+    arguments for buffers that stay the same from run to run: whatever ``run`` would check,
+    flatten or look up on every call is done once there, so the call is the numba call alone.
+    The runtime binds each step once per set of input shapes through :meth:`bound`.
+    """
 
     run: Callable[[Buffers, Buffers], None]
     fns: tuple[Any, ...]
+    prepare: Callable[[Buffers, Buffers], Callable[[], None]] | None = None
 
     def __call__(self, inputs: Buffers, outputs: Buffers) -> None:
         self.run(inputs, outputs)
+
+    def bound(self, inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
+        """The step on these buffers as a call without arguments (``prepare``'s, else ``run``
+        with the buffers given)."""
+        if self.prepare is not None:
+            return self.prepare(inputs, outputs)
+        return partial(self.run, inputs, outputs)
 
 
 class Kernel:

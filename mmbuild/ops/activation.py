@@ -33,6 +33,12 @@ class IActivation(enum.Enum):
     HARD_SIGMOID = "hard_sigmoid"
     HARD_SWISH = "hard_swish"
     ELU = "elu"
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    ERF = "erf"
+    SOFTPLUS = "softplus"
+    MISH = "mish"
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,21 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return np.vectorize(erf, otypes=[np.float64])(x)
 
 
+def _one_plus_erf(z: np.ndarray) -> np.ndarray:
+    """``1 + erf(z)``, computed as ``erfc(-z)``: the same value without the cancellation that
+    loses every digit of ``1 + erf(z)`` below z = -5.5 in float64."""
+    from math import erfc
+
+    return np.vectorize(lambda v: erfc(-v), otypes=[np.float64])(z)
+
+
 ACTIVATIONS: dict[IActivation, ActivationDef] = {
     IActivation.RELU: ActivationDef("max(x, 0)", lambda x, a, b: np.maximum(x, 0)),
     IActivation.RELU6: ActivationDef("min(max(x, 0), 6)", lambda x, a, b: np.clip(x, 0, 6)),
     IActivation.SIGMOID: ActivationDef("1 / (1 + exp(-x))", lambda x, a, b: 1 / (1 + np.exp(-x))),
     IActivation.TANH: ActivationDef("tanh(x)", lambda x, a, b: np.tanh(x)),
     IActivation.GELU: ActivationDef(
-        "x / 2 * (1 + erf(x / sqrt(2)))", lambda x, a, b: x / 2 * (1 + _erf(x / np.sqrt(2)))
+        "x / 2 * (1 + erf(x / sqrt(2)))", lambda x, a, b: x / 2 * _one_plus_erf(x / np.sqrt(2))
     ),
     IActivation.SILU: ActivationDef("x / (1 + exp(-x))", lambda x, a, b: x / (1 + np.exp(-x))),
     IActivation.LEAKY_RELU: ActivationDef(
@@ -74,6 +88,14 @@ ACTIVATIONS: dict[IActivation, ActivationDef] = {
         "x if x > 0 else alpha * (exp(x) - 1)",
         lambda x, a, b: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
         alpha=1.0,
+    ),
+    IActivation.EXP: ActivationDef("exp(x)", lambda x, a, b: np.exp(x)),
+    IActivation.LOG: ActivationDef("log(x) (-inf at 0, NaN below)", lambda x, a, b: np.log(x)),
+    IActivation.SQRT: ActivationDef("sqrt(x) (NaN below 0)", lambda x, a, b: np.sqrt(x)),
+    IActivation.ERF: ActivationDef("erf(x)", lambda x, a, b: _erf(x)),
+    IActivation.SOFTPLUS: ActivationDef("log1p(exp(x))", lambda x, a, b: np.log1p(np.exp(x))),
+    IActivation.MISH: ActivationDef(
+        "x * tanh(log1p(exp(x)))", lambda x, a, b: x * np.tanh(np.log1p(np.exp(x)))
     ),
 }
 
@@ -133,7 +155,8 @@ class IActivationNode(INode):
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         d = ACTIVATIONS[self.mode]
         x = arrays[0].astype(np.float64)
-        with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives the right limit, 0
+        # exp(-x) -> inf for x << 0 gives the right limit, 0; log and sqrt give -inf / NaN
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             y = d.fn(x, self.attrs["alpha"] or 0.0, self.attrs["beta"] or 0.0)
         return [np.asarray(y, dtype=np.float32)]
 

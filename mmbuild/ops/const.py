@@ -18,10 +18,12 @@ __all__ = ["IConstNode"]
 
 @register_op
 class IConstNode(INode):
-    """A constant: ``add_i_const_node(dtype, dims, data)``.
+    """A constant: ``add_i_const_node(dtype, dimensions, value)``.
 
-    ``data`` is any array-like whose element count equals ``dims``; it is copied and stored as
-    ``dtype``. Example: ``net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims([2]), [0.5, 1.5])``.
+    ``value`` is any array-like whose element count equals ``dimensions``; it is copied and
+    stored as ``dtype``. Example: ``net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims([2]),
+    [0.5, 1.5])``; MagicMind's keywords work too: ``add_i_const_node(dtype=...,
+    dimensions=..., value=...)``.
     """
 
     node_type = "IConstNode"
@@ -31,8 +33,9 @@ class IConstNode(INode):
 
     @classmethod
     def create(
-        cls, network: Network, dtype: DataType, dims: Dims | Sequence[int], data: Any
+        cls, network: Network, dtype: DataType, dimensions: Dims | Sequence[int], value: Any
     ) -> INode:  # type: ignore[override]
+        dims, data = dimensions, value
         if not isinstance(dtype, DataType):
             raise MMError(f"add_i_const_node: the data type must be an mm.DataType, not {dtype!r}")
         dims = dims if isinstance(dims, Dims) else Dims(dims)

@@ -97,14 +97,22 @@ class ImpliedAttrs(INode):
         """This node's attributes with the first of ``fitting_choices`` under which it infers;
         unchanged when none does (so that the error then names the problem)."""
         specs = [TensorSpec(tuple(t.get_dimension()), t.get_data_type()) for t in self._inputs]
-        for choice in self.fitting_choices(specs, fixed):
-            probe = type(self)(self._network, self._name, self._inputs, {**self.attrs, **choice})
-            try:
-                probe.infer(specs)
-            except MMError:
-                continue
-            return probe.attrs
+        # a choice whose window fits comes first; one that waits for its pads comes next
+        for whole in (True, False):
+            for choice in self.fitting_choices(specs, fixed):
+                attrs = {**self.attrs, **choice}
+                probe = type(self)(self._network, self._name, self._inputs, attrs)
+                try:
+                    probe.infer(specs)
+                except MMError:
+                    continue
+                if not whole or probe.window_misfit(specs) is None:
+                    return probe.attrs
         return dict(self.attrs)
+
+    def window_misfit(self, inputs: Sequence[TensorSpec]) -> str | None:
+        """Why the window does not fit the padded input, or None (see ``IConvNode``)."""
+        return None
 
     def _set_implied(self, **change: Any) -> Status:
         """Set implied attributes and fix them; the others still implied are re-chosen."""
@@ -336,13 +344,38 @@ class IConvNode(ConvLike):
         pt, pb, pl, pr = self.pads_for(h, w, kh, kw)
         ho = -1 if h < 0 else window_out(h, kh, sh, pt + pb, dh)
         wo = -1 if w < 0 else window_out(w, kw, sw, pl + pr, dw)
+        # A window that does not fit (yet) gives an empty output: the pads that make it fit
+        # may still come (set_pad after add), so ``validate`` refuses it at build time.
         # window_out can return -1 for a known size too, so test the known sizes, not the result
-        if (h >= 0 and ho <= 0) or (w >= 0 and wo <= 0):
-            raise self.error(
-                f"the {kh}x{kw} filter (dilation {dh}x{dw}) does not fit the padded {h}x{w} input "
-                f"{list(inputs[0].dims)}; lower the kernel or dilation or add padding"
-            )
+        ho = 0 if h >= 0 and ho <= 0 else ho
+        wo = 0 if w >= 0 and wo <= 0 else wo
         return [TensorSpec(self.from_nhwc((n, ho, wo, cout)), inputs[0].dtype)]
+
+    def validate(self) -> None:
+        """Besides the implied attributes, the window must fit the padded input."""
+        super().validate()
+        specs = [TensorSpec(tuple(t.get_dimension()), t.get_data_type()) for t in self._inputs]
+        misfit = self.window_misfit(specs)
+        if misfit is not None:
+            raise self.error(misfit)
+
+    def window_misfit(self, inputs: Sequence[TensorSpec]) -> str | None:
+        x, w = inputs[0].dims, inputs[1].dims
+        if len(x) != 4 or len(w) != 4:
+            return None
+        _, h, wd, _ = self.to_nhwc(x)
+        _, kh, kw, _ = self.filter_ohwi(w)
+        (sh, sw), (dh, dw) = self.attrs["stride"], self.attrs["dilation"]
+        pt, pb, pl, pr = self.pads_for(h, wd, kh, kw)
+        if (h >= 0 and window_out(h, kh, sh, pt + pb, dh) <= 0) or (
+            wd >= 0 and window_out(wd, kw, sw, pl + pr, dw) <= 0
+        ):
+            return (
+                f"the {kh}x{kw} filter (dilation {dh}x{dw}) does not fit the {h}x{wd} input "
+                f"{list(x)} with pads {[pt, pb, pl, pr]}; lower the kernel or dilation or add "
+                "padding (set_pad)"
+            )
+        return None
 
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         return self.reference_nhwc(arrays, _FILTER_TO_OHWI[self.attrs["layout"][1]], conv2d_nhwc)

@@ -10,6 +10,7 @@ import functools
 import inspect
 from typing import Any, TypeVar
 
+from mmbuild._checks import checked
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode, Policy
@@ -59,7 +60,7 @@ def op_of_node_type(node_type: str) -> type[INode]:
 
 
 def _adder(cls: type[INode]) -> Any:
-    create = cls.create
+    create = checked(cls.create, name=adder_name(cls))  # argument types, from its hints
 
     @functools.wraps(create)
     def add(self: Network, *args: Any, **kwargs: Any) -> INode:

@@ -10,8 +10,10 @@ and lists it in ``fused``).
 
 Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
-``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_activations": 1, "convert_layout": 0,
-"cancel_permutes": 0, "remove_dead_nodes": 0}``.
+``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_hard_sigmoid": 0, "fuse_hard_swish": 0,
+"fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0, "fuse_activations": 1,
+"convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0, "fold_input_normalization": 0,
+"remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from collections.abc import Callable, Iterable
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph
 from mmbuild.passes.dce import remove_dead_nodes
-from mmbuild.passes.fold import fold_batch_norm, fold_constants
+from mmbuild.passes.fold import (
+    fold_batch_norm,
+    fold_channel_affine,
+    fold_constants,
+    fold_hard_sigmoid,
+)
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
+from mmbuild.passes.io_rewrites import fold_input_normalization
 from mmbuild.passes.layout import cancel_permutes, convert_layout
+from mmbuild.passes.pointwise import fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
+from mmbuild.passes.sink import sink_permutes
 
 __all__ = [
     "PIPELINE",
@@ -33,10 +43,17 @@ __all__ = [
     "convert_layout",
     "epilogue_activation",
     "fold_batch_norm",
+    "fold_channel_affine",
     "fold_constants",
+    "fold_hard_sigmoid",
+    "fold_input_normalization",
     "fuse_activations",
+    "fuse_hard_sigmoid",
+    "fuse_hard_swish",
+    "fuse_silu",
     "remove_dead_nodes",
     "run_passes",
+    "sink_permutes",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,12 +65,25 @@ PIPELINE: tuple[Pass, ...] = (
     fold_constants,
     # before fusion: conv -> bn -> relu must lose the bn before the relu can meet the conv
     fold_batch_norm,
+    # before the channel folds: the "+ 3" of clip(x + 3, 0, 6) / 6 must not fold into a conv
+    fuse_hard_sigmoid,
+    # after fuse_hard_sigmoid, which makes the gate of x * hard_sigmoid(x)
+    fuse_hard_swish,
+    fuse_silu,
+    # after the pointwise fusions, which leave a conv's output read by one activation only
+    fold_channel_affine,
+    # after the pointwise fusions have made the hard sigmoid of a squeeze-excitation gate
+    fold_hard_sigmoid,
     # before layout: the activation still reads the conv directly, not a permute after it
     fuse_activations,
     # after fusion: one permute pair per spatial node, around its fused epilogue
     convert_layout,
     # right after layout: the back-to-back pairs it leaves between NCHW nodes
     cancel_permutes,
+    # after the pairs between spatial nodes are gone: carry NHWC through the ops between them
+    sink_permutes,
+    # after the permutes cancelled: an inserted input normalisation then meets the first conv
+    fold_input_normalization,
     # last: whatever the rewrites left unread
     remove_dead_nodes,
 )

@@ -1,7 +1,9 @@
 """Folding passes: work done once at build time instead of on every run.
 
 ``fold_constants`` evaluates nodes whose inputs are all constants; ``fold_batch_norm`` merges an
-inference batch norm into the weights of the convolution or inner product before it:
+inference batch norm into the weights of the convolution or inner product before it, and
+``fold_channel_affine`` does the same for a per-channel constant scale or shift (``y * s``,
+``y / s``, ``y + b``, ``y - b``), with the batch norm's formulas for ``s`` and the shift:
 
     s[c]      = gamma[c] / sqrt(var[c] + eps)
     W'[c,...] = W[c,...] * s[c]                 (c the output channel of the weight)
@@ -18,12 +20,14 @@ import numpy as np
 
 from mmbuild.graph import Graph, Node, reference_outputs
 from mmbuild.ir.types import DataType, Layout
+from mmbuild.ops.activation import IActivation
 from mmbuild.ops.conv import ConvLike
 from mmbuild.ops.deconv import IDeconvNode
+from mmbuild.ops.elementwise import IElementwise
 from mmbuild.ops.registry import get_op
 from mmbuild.passes._rewrite import CHANNEL_WEIGHT_OPS, absorb, is_a, sole_reader
 
-__all__ = ["fold_batch_norm", "fold_constants"]
+__all__ = ["fold_batch_norm", "fold_channel_affine", "fold_constants", "fold_hard_sigmoid"]
 
 
 def fold_constants(graph: Graph) -> int:
@@ -79,22 +83,134 @@ def fold_batch_norm(graph: Graph) -> int:
             s = gamma / np.sqrt(var + float(bn.attrs["eps"]))
         if not np.all(np.isfinite(s)):
             continue
-        w = _f64(graph, main.inputs[1])
-        b = _f64(graph, main.inputs[2]) if len(main.inputs) > 2 else np.zeros_like(s)
-        new_w = (w * _weight_multiplier(main, w.shape, s)).astype(np.float32)
-        new_b = ((b - mean) * s + beta).astype(np.float32)
-        main.inputs[1] = graph.add_const(f"{main.name}/filter_bn", new_w)
-        bias = graph.add_const(f"{main.name}/bias_bn", new_b)
-        if len(main.inputs) > 2:
-            main.inputs[2] = bias
-        else:
-            main.inputs.append(bias)
-            main.precisions.append(bn.precisions[4])
-        absorb(graph, main, bn)
+        _scale_and_shift(graph, main, bn, s, beta - mean * s, bn.precisions[4], "bn")
         count += 1
     if count:
         graph.prune_tensors()
     return count
+
+
+def fold_channel_affine(graph: Graph) -> int:
+    """Fold a constant per-channel scale or shift into the conv, deconv or inner product before it.
+
+    Before: ``x -> conv(W, b) -> t -> mul(t, s) -> y`` with ``s`` constant, one value per output
+    channel (shape ``[1, C, 1, 1]`` on NCHW, ``[C]`` on NHWC, or one value). After: ``x ->
+    conv(W * s, b * s) -> y``. ``t / s`` folds as ``t * (1/s)``; ``t + c`` and ``t - c`` fold into
+    the bias (one is added when the node has none, in the precision of ``c``). A chain ``t * s +
+    c`` folds step by step. Worked example, one channel: W = 2, b = 1, s = 3: (2x + 1) * 3 = 6x + 3.
+
+    It does not fire for ``s / t`` or ``c - t``, a constant that varies along another axis than
+    the channels (or widens ``t``), a ``t`` read elsewhere too or that is a network output, a
+    node with a fused activation already, non-constant weights, an elementwise that reads ``t``
+    in another precision than the node's output type, or a scale that is not finite.
+    """
+    count = 0
+    for e in [n for n in graph.nodes if n.op == "elementwise"]:
+        found = _channel_affine(graph, e)
+        if found is None:
+            continue
+        main, c = found
+        mode = e.attrs["mode"]
+        with np.errstate(divide="ignore"):
+            scale = {IElementwise.MUL: c, IElementwise.DIV: 1.0 / c}.get(mode, np.ones_like(c))
+        shift = {IElementwise.ADD: c, IElementwise.SUB: -c}.get(mode, np.zeros_like(c))
+        if not np.all(np.isfinite(scale)):
+            continue
+        const_slot = 1 if graph.value(e.inputs[1]) is not None else 0
+        _scale_and_shift(graph, main, e, scale, shift, e.precisions[const_slot], "affine")
+        count += 1
+    if count:
+        graph.prune_tensors()
+    return count
+
+
+def fold_hard_sigmoid(graph: Graph) -> int:
+    """A HARD_SIGMOID after a conv, deconv or inner product becomes its weights and epilogue.
+
+    ``hard_sigmoid(t) = clip(alpha * t + beta, 0, 1)``: the affine part folds into the weights
+    (``W' = alpha * W``, ``b' = alpha * b + beta``) and the clip is the fused activation
+    ``{"function": "clip", "lo": 0.0, "hi": 1.0}``. Before: ``x -> conv(W, b) -> t ->
+    hard_sigmoid -> y`` (a squeeze-excitation gate). After: ``x -> conv(W', b')[clip 0..1] ->
+    y``. Example, alpha 1/6, beta 1/2, W = 3, b = 0, x = 1: clip(3 / 6 + 1 / 2, 0, 1) = 1, and
+    the folded conv gives clip(0.5 * 1 + 0.5, 0, 1) = 1.
+
+    It fires under the conditions of ``fold_channel_affine`` (``t`` private, weights constant,
+    no fused activation yet, the activation reads ``t`` in the node's output type).
+    """
+    count = 0
+    for act in [n for n in graph.nodes if n.op == "activation"]:
+        if act.attrs["mode"] is not IActivation.HARD_SIGMOID:
+            continue
+        main = graph.producer(act.inputs[0])
+        if main is None or not _affine_foldable(graph, main, act, act.inputs[0]):
+            continue
+        channels = graph.tensors[act.inputs[0]].dims[_channel_axis(main)]
+        if channels < 0:
+            continue
+        alpha, beta = float(act.attrs["alpha"]), float(act.attrs["beta"])
+        s, shift = np.full(channels, alpha), np.full(channels, beta)
+        _scale_and_shift(graph, main, act, s, shift, act.precisions[0], "hard_sigmoid")
+        main.attrs["activation"] = {"function": "clip", "lo": 0.0, "hi": 1.0}
+        count += 1
+    if count:
+        graph.prune_tensors()
+    return count
+
+
+def _channel_affine(graph: Graph, e: Node) -> tuple[Node, np.ndarray] | None:
+    """``(main, c[C])`` when ``e`` is ``t (op) c`` with ``t`` the private output of a foldable
+    ``main`` and ``c`` a per-channel constant of it (see ``fold_channel_affine``)."""
+    mode = e.attrs["mode"]
+    if mode not in (IElementwise.MUL, IElementwise.DIV, IElementwise.ADD, IElementwise.SUB):
+        return None
+    for slot in (0, 1):
+        t, c_name = e.inputs[slot], e.inputs[1 - slot]
+        if slot == 1 and mode in (IElementwise.DIV, IElementwise.SUB):
+            break  # c / t and c - t are no affine function of t
+        main, c = graph.producer(t), graph.value(c_name)
+        if main is None or c is None or not _affine_foldable(graph, main, e, t):
+            continue
+        dims = graph.tensors[t].dims
+        if graph.tensors[e.outputs[0]].dims != dims or c.ndim > len(dims):
+            continue
+        axis = _channel_axis(main)
+        shape = (1,) * (len(dims) - c.ndim) + c.shape
+        channels = dims[axis]
+        across = any(n != 1 for i, n in enumerate(shape) if i != axis)
+        if across or shape[axis] not in (1, channels) or channels < 0:
+            continue
+        return main, np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (channels,)).copy()
+    return None
+
+
+def _affine_foldable(graph: Graph, main: Node, e: Node, t: str) -> bool:
+    if not is_a(main, CHANNEL_WEIGHT_OPS) or "activation" in main.attrs:
+        return False
+    if len(main.outputs) != 1 or sole_reader(graph, t) is not e:
+        return False
+    if main.output_types[0] != e.precisions[e.inputs.index(t)]:
+        return False
+    return all(graph.value(w) is not None for w in main.inputs[1:])
+
+
+def _scale_and_shift(
+    graph: Graph, main: Node, absorbed: Node, s: np.ndarray, shift: np.ndarray,
+    bias_precision: DataType, tag: str,
+) -> None:  # fmt: skip
+    """``main`` computes ``its result * s + shift`` per output channel (float64, stored float32)
+    and absorbs ``absorbed``: ``W' = W * s``, ``b' = b * s + shift``."""
+    w = _f64(graph, main.inputs[1])
+    b = _f64(graph, main.inputs[2]) if len(main.inputs) > 2 else np.zeros_like(s)
+    new_w = (w * _weight_multiplier(main, w.shape, s)).astype(np.float32)
+    new_b = (b * s + shift).astype(np.float32)
+    main.inputs[1] = graph.add_const(f"{main.name}/filter_{tag}", new_w)
+    bias = graph.add_const(f"{main.name}/bias_{tag}", new_b)
+    if len(main.inputs) > 2:
+        main.inputs[2] = bias
+    else:
+        main.inputs.append(bias)
+        main.precisions.append(bias_precision)
+    absorb(graph, main, absorbed)
 
 
 def _foldable(graph: Graph, main: Node, bn: Node) -> bool:

@@ -5,12 +5,21 @@
 - ``observers``: ``MinMaxObserver`` and ``HistogramObserver`` accumulate bounded, mergeable
   statistics during calibration.
 - ``algorithms``: ``choose_range`` picks a tensor's range from those statistics (LINEAR, EQNM,
-  ENTROPY, PERCENTILE, MSE).
+  ENTROPY, PERCENTILE, MSE, AUTO); ``rank_ranges`` lists what AUTO chose among.
+- ``error``: ``histogram_quant_error``, the quantization error of a histogram's values for a
+  range, which MSE and AUTO minimise.
 """
 
 from __future__ import annotations
 
-from mmbuild.quant.algorithms import ALGORITHM_NAMES, QuantizationAlgorithm, choose_range
+from mmbuild.quant.algorithms import (
+    ALGORITHM_NAMES,
+    QuantizationAlgorithm,
+    RangeCandidate,
+    choose_range,
+    rank_ranges,
+)
+from mmbuild.quant.error import histogram_quant_error
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
 from mmbuild.quant.params import (
     QuantParams,
@@ -27,10 +36,13 @@ __all__ = [
     "MinMaxObserver",
     "QuantParams",
     "QuantizationAlgorithm",
+    "RangeCandidate",
     "choose_qparams",
     "choose_range",
     "dequantize",
     "fake_quantize",
+    "histogram_quant_error",
     "qrange",
     "quantize",
+    "rank_ranges",
 ]

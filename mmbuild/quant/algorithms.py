@@ -4,15 +4,19 @@ One table maps each algorithm's key to a small function; ``choose_range`` valida
 and dispatches. Every function sees the same statistics (the exact min and max, and the histogram)
 and returns ``(lo, hi)`` in data terms; the builder turns that range into scale and zero point with
 ``params.choose_qparams``. The formulas, with the reasons for each choice, are in
-docs/quantization.md.
+docs/quantization.md and docs/accuracy.md.
 
 - ``linear``: the observed ``[min, max]``, as it is (not widened to be symmetric).
 - ``percentile``: the range that keeps p% of the values (``|x|`` symmetric; equal tails otherwise).
-- ``entropy``: TensorRT's calibrator, the threshold whose 2^(B-1)-level quantized histogram of
-  ``|x|`` is closest (least KL divergence) to the clipped histogram.
+- ``entropy``: TensorRT's calibrator, the threshold whose quantized histogram of ``|x|`` is
+  closest (least KL divergence) to the clipped histogram; the zero bin and one-sided data are
+  handled as NVIDIA's own calibrator does (see ``_entropy`` and ``entropy_levels``).
 - ``eqnm``: the threshold minimising the expected quantization noise of a uniform quantizer,
   ``step^2 / 12`` per value inside the range and the squared clipping error outside.
-- ``mse``: the range minimising the actual mean squared error of fake-quantizing the histogram.
+- ``mse``: the range minimising the mean squared error of quantizing the observed values
+  (``error.histogram_quant_error``, exact for values spread evenly inside each bin).
+- ``auto``: per tensor, the range of whichever algorithm above has the least of that error, with
+  the symmetric form of each competing under ``asymmetric`` (``rank_ranges``).
 
 A saturating algorithm (all but ``linear``) picks a threshold T and gives ``[-T, T]`` under
 ``symmetric``; asymmetric, the ``|x|``-based ones give ``[-T, T]`` clipped to ``[min, max]``, so
@@ -29,8 +33,9 @@ from collections.abc import Callable
 import numpy as np
 
 from mmbuild.errors import Code, MMError, did_you_mean
+from mmbuild.quant.error import histogram_quant_error
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
-from mmbuild.quant.params import choose_qparams, fake_quantize, qrange
+from mmbuild.quant.params import qrange
 
 #: Counts given to a bin that the quantized histogram Q leaves empty where the reference P is not
 #: (only the last bin of a candidate can be one). MXNet, TVM and onnxruntime smooth Q the same way,
@@ -61,6 +66,10 @@ class QuantizationAlgorithm(enum.Enum):
     ENTROPY_ALGORITHM = "entropy"
     PERCENTILE_ALGORITHM = "percentile"
     MSE_ALGORITHM = "mse"
+    #: Per tensor, the range of whichever algorithm above quantizes the calibration data with the
+    #: least error (``rank_ranges``). ``AUTO_ALGORITHM`` is the same member, in MagicMind's style.
+    AUTO = "auto"
+    AUTO_ALGORITHM = "auto"
 
     @property
     def key(self) -> str:
@@ -114,17 +123,44 @@ def _percentile(s: _Stats) -> tuple[float, float]:
 
 
 def _entropy(s: _Stats) -> tuple[float, float]:
-    levels = 2 ** (s.bits - 1)
+    levels = entropy_levels(s.bits, s.symmetric, s.lo, s.hi)
     if levels >= ENTROPY_BINS:
         # no candidate has more bins than levels: nothing to gain from clipping (16 bits)
         return _saturate(s, s.amax)
     counts, width = s.histogram.abs_histogram()
+    counts = counts.astype(np.float64)
+    if counts.size > 1:
+        # The first bin holds the exact zeros (ReLU, padding, masks): up to half or more of a
+        # post-ReLU tensor. Every quantizer represents 0 exactly, but to the KL divergence that
+        # spike is a bin whose merging with its neighbours costs more than any clipping, so
+        # thresholds that keep 128 bins unmerged (T = max|x| / 16) always won: post-ReLU, softmax
+        # and padded tensors were clipped to a fraction of their range. NVIDIA's calibrator
+        # (pytorch-quantization) gives the zero bin its neighbour's count; so do we, before the
+        # resampling below would smear the spike over two bins.
+        counts[0] = counts[1]
     # TensorRT's histogram: ENTROPY_BINS bins over [0, max|x|]. The folded histogram has about
     # half as many bins for symmetric data, fewer again after the observer widened its range, and
     # the smallest candidate is `levels` bins, so the resampling keeps that floor at max|x| / 16.
     width_t = s.amax / ENTROPY_BINS
     h = _resample(counts, width, width_t, ENTROPY_BINS)
     return _saturate(s, _least_kl_bins(h, levels) * width_t)
+
+
+def entropy_levels(bits: int, symmetric: bool, lo: float, hi: float) -> int:
+    """The number of quantization levels over ``[0, T]`` that the entropy calibrator models.
+
+    Symmetric, ``2^(B-1)`` (128 for int8: the positive half). Asymmetric data of one sign
+    (``min >= 0`` or ``max <= 0``: post-ReLU, sigmoid, softmax) gets the whole ``2^B`` integers
+    over ``[0, T]``, as NVIDIA's calibrator does for unsigned tensors; modelling them with 128
+    levels overstated the rounding noise and made the KL choose too small a threshold.
+
+    >>> entropy_levels(8, True, 0.0, 6.0), entropy_levels(8, False, 0.0, 6.0)
+    (128, 256)
+    >>> entropy_levels(8, False, -1.0, 6.0)
+    128
+    """
+    one_sided = lo >= 0.0 or hi <= 0.0
+    return 2 ** (bits - (0 if one_sided and not symmetric else 1))
 
 
 def _eqnm(s: _Stats) -> tuple[float, float]:
@@ -144,17 +180,58 @@ def _eqnm(s: _Stats) -> tuple[float, float]:
 
 
 def _mse(s: _Stats) -> tuple[float, float]:
-    h = s.histogram
-    counts = h.counts
-    used = counts > 0
-    x = np.clip(h.centers[used], s.lo, s.hi)
-    weight = counts[used].astype(np.float64)
     if s.symmetric:
-        t = _best_threshold(x, weight, s.amax, s.bits)
+        t = _best_threshold(s.histogram, s.amax, s.bits)
         return -t, t
     low, high = min(s.lo, 0.0), max(s.hi, 0.0)
-    a, b = _best_fractions(x, weight, low, high, s.bits)
+    a, b = _best_fractions(s.histogram, low, high, s.bits)
     return _clip_to_data(s, low * a, high * b)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeCandidate:
+    """One range AUTO considered for a tensor, and its quantization error on the calibration data.
+
+    ``algorithm`` is the key of the algorithm that proposed it; ``form`` is ``'symmetric'`` for a
+    range ``[-T, T]`` and ``'asymmetric'`` for one that follows the data; ``error`` is the mean
+    squared error per value of quantizing the observed values with it (``histogram_quant_error``).
+    """
+
+    algorithm: str
+    form: str
+    lo: float
+    hi: float
+    error: float
+
+
+def _candidates(s: _Stats) -> list[RangeCandidate]:
+    """Every fixed algorithm's range, in both forms where the quantizer allows, ranked by error.
+
+    Symmetric quantization has no zero point, so only ``[-T, T]`` ranges qualify. Asymmetric, the
+    zero point is chosen per tensor, so the symmetric form of each algorithm competes too: ``[-T,
+    T]`` quantized asymmetrically has zero point 0 and a step of 2T / 255, i.e. it *is* symmetric
+    quantization (one level finer). That is the per-tensor choice of symmetric vs asymmetric.
+    """
+    forms = [True] if s.symmetric else [False, True]
+    proposals = []
+    for form in forms:
+        variant = dataclasses.replace(s, symmetric=form)
+        for key in _FIXED:
+            lo, hi = (float(v) for v in _ALGORITHMS[key](variant))
+            if form:  # LINEAR's [min, max] means [-max|x|, max|x|] to a symmetric quantizer
+                hi = max(-lo, hi)
+                lo = -hi
+            proposals.append((key, "symmetric" if form else "asymmetric", lo + 0.0, hi + 0.0))
+    lo_all = np.array([p[2] for p in proposals])
+    hi_all = np.array([p[3] for p in proposals])
+    errors = histogram_quant_error(s.histogram, lo_all, hi_all, s.bits, s.symmetric)
+    ranked = sorted(range(len(proposals)), key=lambda j: (float(errors[j]), j))  # stable on ties
+    return [RangeCandidate(*proposals[j], error=float(errors[j])) for j in ranked]
+
+
+def _auto(s: _Stats) -> tuple[float, float]:
+    best = _candidates(s)[0]
+    return best.lo, best.hi
 
 
 _ALGORITHMS: dict[str, Callable[[_Stats], tuple[float, float]]] = {
@@ -163,10 +240,13 @@ _ALGORITHMS: dict[str, Callable[[_Stats], tuple[float, float]]] = {
     "entropy": _entropy,
     "percentile": _percentile,
     "mse": _mse,
+    "auto": _auto,
 }
 #: The algorithm keys ``choose_range`` knows.
 ALGORITHM_NAMES: tuple[str, ...] = tuple(_ALGORITHMS)
-_NEEDS_HISTOGRAM = frozenset({"eqnm", "entropy", "percentile", "mse"})
+#: The algorithms AUTO chooses among.
+_FIXED = ("linear", "eqnm", "entropy", "percentile", "mse")
+_NEEDS_HISTOGRAM = frozenset({"eqnm", "entropy", "percentile", "mse", "auto"})
 
 
 def choose_range(
@@ -180,10 +260,10 @@ def choose_range(
     """The range ``(lo, hi)`` that ``algorithm`` chooses from a tensor's statistics.
 
     ``algorithm`` is a key of the table (``'linear'``, ``'eqnm'``, ``'entropy'``, ``'percentile'``,
-    ``'mse'``) or a ``QuantizationAlgorithm``. ``minmax`` gives the exact extremes (per tensor);
-    ``hist`` the distribution, needed by every algorithm but ``linear``. ``bits`` and ``symmetric``
-    describe the quantized type the range is for; ``percentile`` (in (0, 100]) is read by
-    ``'percentile'`` only.
+    ``'mse'``, ``'auto'``) or a ``QuantizationAlgorithm``. ``minmax`` gives the exact extremes
+    (per tensor); ``hist`` the distribution, needed by every algorithm but ``linear``. ``bits``
+    and ``symmetric`` describe the quantized type the range is for; ``percentile`` (in (0, 100])
+    is read by ``'percentile'`` (and by ``'auto'``, for its percentile candidate).
 
     >>> mm, hist = MinMaxObserver(), HistogramObserver()
     >>> data = np.concatenate([np.linspace(-1.0, 1.0, 10_001), [40.0]])
@@ -195,6 +275,54 @@ def choose_range(
     (-0.99, 0.99)
     """
     key = algorithm.key if isinstance(algorithm, QuantizationAlgorithm) else algorithm
+    stats = _checked_stats(key, hist, minmax, bits, symmetric, percentile)
+    if stats.amax / qrange(bits)[1] <= _F32_TINY:
+        # the scale is at its floor (the smallest normal float32) whatever the threshold, so there
+        # is nothing to choose (this includes all-zero data); the arithmetic would underflow
+        lo, hi = _linear(stats) if key == "linear" else _saturate(stats, stats.amax)
+    else:
+        lo, hi = _ALGORITHMS[key](stats)
+    return float(lo) + 0.0, float(hi) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def rank_ranges(
+    hist: HistogramObserver,
+    minmax: MinMaxObserver,
+    bits: int = 8,
+    symmetric: bool = True,
+    percentile: float = 99.99,
+) -> list[RangeCandidate]:
+    """The ranges AUTO chooses among, best (least quantization error) first.
+
+    Each fixed algorithm proposes a range; with ``symmetric=False`` each also proposes its
+    symmetric form ``[-T, T]``. Every proposal is scored by ``histogram_quant_error``: the mean
+    squared error of quantizing the observed values with the scale and zero point the builder
+    will derive from it. ``choose_range('auto', ...)`` is the first entry's range. A caller that
+    can measure better (the error at a consumer's output, a user metric) can re-rank the list.
+
+    >>> mm, hist = MinMaxObserver(), HistogramObserver()
+    >>> data = np.maximum(np.random.default_rng(0).standard_normal(50_000), 0.0)  # post-ReLU
+    >>> mm.observe(data); hist.observe(data)
+    >>> best = rank_ranges(hist, mm, symmetric=False)[0]
+    >>> best.algorithm, best.form, best.lo
+    ('mse', 'asymmetric', 0.0)
+    """
+    stats = _checked_stats("auto", hist, minmax, bits, symmetric, percentile)
+    if stats.amax / qrange(bits)[1] <= _F32_TINY:
+        lo, hi = _saturate(stats, stats.amax)
+        return [RangeCandidate("linear", "symmetric" if symmetric else "asymmetric", lo, hi, 0.0)]
+    return _candidates(stats)
+
+
+def _checked_stats(
+    key: str,
+    hist: HistogramObserver | None,
+    minmax: MinMaxObserver,
+    bits: int,
+    symmetric: bool,
+    percentile: float,
+) -> _Stats:
+    """The arguments of ``choose_range`` validated, as the statistics every algorithm reads."""
     if key not in _ALGORITHMS:
         raise MMError(
             f"unknown range algorithm {key!r}{did_you_mean(str(key), ALGORITHM_NAMES)}; "
@@ -226,13 +354,7 @@ def choose_range(
             f"float32 (|value| <= {_F32_MAX:.4g}); such values cannot be quantized, so keep this "
             "tensor in float or calibrate with float32 data"
         )
-    if stats.amax / qrange(bits)[1] <= _F32_TINY:
-        # the scale is at its floor (the smallest normal float32) whatever the threshold, so there
-        # is nothing to choose (this includes all-zero data); the arithmetic would underflow
-        lo, hi = _linear(stats) if key == "linear" else _saturate(stats, stats.amax)
-    else:
-        lo, hi = _ALGORITHMS[key](stats)
-    return float(lo) + 0.0, float(hi) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return stats
 
 
 def _saturate(s: _Stats, t: float) -> tuple[float, float]:
@@ -319,35 +441,18 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weighted_mse(
-    x: np.ndarray, weight: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool
-) -> np.ndarray:
-    """The mean squared error of fake-quantizing x (weighted) with each candidate range, in units
-    of ``max|x|^2`` (only the ordering of the candidates matters).
-
-    The error is that of the float32 values the kernels see, summed in float32: a float64 copy of
-    the (candidates x bins) error array would cost more than the quantization itself. Dividing by
-    ``max|x|`` first keeps the squares of errors of large values (1e20 and up) finite.
-    """
-    qp = choose_qparams(lo, hi, bits=bits, symmetric=symmetric, axis=0)
-    x32 = x.astype(np.float32)
-    err = fake_quantize(np.broadcast_to(x32, (lo.size, x.size)), qp) - x32
-    err /= np.float32(max(float(np.abs(x32).max()), _F32_TINY))
-    return np.square(err) @ (weight / weight.sum()).astype(np.float32)
-
-
-def _best_threshold(x: np.ndarray, weight: np.ndarray, amax: float, bits: int) -> float:
+def _best_threshold(hist: HistogramObserver, amax: float, bits: int) -> float:
     """Symmetric MSE search: T on a grid over (0, max|x|], then a finer grid around the best."""
     t = amax * np.arange(1, _MSE_GRID + 1) / _MSE_GRID
-    best = int(np.argmin(_weighted_mse(x, weight, -t, t, bits, True)))
+    best = int(np.argmin(histogram_quant_error(hist, -t, t, bits, True)))
     step = amax / _MSE_GRID
     fine = np.clip(t[best] + step * np.linspace(-1.0, 1.0, _MSE_GRID + 1), step / _MSE_GRID, amax)
     fine = np.append(fine, t[best])  # the coarse winner stays a candidate
-    return float(fine[int(np.argmin(_weighted_mse(x, weight, -fine, fine, bits, True)))])
+    return float(fine[int(np.argmin(histogram_quant_error(hist, -fine, fine, bits, True)))])
 
 
 def _best_fractions(
-    x: np.ndarray, weight: np.ndarray, low: float, high: float, bits: int
+    hist: HistogramObserver, low: float, high: float, bits: int
 ) -> tuple[float, float]:
     """Asymmetric MSE search: ``[low * a, high * b]``, shrinking each end of the range
     (widened to contain 0) by fractions a, b in (0, 1], on a grid and then a finer grid."""
@@ -358,7 +463,7 @@ def _best_fractions(
         fa = fa if low < 0 else np.ones(1)  # an end at 0 cannot shrink
         fb = fb if high > 0 else np.ones(1)
         a, b = (g.ravel() for g in np.meshgrid(fa, fb, indexing="ij"))
-        best = int(np.argmin(_weighted_mse(x, weight, low * a, high * b, bits, False)))
+        best = int(np.argmin(histogram_quant_error(hist, low * a, high * b, bits, False)))
         return float(a[best]), float(b[best])
 
     a0, b0 = search(coarse, coarse)

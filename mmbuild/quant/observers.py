@@ -156,7 +156,9 @@ class HistogramObserver:
     width grows by a whole factor k and the first edge moves down by whole old bins, so every old
     bin lies inside exactly one new bin and the counts are merged exactly; 0 stays on an edge, which
     lets the histogram of ``|x|`` be folded from this one exactly (``abs_histogram``). The exact
-    minimum and maximum are kept beside the counts.
+    minimum and maximum are kept beside the counts, and so is ``zeros``, the number of values
+    exactly 0 (ReLU, padding and masks make up to most of a tensor of them; every quantizer
+    represents 0 exactly, so the error of a range should not spread them over the bin at 0).
 
     >>> h = HistogramObserver(bins=4)
     >>> h.observe(np.array([0.0, 1.0, 1.5, 3.0]))
@@ -177,6 +179,7 @@ class HistogramObserver:
         self._min = math.inf
         self._max = -math.inf
         self.total = 0
+        self.zeros = 0  # values exactly 0 (they lie in the bin that starts at 0)
 
     @property
     def empty(self) -> bool:
@@ -244,6 +247,7 @@ class HistogramObserver:
         self._counts += np.bincount(self._index(v), minlength=self.bins)
         self._min, self._max = min(self._min, dmin), max(self._max, dmax)
         self.total += v.size
+        self.zeros += int(np.count_nonzero(v == 0.0))
 
     def merge(self, other: HistogramObserver) -> HistogramObserver:
         """Add ``other``'s statistics to this observer (in place) and return it.
@@ -281,6 +285,7 @@ class HistogramObserver:
             ).astype(np.int64)
         merged._min, merged._max = min(coarse._min, fine._min), max(coarse._max, fine._max)
         merged.total = coarse.total + fine.total
+        merged.zeros = coarse.zeros + fine.zeros
         self._set_state(merged)
         return self
 
@@ -360,6 +365,7 @@ class HistogramObserver:
         self._counts = other._counts.copy()
         self._width, self._origin = other._width, other._origin
         self._min, self._max, self.total = other._min, other._max, other.total
+        self.zeros = other.zeros
 
     def _require(self, what: str) -> None:
         if self.empty:

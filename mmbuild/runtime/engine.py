@@ -11,16 +11,24 @@ Shapes: a ``-1`` dimension is fixed by the arrays given to ``enqueue``; every st
 shape is then inferred by its op's own rule, and the buffers are planned: intermediates share
 one arena, a buffer being reused once its last reader has run (the layer report states the
 peak). Example: the sample CNN at batch 8 in float32 needs 2 buffers of 8*16*16*16 floats at its
-peak, not one per tensor.
+peak, not one per tensor. The output of a reshape, squeeze or unsqueeze of an intermediate is
+a view of its input's bytes (``BufferPlan.views``), so that step copies nothing and runs nothing.
+
+A context binds the plan once per set of input shapes (``mmbuild.runtime.bind``): a run then
+only calls the bound steps. ``Context.set_step_hook`` gives a profiler each step's time.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 
 from mmbuild._aliases import CamelCaseAliases
@@ -28,6 +36,9 @@ from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.types import DataType, Dims
 from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named
+from mmbuild.runtime.bind import BoundPlan, StepHook, bind_plan
+from mmbuild.runtime.device import Device, Queue, check_device
+from mmbuild.runtime.device import EngineConfig as _EngineConfig
 
 if TYPE_CHECKING:
     from mmbuild.report import ErrorReport, LayerReport
@@ -36,27 +47,67 @@ if TYPE_CHECKING:
     from mmbuild.runtime.profile import ProfileReport
 
 _ALIGN = 64
-# The per-step hook of Context.run: (step index, runner, input buffers, output buffers).
-CallStep = Callable[[int, Runner, list[np.ndarray], list[np.ndarray]], None]
+# ops whose output is its input's bytes in row-major order: a view where the buffer allows it
+VIEW_OPS = frozenset({"reshape", "squeeze", "unsqueeze"})
+# bound plans a context keeps (one per set of input shapes, the least recently used dropped)
+_BOUND_PLANS = 4
 
 
 def _threadsafe_parallel_layer() -> bool:
-    """True when numba's threading layer lets several threads launch parallel kernels at once:
-    tbb or OpenMP (numba prefers them, in that order, where they load). The fallback layer,
-    workqueue, aborts the process on concurrent launches, so runs are then serialised."""
-    import importlib
+    """True when the threading layer numba really uses lets several threads launch parallel
+    kernels at once: tbb or OpenMP. Its fallback, workqueue, aborts the process on concurrent
+    launches, so runs are then serialised. numba names its layer only after a parallel launch
+    (``numba.threading_layer()``), so a one-element probe makes the first one."""
+    import numba
 
-    for layer in ("tbbpool", "omppool"):
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel launch in this process yet
+        _parallel_probe(np.zeros(1))
         try:
-            importlib.import_module(f"numba.np.ufunc.{layer}")
+            layer = numba.threading_layer()
+        except ValueError:  # still none: the JIT is disabled and nothing runs in parallel
             return True
-        except ImportError:
-            continue
-    return False
+    return layer in ("tbb", "omp")
 
 
-# Held around each run when the threading layer is not thread-safe (see above).
-_SERIAL_RUNS: threading.Lock | None = None if _threadsafe_parallel_layer() else threading.Lock()
+@numba.njit(parallel=True, cache=True)
+def _parallel_probe(out: np.ndarray) -> None:  # pragma: no cover - numba compiles it
+    """A one-element parallel launch, after which numba names the threading layer it chose.
+    Cached like every kernel, so only the first process of a cache compiles it."""
+    for i in numba.prange(out.shape[0]):
+        out[i] = 1.0
+
+
+class _SerialRuns:
+    """Held around each run: a lock when the threading layer is not thread-safe (see above),
+    else nothing. The layer is asked once, at the first run, under a lock of its own."""
+
+    def __init__(self) -> None:
+        self._decided = threading.Lock()
+        self._lock: threading.Lock | None = None
+        self._known = False
+
+    def __enter__(self) -> None:
+        if not self._known:
+            with self._decided:
+                if not self._known:
+                    self._lock = None if _threadsafe_parallel_layer() else threading.Lock()
+                    self._known = True
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+_SERIAL_RUNS: _SerialRuns | None = _SerialRuns()
+
+#: The most bytes one tensor buffer, or a context's arena of intermediates, may take: a run that
+#: would need more is refused before allocating, naming the step, the shape and the bytes.
+#: Set ``MMBUILD_MAX_BUFFER_BYTES`` (an integer) to change it; the default is 4 GiB.
+MAX_BUFFER_BYTES = int(os.environ.get("MMBUILD_MAX_BUFFER_BYTES", 4 * 2**30))
 
 
 class IRTTensor(CamelCaseAliases):
@@ -90,8 +141,15 @@ class IRTTensor(CamelCaseAliases):
                 f"tensor {self._name!r}: array of shape {list(array.shape)} given; it takes "
                 f"dims {list(self._dims)} (-1 = any size)"
             )
-        self._array = np.ascontiguousarray(array)
+        self._array = array if array.flags.c_contiguous else array.copy(order="C")  # 0-d stays 0-d
         return Status.OK()
+
+    def to(self, device: Device | int) -> IRTTensor:
+        """MagicMind's copy to a device: the CPU's memory is the device's, so this returns the
+        tensor itself, holding the same data (no copy). ``device`` is an ``mm.Device`` (id 0)
+        or the id 0; ``inputs[0].to(dev)`` and ``x = inputs[0].to(dev)`` both work."""
+        check_device(device, f"tensor {self._name!r}: to(device)")
+        return self
 
     def asnumpy(self) -> np.ndarray:
         if self._array is None:
@@ -118,6 +176,10 @@ class IRTTensor(CamelCaseAliases):
 class Model(CamelCaseAliases):
     """A built model: build it with ``mm.Builder``, or ``deserialize_from_file``."""
 
+    #: MagicMind's ``mm.Model.EngineConfig`` (``device_type`` "MLU" or "CPU"), for
+    #: ``create_i_engine(econfig)``.
+    EngineConfig = _EngineConfig
+
     def __init__(self) -> None:
         self._data: ModelData | None = None
 
@@ -128,6 +190,11 @@ class Model(CamelCaseAliases):
         return model
 
     def _set_data(self, data: ModelData) -> None:
+        self._check_kernels(data)
+        self._data = data
+
+    @staticmethod
+    def _check_kernels(data: ModelData) -> None:
         for step in data.steps:  # an unknown kernel is refused here, before any run
             try:
                 kernel_named(step.kernel)
@@ -137,7 +204,6 @@ class Model(CamelCaseAliases):
                     "this mmbuild does not have; rebuild the model with this version",
                     Code.NOT_FOUND,
                 ) from None
-        self._data = data
 
     @property
     def data(self) -> ModelData:
@@ -156,9 +222,15 @@ class Model(CamelCaseAliases):
         return Status.OK()
 
     def deserialize_from_file(self, path: str) -> Status:
+        """Load the model file at ``path``, checked whole (``runtime.validate_model``) before
+        this model changes; a refused file leaves it as it was."""
         from mmbuild.runtime.model_file import read_model_file
+        from mmbuild.runtime.validate_model import validate_model
 
-        self._set_data(read_model_file(path))
+        data = read_model_file(path)
+        self._check_kernels(data)
+        validate_model(data, f"model file {path!r}")
+        self._set_data(data)
         return Status.OK()
 
     # -- queries -----------------------------------------------------------------------------
@@ -190,7 +262,14 @@ class Model(CamelCaseAliases):
         return [t.dtype for t in self.data.outputs]
 
     # -- running and reports -----------------------------------------------------------------
-    def create_i_engine(self) -> Engine:
+    def create_i_engine(self, econfig: _EngineConfig | None = None) -> Engine:
+        """An engine over this model. ``econfig`` (an ``mm.Model.EngineConfig``) may be omitted;
+        its device type, "MLU" or "CPU", runs on this CPU either way."""
+        if econfig is not None and not isinstance(econfig, _EngineConfig):
+            raise MMError(
+                f"create_i_engine: econfig must be an mm.Model.EngineConfig or omitted, not "
+                f"{type(econfig).__name__}"
+            )
         return Engine(self.data)
 
     def get_layer_report(
@@ -231,6 +310,7 @@ class BufferPlan:
     shapes: dict[str, tuple[int, ...]]
     offsets: dict[str, int]  # arena byte offset of each intermediate tensor
     arena_bytes: int
+    views: dict[str, str] = field(default_factory=dict)  # view tensor -> tensor whose bytes it is
 
 
 class Engine(CamelCaseAliases):
@@ -269,23 +349,64 @@ def plan_buffers(
         specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
         for t, spec in zip(step.outputs, decl.infer(specs)):
             shapes[t] = tuple(spec.dims)
-    offsets, arena = _plan_arena(data, shapes)
-    return BufferPlan(shapes, offsets, arena)
+            nbytes = _nbytes(data.tensors[t], shapes[t])
+            if nbytes > MAX_BUFFER_BYTES:
+                raise MMError(
+                    f"step {step.name!r}: its output {t!r} of shape {list(shapes[t])} would take "
+                    f"{nbytes} bytes, above the limit of {MAX_BUFFER_BYTES} bytes per buffer; "
+                    "run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
+                    Code.OUT_OF_RANGE,
+                )
+    views = _plan_views(data)
+    offsets, arena = _plan_arena(data, shapes, views)
+    if arena > MAX_BUFFER_BYTES:
+        raise MMError(
+            f"model {data.name!r}: its intermediates for inputs of shapes "
+            f"{[list(s) for s in input_shapes]} need an arena of {arena} bytes, above the limit "
+            f"of {MAX_BUFFER_BYTES} bytes; run smaller inputs, or raise MMBUILD_MAX_BUFFER_BYTES",
+            Code.OUT_OF_RANGE,
+        )
+    return BufferPlan(shapes, offsets, arena, views)
+
+
+def _fixed_tensors(data: ModelData) -> set[str]:
+    """Tensors that live outside the arena: network inputs, outputs and constants."""
+    return {t.name for t in data.inputs} | {t.name for t in data.outputs} | set(data.constants)
+
+
+def _plan_views(data: ModelData) -> dict[str, str]:
+    """The outputs of ``VIEW_OPS`` steps that can be views of an intermediate's bytes, each
+    mapped to that intermediate (through a chain of views, the first one). Not a view: a
+    network output (the caller keeps it after the arena is reused), the view of a network input
+    or output (those arrays change from run to run), or one that changes the buffer type."""
+    fixed = _fixed_tensors(data)
+    views: dict[str, str] = {}
+    for step in data.steps:
+        if step.op not in VIEW_OPS or "activation" in step.op_attrs or len(step.outputs) != 1:
+            continue
+        src, dst = step.inputs[0], step.outputs[0]
+        source = views.get(src, src)
+        same_type = buffer_dtype(data.tensors[src].dtype) == buffer_dtype(data.tensors[dst].dtype)
+        if source not in fixed and dst not in fixed and same_type:
+            views[dst] = source
+    return views
 
 
 def _nbytes(info: TensorInfo, shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * buffer_dtype(info.dtype).itemsize
+    return math.prod(shape) * buffer_dtype(info.dtype).itemsize  # exact: no int64 wrap-around
 
 
-def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int]:
+def _plan_arena(
+    data: ModelData, shapes: dict[str, tuple[int, ...]], views: dict[str, str]
+) -> tuple[dict[str, int], int]:
     """First-fit placement of intermediates: a tensor lives from the step that writes it to the
-    last step that reads it; outputs of a step are placed before its inputs are freed, so no
-    step reads and writes the same bytes."""
-    fixed = {t.name for t in data.inputs} | {t.name for t in data.outputs} | set(data.constants)
+    last step that reads it or a view of it; outputs of a step are placed before its inputs are
+    freed, so no step reads and writes the same bytes. Views take no room of their own."""
+    fixed = _fixed_tensors(data) | set(views)
     last_use: dict[str, int] = {}
     for i, step in enumerate(data.steps):
         for t in step.inputs:
-            last_use[t] = i
+            last_use[views.get(t, t)] = i
     free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
     offsets: dict[str, int] = {}
     sizes: dict[str, int] = {}
@@ -304,7 +425,7 @@ def _plan_arena(data: ModelData, shapes: dict[str, tuple[int, ...]]) -> tuple[di
                 offsets[t] = top
                 top += size
             last_use.setdefault(t, i)
-        for t in {*step.inputs, *step.outputs}:
+        for t in {views.get(t, t) for t in (*step.inputs, *step.outputs)}:
             if t in offsets and last_use[t] == i:
                 free = _merge([*free, (offsets[t], sizes[t])])
     return offsets, top
@@ -325,91 +446,108 @@ class Context(CamelCaseAliases):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._arena = np.empty(0, np.uint8)
+        self._bound: OrderedDict[tuple[tuple[int, ...], ...], BoundPlan] = OrderedDict()
+        self._step_hook: StepHook | None = None
 
     def create_inputs(self) -> list[IRTTensor]:
         """One empty IRTTensor per network input, in order; fill them with ``from_numpy``."""
         return [IRTTensor(t.name, t.dtype, t.dims) for t in self._engine.data.inputs]
 
-    def enqueue(self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor]) -> Status:
-        """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output."""
+    def set_step_hook(self, hook: StepHook | None) -> None:
+        """Call ``hook(step, seconds)`` after each step of every later run (``None``: stop).
+
+        ``step`` is the plan's ``Step`` (``name``, ``op``, ``kernel``), ``seconds`` the
+        ``time.perf_counter`` time of its call. Steps whose output is a view of their input
+        run nothing and are not reported. Example: ``times = []``;
+        ``context.set_step_hook(lambda s, t: times.append((s.name, t)))``.
+        """
+        if hook is not None and not callable(hook):
+            raise MMError(f"set_step_hook: {type(hook).__name__} is not callable; give a "
+                          "function of (step, seconds) or None")  # fmt: skip
+        self._step_hook = hook
+
+    def profile(
+        self, inputs: Sequence[Any], runs: int = 100, warmup: int = 5, progress: bool = True
+    ) -> ProfileReport:
+        """Latency percentiles and per-step times over ``runs`` runs (runtime/profile.py).
+
+        Example: ``print(context.profile(inputs, runs=50))`` prints p50/p90/p99 and the steps,
+        slowest first; ``.to_json()`` gives the same as a document.
+        """
+        from mmbuild.runtime.profile import profile_context
+
+        return profile_context(self, inputs, runs=runs, warmup=warmup, progress=progress)
+
+    def enqueue(
+        self, inputs: Sequence[IRTTensor], outputs: list[IRTTensor], queue: Queue | None = None
+    ) -> Status:
+        """Run the model: ``outputs`` is cleared and receives one IRTTensor per network output.
+
+        ``queue`` (from ``dev.create_queue()``) may be omitted. The run is synchronous: it has
+        finished when enqueue returns, and ``queue.sync()`` returns OK. A queue serves the
+        context that first ran on it; another context's queue is refused.
+        """
         if not isinstance(outputs, list):
             raise MMError("enqueue: outputs must be a list, which enqueue fills")
+        if queue is not None:
+            if not isinstance(queue, Queue):
+                raise MMError(
+                    f"enqueue: queue must be an mm queue from dev.create_queue() or omitted, "
+                    f"not {type(queue).__name__}"
+                )
+            queue._bind(self)
         arrays = input_buffers(self._engine.data, inputs)
+        check_input_shapes(self._engine.data, arrays)
         values = self.run(arrays)
         data = self._engine.data
         outputs.clear()
         outputs.extend(IRTTensor._wrap(t.name, t.dtype, values[t.name]) for t in data.outputs)
         return Status.OK()
 
-    def run(
-        self,
-        arrays: Sequence[np.ndarray],
-        keep_all: bool = False,
-        call_step: CallStep | None = None,
-    ) -> dict[str, np.ndarray]:
+    def run(self, arrays: Sequence[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
         """Run the plan on checked input buffers; returns the outputs by tensor name (every
-        tensor, copied out of the arena, when ``keep_all``). ``call_step(index, runner, inputs,
-        outputs)``, when given, runs each step in place of ``runner(inputs, outputs)``: the hook
-        by which runtime/profile.py times every step."""
+        tensor, copied out of the arena, when ``keep_all``)."""
         if _SERIAL_RUNS is None:
-            return self._run(arrays, keep_all, call_step)
+            return self._run(arrays, keep_all)
         with _SERIAL_RUNS:
-            return self._run(arrays, keep_all, call_step)
+            return self._run(arrays, keep_all)
 
-    def profile(
-        self, inputs: Sequence[Any], runs: int = 100, warmup: int = 5, progress: bool = True
-    ) -> ProfileReport:
-        """Latency percentiles and per-step times over ``runs`` runs (runtime/profile.py)."""
-        from mmbuild.runtime.profile import profile_context
+    def _run(self, arrays: Sequence[np.ndarray], keep_all: bool) -> dict[str, np.ndarray]:
+        return self._bound_plan(tuple(a.shape for a in arrays)).run(
+            arrays, keep_all, self._step_hook
+        )
 
-        return profile_context(self, inputs, runs=runs, warmup=warmup, progress=progress)
+    def _bound_plan(self, input_shapes: tuple[tuple[int, ...], ...]) -> BoundPlan:
+        """The plan bound for these input shapes: made on first use, kept for the next runs."""
+        bound = self._bound.get(input_shapes)
+        if bound is None:
+            engine = self._engine
+            bound = bind_plan(engine.data, engine.runners, engine.buffer_plan(input_shapes))
+            self._bound[input_shapes] = bound
+            if len(self._bound) > _BOUND_PLANS:
+                self._bound.popitem(last=False)
+        else:
+            self._bound.move_to_end(input_shapes)
+        return bound
 
-    def _run(
-        self, arrays: Sequence[np.ndarray], keep_all: bool, call_step: CallStep | None = None
-    ) -> dict[str, np.ndarray]:
-        engine, data = self._engine, self._engine.data
-        plan = engine.buffer_plan(tuple(a.shape for a in arrays))
-        if self._arena.size < plan.arena_bytes:
-            self._arena = np.empty(plan.arena_bytes, np.uint8)
-        buffers: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
-        buffers.update(engine._constants)
-        kept: dict[str, np.ndarray] = dict(zip((t.name for t in data.inputs), arrays))
-        for index, (step, runner) in enumerate(zip(data.steps, engine.runners)):
-            outs = []
-            for t in step.outputs:
-                shape = plan.shapes[t]
-                dtype = buffer_dtype(data.tensors[t].dtype)
-                if t in plan.offsets:
-                    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                    off = plan.offsets[t]
-                    buf = self._arena[off : off + n].view(dtype).reshape(shape)
-                else:
-                    buf = np.empty(shape, dtype)
-                buffers[t] = buf
-                outs.append(buf)
-            try:
-                if call_step is None:
-                    runner([buffers[t] for t in step.inputs], outs)
-                else:
-                    call_step(index, runner, [buffers[t] for t in step.inputs], outs)
-            except MMError:
-                raise
-            except Exception as exc:  # a kernel failure is a bug: name the step
-                raise MMError(
-                    f"step {step.name!r} ({step.kernel}) failed: {type(exc).__name__}: {exc}",
-                    Code.INTERNAL,
-                ) from exc
-            if keep_all:
-                kept.update({t: buffers[t].copy() for t in step.outputs})
-        out = {t.name: buffers[t.name] for t in data.outputs}
-        for info in data.inputs:  # an input marked as an output is returned as a copy
-            if info.name in out:
-                out[info.name] = out[info.name].copy()
-        if keep_all:
-            kept.update(out)
-            return kept
-        return out
+
+def check_input_shapes(data: ModelData, arrays: Sequence[np.ndarray]) -> None:
+    """Refuse input shapes outside the builder config's ``dim_range`` of each input.
+
+    Example: ``{"dim_range": {"0": {"min": [1, 3, 8, 8], "max": [4, 3, 8, 8]}}}`` takes batches
+    of 1 to 4, so an array of shape [5, 3, 8, 8] for input 0 is refused.
+    """
+    for i, (info, a) in enumerate(zip(data.inputs, arrays)):
+        if info.min_dims is None or info.max_dims is None:
+            continue
+        lo, hi = info.min_dims, info.max_dims
+        if any(not low <= s <= high for s, low, high in zip(a.shape, lo, hi)):
+            raise MMError(
+                f"enqueue: input {i} ({info.name!r}) has shape {list(a.shape)}, outside the "
+                f"model's dim_range min {list(lo)} .. max {list(hi)}; give a shape in that "
+                "range, or rebuild with a wider dim_range",
+                Code.OUT_OF_RANGE,
+            )
 
 
 def input_buffers(data: ModelData, inputs: Sequence[Any]) -> list[np.ndarray]:

@@ -164,8 +164,10 @@ def validate(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Validat
                 same = _same_bits(values[t], np.asarray(e))
                 diff = 0.0 if same else float(np.nanmax(np.abs(got - ref), initial=np.inf))
             else:
-                both_nan = np.isnan(got) & np.isnan(ref)
-                d = np.where(both_nan, 0.0, np.abs(got - ref))
+                # equal values (the same infinity among them) and NaN in the same places agree
+                agree = (got == ref) | (np.isnan(got) & np.isnan(ref))
+                with np.errstate(invalid="ignore"):
+                    d = np.where(agree, 0.0, np.abs(got - ref))
                 diff = float(np.nan_to_num(d, nan=np.inf).max(initial=0.0))
                 scale = max(1.0, float(np.nan_to_num(np.abs(ref), posinf=0).max(initial=0.0)))
                 tol = max(tol, VALIDATE_TOLERANCE.get(dtype, 0.0) * scale)
@@ -212,20 +214,13 @@ def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Err
 
 
 def isa_level() -> str:
-    """The instruction-set level of the kernels this process runs, from the top of the ladder
-    down: ``avx512-vnni``, ``avx512``, ``avx2-fma-f16c`` or ``portable``. A model file holds no
-    machine code; its kernels are compiled for the CPU that runs them."""
+    """The instruction-set level of the kernels this process runs (``features.level()``:
+    ``avx512_vnni``, ``avx512``, ``avx_vnni``, ``avx2`` or ``portable``, or the one
+    ``MMBUILD_ISA`` forces). A model file holds no machine code; its kernels are compiled for
+    the CPU that runs them."""
     from mmbuild.kernels.cpu import features
 
-    if features.portable_forced():
-        return "portable"
-    if features.has_vnni():
-        return "avx512-vnni"
-    if features.has_avx512():
-        return "avx512"
-    if features.is_x86() and {"avx2", "fma", "f16c"} <= features.target_features():
-        return "avx2-fma-f16c"
-    return "portable"
+    return features.level().name
 
 
 def model_summary(model: Model) -> dict[str, Any]:

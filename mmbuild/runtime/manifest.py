@@ -18,11 +18,14 @@ from mmbuild.kernels.table import Step
 # -- the data a model file holds ---------------------------------------------------------------
 @dataclass
 class TensorInfo:
-    """A tensor's name, dims (-1 = known at run time) and runtime type."""
+    """A tensor's name, dims (-1 = known at run time) and runtime type; a model input may have
+    the shape range of the builder config's ``dim_range`` (checked by enqueue)."""
 
     name: str
     dims: tuple[int, ...]
     dtype: DataType
+    min_dims: tuple[int, ...] | None = None
+    max_dims: tuple[int, ...] | None = None
 
 
 @dataclass(eq=False)
@@ -42,7 +45,19 @@ class ModelData:
 
 # -- the manifest ------------------------------------------------------------------------------
 DataTypeName = Literal[
-    "FLOAT32", "FLOAT16", "QINT8", "QINT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL"
+    "FLOAT32",
+    "FLOAT16",
+    "QINT8",
+    "QINT16",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "FLOAT64",
+    "BOOL",
 ]
 _Member = Annotated[str, Field(pattern=r"^arrays/[0-9]{4,6}\.npy$")]
 _Dim = Annotated[int, Field(ge=-1)]
@@ -68,6 +83,8 @@ class TensorModel(_Strict):
 
 class NamedTensorModel(TensorModel):
     name: str
+    min_dims: list[_Dim] | None = Field(default=None, description="dim_range min (inputs).")
+    max_dims: list[_Dim] | None = Field(default=None, description="dim_range max (inputs).")
 
 
 class StepModel(_Strict):

@@ -34,10 +34,14 @@ Reading refuses, with an ``MMError`` saying what is wrong (``INVALID_ARGUMENT``,
 ``OUT_OF_RANGE`` for a newer format version): a file that is not a zip or is truncated, a missing
 manifest or checksum, a foreign ``format``, bad JSON, a schema violation (by key path), a checksum
 or size mismatch (by member), a missing or unlisted member, an array that is not plain numeric or
-bool, a step naming an undeclared tensor, and archives beyond ``MAX_MEMBERS`` members or
-``MAX_TOTAL_BYTES`` uncompressed. Arrays are read with ``allow_pickle=False`` after their header
-has been checked against the member's size. Kernel names are checked by the loader that binds
-steps (``kernels.table.kernel_named``).
+bool, a step naming an undeclared tensor; and, from the zip directory before anything is
+decompressed, archives beyond ``MAX_MEMBERS`` members or ``MAX_TOTAL_BYTES`` uncompressed, a
+manifest beyond ``MAX_MANIFEST_BYTES`` and any member that would expand more than
+``MAX_EXPANSION`` times (a zip bomb). The file itself goes through ``mmbuild._files.read_bytes``
+(regular files only) and the manifest through its JSON parser (nesting depth, duplicate keys).
+Members are decompressed chunk by chunk, never past their listed size. Arrays are read with
+``allow_pickle=False`` after their header has been checked against the member's size. What the
+manifest says is checked whole by ``runtime.validate_model`` when a ``Model`` loads the file.
 
 >>> x, y = TensorInfo("x", (-1, 2), DataType.FLOAT32), TensorInfo("y", (-1, 2), DataType.FLOAT32)
 >>> relu = Step("relu_0", "activation", "activation_f32", {"to": DataType.INT8}, ["x"], ["y"],
@@ -62,14 +66,13 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 from numpy.lib import format as npy_format
 from pydantic import ValidationError
 
-from mmbuild._files import write_atomically
+from mmbuild._files import checked_path, parse_json, read_bytes, write_atomically
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import decode_attrs, encode_attrs
 from mmbuild.ir.types import DataType
@@ -77,6 +80,7 @@ from mmbuild.kernels.table import Lowered, Step, buffer_dtype
 from mmbuild.runtime.manifest import (
     ManifestModel,
     ModelData,
+    NamedTensorModel,
     StepModel,
     TensorInfo,
     TensorModel,
@@ -86,10 +90,18 @@ FORMAT: Final = "mmbuild-model"
 FORMAT_VERSION: Final = 1
 MANIFEST: Final = "manifest.json"
 MANIFEST_SHA256: Final = "manifest.sha256"
-# Limits against zip bombs and absurd files, checked before anything is decompressed.
+# Limits against zip bombs and absurd files, checked from the zip directory before anything is
+# decompressed (and decompression stops at the size the directory gives).
 MAX_MEMBERS = 100_000
 MAX_TOTAL_BYTES = 4 * 2**30
-MAX_MANIFEST_BYTES = 256 * 2**20
+#: A manifest is about 1 KiB per step: 16 MiB is beyond any real model and bounds the memory
+#: its parse takes.
+MAX_MANIFEST_BYTES = 16 * 2**20
+#: A member that expands more than this many times, beyond ``BOMB_SLACK_BYTES``, is a zip bomb:
+#: real weights and manifests expand at most a few times (an all-zero array is no model's weight).
+MAX_EXPANSION = 200
+BOMB_SLACK_BYTES = 2**20
+_CHUNK = 2**20
 
 # The dtypes an array member may hold (native byte order): numbers and bools, nothing else.
 _INTS = [f"{kind}{bits}" for kind in ("int", "uint") for bits in (8, 16, 32, 64)]
@@ -182,6 +194,8 @@ def _put(zf: zipfile.ZipFile, name: str, blob: bytes) -> None:
 
 def _tensor_json(t: TensorInfo, named: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"dims": [int(d) for d in t.dims], "dtype": t.dtype.name}
+    if named and t.min_dims is not None and t.max_dims is not None:  # an input's dim_range
+        body["min_dims"], body["max_dims"] = list(t.min_dims), list(t.max_dims)
     return {"name": t.name, **body} if named else body
 
 
@@ -226,18 +240,8 @@ def _protect_floats(v: Any, what: str) -> Any:
 # -- reading -----------------------------------------------------------------------------------
 def read_model_file(path: str | os.PathLike[str]) -> ModelData:
     """The model in the file at ``path``; see the module docstring for what is refused."""
-    where = f"model file {os.fspath(path)!r}"
-    try:
-        size = os.stat(path).st_size
-        if size > MAX_TOTAL_BYTES + 2**20:
-            raise MMError(f"{where}: {size} bytes is above the limit of {MAX_TOTAL_BYTES}")
-        blob = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise MMError(f"{where}: no such file", Code.NOT_FOUND) from None
-    except IsADirectoryError:
-        raise MMError(f"{where}: is a directory, not a model file") from None
-    except OSError as e:
-        raise MMError(f"{where}: cannot be read ({e.strerror})", Code.UNAVAILABLE) from None
+    where = f"model file {checked_path(path, 'model file')!r}"
+    blob = read_bytes(path, "model file", MAX_TOTAL_BYTES + 2**20)
     return read_model_bytes(blob, where)
 
 
@@ -268,6 +272,15 @@ def _read_zip(zf: zipfile.ZipFile, where: str) -> ModelData:
             f"{where}: its members hold {total} bytes uncompressed, above the limit of "
             f"{MAX_TOTAL_BYTES}"
         )
+    for info in infos:
+        if info.file_size > BOMB_SLACK_BYTES and info.file_size > MAX_EXPANSION * max(
+            info.compress_size, 1
+        ):
+            raise MMError(
+                f"{where}: member {_q(info.filename)} would expand from {info.compress_size} to "
+                f"{info.file_size} bytes, more than {MAX_EXPANSION} times: a zip bomb, not a "
+                "model file"
+            )
     if MANIFEST not in by_name:
         raise MMError(f"{where}: not an mmbuild model file: it has no {MANIFEST}")
     if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
@@ -313,34 +326,23 @@ def _read_member(
 ) -> bytes:
     if limit is not None and info.file_size > limit:
         raise MMError(f"{where}: member {info.filename!r} is larger than {limit} bytes")
+    blob = bytearray()
     try:
-        with zf.open(info) as f:
-            blob = f.read(info.file_size + 1)
+        with zf.open(info) as f:  # chunk by chunk, never past the size the directory gives
+            while len(blob) <= info.file_size:
+                part = f.read(min(_CHUNK, info.file_size + 1 - len(blob)))
+                if not part:
+                    break
+                blob += part
     except _DAMAGE as e:
-        raise MMError(f"{where}: member {info.filename!r} is corrupted ({e})") from None
+        raise MMError(f"{where}: member {_q(info.filename)} is corrupted ({e})") from None
     if len(blob) != info.file_size:
-        raise MMError(f"{where}: member {info.filename!r} is truncated")
-    return blob
+        raise MMError(f"{where}: member {_q(info.filename)} is truncated")
+    return bytes(blob)
 
 
 def _parse_json(text: bytes, where: str) -> Any:
-    def refuse_constant(token: str) -> Any:
-        raise ValueError(f"{token} is not JSON")
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in result:
-                raise ValueError(f"key {k!r} appears twice in one object")
-            result[k] = v
-        return result
-
-    try:
-        return json.loads(
-            text.decode("utf-8"), parse_constant=refuse_constant, object_pairs_hook=no_duplicates
-        )
-    except (ValueError, RecursionError) as e:
-        raise MMError(f"{where}: {MANIFEST} is not valid JSON ({e})") from None
+    return parse_json(text, f"{where}: {MANIFEST}")
 
 
 def _check_header(raw: Any, where: str) -> None:
@@ -429,7 +431,10 @@ def _load_npy(blob: bytes, what: str) -> np.ndarray:
 
 
 def _tensor_info(name: str, t: TensorModel) -> TensorInfo:
-    return TensorInfo(name, tuple(t.dims), DataType[t.dtype])
+    info = TensorInfo(name, tuple(t.dims), DataType[t.dtype])
+    if isinstance(t, NamedTensorModel) and t.min_dims is not None and t.max_dims is not None:
+        info.min_dims, info.max_dims = tuple(t.min_dims), tuple(t.max_dims)
+    return info
 
 
 def _step(s: StepModel, arrays: Mapping[str, np.ndarray], where: str) -> Step:

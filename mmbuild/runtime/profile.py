@@ -2,7 +2,8 @@
 
 ``context.profile(inputs, runs=100)`` runs the plan ``warmup`` times untimed, then ``runs``
 times as a user's ``enqueue`` would (the latency figures), then ``runs`` times more with every
-step timed through the run loop's ``call_step`` hook (the step table). The step table is
+step timed through ``Context.set_step_hook`` (the step table; view steps, which run
+nothing, are left out). The step table is
 sorted slowest first, as ``trtexec --dumpProfile`` prints it; a step's ``share`` is its mean
 time over the sum of the mean step times.
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from mmbuild.calib.calibrator import PROGRESS_ENV
 from mmbuild.errors import MMError
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.table import Runner
+from mmbuild.kernels.table import Step
 from mmbuild.ops.registry import get_op
 from mmbuild.report import _table, _types, plain, rows_to_csv, rows_to_json
 from mmbuild.runtime.engine import IRTTensor, input_buffers
@@ -209,22 +210,23 @@ def profile_context(
             context.run(arrays)
             latencies.append(time.perf_counter() - start)
             bar.update(1)
-        for r in range(runs):
-            row = times[r]
+        index = {step.name: i for i, step in enumerate(data.steps)}
+        saved, row = context._step_hook, times[0]
 
-            def timed(
-                index: int,
-                runner: Runner,
-                ins: list[np.ndarray],
-                outs: list[np.ndarray],
-                row: np.ndarray = row,
-            ) -> None:
-                start = time.perf_counter()
-                runner(ins, outs)
-                row[index] = time.perf_counter() - start
+        def timed(step: Step, seconds: float) -> None:
+            row[index[step.name]] = seconds
 
-            context.run(arrays, call_step=timed)
-            bar.update(1)
+        try:
+            context.set_step_hook(timed)
+            for r in range(runs):
+                row = times[r]
+                context.run(arrays)
+                bar.update(1)
+        finally:
+            context.set_step_hook(saved)
+    ran = np.flatnonzero(np.any(times, axis=0)).tolist()  # view steps run nothing
+    times = times[:, ran]
+    steps = [data.steps[i] for i in ran]
     means = times.mean(axis=0)
     medians = np.median(times, axis=0)
     total = float(means.sum())
@@ -239,7 +241,7 @@ def profile_context(
             median_ms=round(float(median) * 1e3, 6),
             share=round(float(mean) / total, 6) if total > 0 else 0.0,
         )
-        for step, mean, median in zip(data.steps, means, medians)
+        for step, mean, median in zip(steps, means, medians)
     ]
     batch = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
     return ProfileReport(rows, latency_stats(latencies, batch), batch, runs, _threads())

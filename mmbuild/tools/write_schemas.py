@@ -1,8 +1,11 @@
-"""Write the published JSON Schemas under ``include/`` from the pydantic models that define them.
+"""Write the published JSON Schemas from the pydantic models that define them.
 
-``python -m mmbuild.tools.write_schemas`` rewrites the files; ``--check`` only compares and exits 1
-when a file is stale, for CI. A test compares ``render_schemas()`` with the files too, so a model
-change without a regenerated schema fails.
+The same text goes to two places: ``include/`` of the source tree (the language-neutral copy) and
+``mmbuild/schemas/``, the package data an installed mmbuild reads (``mmbuild.schemas.path``).
+``python -m mmbuild.tools.write_schemas`` rewrites both; ``--check`` only compares and exits 1
+when a file is stale, for CI; ``--out DIR`` writes or checks that one directory instead. A test
+compares ``render_schemas()`` with both copies too, so a model change without regenerated schemas
+fails.
 
 To publish another schema, add one entry to ``SCHEMAS``: the file name and the model, as
 ``"module:Class"``, imported only when rendered.
@@ -21,12 +24,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mmbuild import schemas
+
 logger = logging.getLogger(__name__)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URL = "https://mmbuild.dev/schemas/"
 
-# file name under include/ -> "module:Class" of the pydantic model it is generated from.
+# file name -> "module:Class" of the pydantic model it is generated from.
 SCHEMAS: dict[str, str] = {
     "builder_config.schema.json": "mmbuild.config.schema:BuilderConfigModel",
     "calibration_cache.schema.json": "mmbuild.calib.cache:CalibrationCacheModel",
@@ -35,6 +40,9 @@ SCHEMAS: dict[str, str] = {
 
 # include/ of the source tree (the package is installed editable, so this is the repository's).
 DEFAULT_OUT_DIR = Path(__file__).resolve().parents[2] / "include"
+# the package data of mmbuild.schemas
+PACKAGE_DIR = schemas.DIRECTORY
+OUT_DIRS: tuple[Path, ...] = (DEFAULT_OUT_DIR, PACKAGE_DIR)
 
 
 def _load_model(target: str) -> type[BaseModel]:
@@ -92,18 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmbuild.tools.write_schemas", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
+    parser.add_argument(
+        "--out", type=Path, help="this output directory only (default: include/ and the package)"
+    )
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if a schema file is stale"
     )
     args = parser.parse_args(argv)
+    out_dirs = (args.out,) if args.out is not None else OUT_DIRS
     if args.check:
-        stale = stale_schemas(args.out)
-        for name in stale:
-            print(f"stale: {args.out / name} (run python -m mmbuild.tools.write_schemas)")
+        stale = [out_dir / name for out_dir in out_dirs for name in stale_schemas(out_dir)]
+        for path in stale:
+            print(f"stale: {path} (run python -m mmbuild.tools.write_schemas)")
         return 1 if stale else 0
-    for path in write_schemas(args.out):
-        print(f"wrote {path}")
+    for out_dir in out_dirs:
+        for path in write_schemas(out_dir):
+            print(f"wrote {path}")
     return 0
 
 

@@ -74,84 +74,89 @@ def float_tile_name(mr: int, nrv: int) -> str:
     return f"f32_tile_{mr}x{nrv}"
 
 
-def _epilogue_lines(mr: int, nrv: int, call: str) -> list[str]:
-    """Hand every accumulator to the epilogue: rows past ``mr`` are skipped, the last vector of
-    a row stores its first ``nn - 16 * v`` lanes only (a masked store)."""
+def _epilogue_lines(mr: int, nv: int, call: str, acc: str = "{acc}") -> list[str]:
+    """Hand every accumulator (as the expression ``acc`` of it) to the epilogue: rows past ``mr``
+    are skipped, the last vector of a row stores its first ``nn - LANES * v`` lanes only."""
     lines = []
     for r in range(mr):
         indent = "    " if r == 0 else "        "
         if r:
             lines.append(f"    if mr > {r}:")
-        for v in range(nrv):
-            args = f"c{r}_{v}, n0 + {16 * v}, out, o_off + {r} * ldo + {16 * v}, nn - {16 * v}"
+        for v in range(nv):
+            value = acc.format(acc=f"c{r}_{v}")
+            args = (f"{value}, n0 + {v} * LANES, out, o_off + {r} * ldo + {v} * LANES, "
+                    f"nn - {v} * LANES")  # fmt: skip
             lines.append(f"{indent}{call.format(args=args)}")
     return lines
 
 
-def int8_tile_source(mr: int, nrv: int, epilogue: str) -> str:
-    """An int8 micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
-
-    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, mr, nn, n0, comp,
-    ep_args, out, o_off, ldo)``. Row ``r`` of the A operand is ``nseg`` runs of ``4 * k4 + ktail``
-    bytes, the first at ``A[ao_r]`` and the next ``seg_stride`` bytes further on (one run for a
-    plain GEMM, one per kernel row for an implicit-GEMM convolution). ``Bp[b_off:]`` is the
-    panel, ``[nseg][k4 + (ktail > 0)][16 * nrv][4]`` int8 with zero padding. The int32 sums
-    ``sum_k A[..] * B[k, j]`` (unsigned by signed, wrapping) of the first ``mr`` rows and ``nn``
-    columns go to ``epilogue(acc, n, out, o, count, comp, ep_args)``, which stores them.
-    """
-    rows = range(mr)
-    vecs = range(nrv)
-    step = 64 * nrv
-    lines = [
+def _tile_head(name: str, mr: int, kargs: str, extra: str) -> list[str]:
+    aos = ", ".join(f"ao{r}" for r in range(mr))
+    return [
         f"@njit(forceinline=True, {JIT_OPTIONS})",
-        f"def {int8_tile_name(mr, nrv)}(A, {', '.join(f'ao{r}' for r in rows)}, nseg, "
-        "seg_stride, k4, ktail, Bp, b_off, mr, nn, n0, comp, ep_args, out, o_off, ldo):",
+        f"def {name}(A, {aos}, nseg, seg_stride, {kargs}, Bp, b_off, ldb, mr, nn, n0, {extra}"
+        "ep_args, out, o_off, ldo):",
     ]
-    lines += [f"    c{r}_{v} = vzero_i32()" for r in rows for v in vecs]
+
+
+def int8_tile_source(mr: int, nv: int, epilogue: str) -> str:
+    """An int8 micro-kernel: ``mr`` rows of A times ``nv`` vectors (``LANES`` columns each) of
+    a packed panel.
+
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, ldb, mr, nn, n0,
+    comp, ep_args, out, o_off, ldo)``. Row ``r`` of the A operand is ``nseg`` runs of ``4 * k4 +
+    ktail`` bytes, the first at ``A[ao_r]`` and the next ``seg_stride`` bytes further on (one run
+    for a plain GEMM, one per kernel row for an implicit-GEMM convolution). The weights of group
+    ``g`` of four K rows are the ``4 * LANES * nv`` bytes at ``Bp[b_off + g * ldb]``
+    (``[columns][4]`` int8, zero-padded). The int32 sums ``sum_k A[..] * B[k, j]`` (unsigned by
+    signed, wrapping) of the first ``mr`` rows and ``nn`` columns go to ``epilogue(acc, n, out,
+    o, count, comp, ep_args)``, which stores them. The level's module defines ``LANES`` and the
+    dot-product primitives (:mod:`.dot`): ``vzero_acc``, ``vbcast4_u8``, ``vquad_u8``,
+    ``vweights_s8``, ``vdot4`` and ``vcols``.
+    """
+    rows, vecs = range(mr), range(nv)
+    lines = _tile_head(int8_tile_name(mr, nv), mr, "k4, ktail", "comp, ")
+    lines += [f"    c{r}_{v} = vzero_acc(LANES)" for r in rows for v in vecs]
     lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
     lines += [f"        p{r} = ao{r} + so" for r in rows]
 
     def step_body(indent: str, a_expr: str) -> list[str]:
-        body = [f"{indent}b{v} = vload_i32(Bp, bo + {64 * v})" for v in vecs]
+        body = [f"{indent}b{v} = vweights_s8(Bp, bo + {4 * v} * LANES, LANES)" for v in vecs]
         for r in rows:
             body.append(f"{indent}a = {a_expr.format(p=f'p{r}')}")
-            body += [f"{indent}c{r}_{v} = vdpbusd(c{r}_{v}, a, b{v})" for v in vecs]
-        body.append(f"{indent}bo += {step}")
+            body += [f"{indent}c{r}_{v} = vdot4(c{r}_{v}, a, b{v})" for v in vecs]
+        body.append(f"{indent}bo += ldb")
         return body
 
     lines.append("        for kk in range(k4):")
-    lines += step_body(" " * 12, "vbcast4_u8(A, {p} + 4 * kk)")
+    lines += step_body(" " * 12, "vbcast4_u8(A, {p} + 4 * kk, LANES)")
     lines.append("        if ktail > 0:")
-    lines += step_body(" " * 12, "vsplat_i32(load_u8_tail(A, {p} + 4 * k4, ktail))")
-    lines += _epilogue_lines(mr, nrv, f"{epilogue}({{args}}, comp, ep_args)")
+    lines += step_body(" " * 12, "vquad_u8(load_u8_tail(A, {p} + 4 * k4, ktail), LANES)")
+    lines += _epilogue_lines(mr, nv, f"{epilogue}({{args}}, comp, ep_args)", "vcols({acc})")
     return "\n".join(lines) + "\n"
 
 
-def float_tile_source(mr: int, nrv: int, epilogue: str) -> str:
-    """A float micro-kernel: ``mr`` rows of A times a packed panel of ``16 * nrv`` columns.
+def float_tile_source(mr: int, nv: int, epilogue: str) -> str:
+    """A float micro-kernel: ``mr`` rows of A times ``nv`` vectors of a packed panel.
 
-    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, seg_len, Bp, b_off, mr, nn, n0, ep_args,
-    out, o_off, ldo)``. A is float32 or fp16 bits, ``Bp[b_off:]`` the panel ``[nseg * seg_len][16 *
-    nrv]`` (float32 or fp16 bits, widened on load). The float32 sums, accumulated with FMA in the
-    order of k, go to ``epilogue(acc, n, out, o, count, ep_args)``.
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, seg_len, Bp, b_off, ldb, mr, nn, n0,
+    ep_args, out, o_off, ldo)``. A is float32 or fp16 bits; the weights of K row ``k`` are the
+    ``LANES * nv`` elements at ``Bp[b_off + k * ldb]`` (float32 or fp16 bits, widened on load).
+    The float32 sums, accumulated with FMA in the order of k, go to ``epilogue(acc, n, out, o,
+    count, ep_args)``.
     """
-    rows = range(mr)
-    vecs = range(nrv)
-    lines = [
-        f"@njit(forceinline=True, {JIT_OPTIONS})",
-        f"def {float_tile_name(mr, nrv)}(A, {', '.join(f'ao{r}' for r in rows)}, nseg, "
-        "seg_stride, seg_len, Bp, b_off, mr, nn, n0, ep_args, out, o_off, ldo):",
-    ]
-    lines += [f"    c{r}_{v} = vzero_f32()" for r in rows for v in vecs]
+    rows, vecs = range(mr), range(nv)
+    lines = _tile_head(float_tile_name(mr, nv), mr, "seg_len", "")
+    lines += [f"    c{r}_{v} = vzero_f32(LANES)" for r in rows for v in vecs]
     lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
     lines += [f"        p{r} = ao{r} + so" for r in rows]
     lines.append("        for k in range(seg_len):")
-    lines += [f"            b{v} = vload_f32(Bp, bo + {16 * v})" for v in vecs]
+    lines += [f"            b{v} = vload_f32(Bp, bo + {v} * LANES, LANES)" for v in vecs]
     for r in rows:
-        lines.append(f"            a = vbcast_f32(A, p{r} + k)")
+        lines.append(f"            a = vbcast_f32(A, p{r} + k, LANES)")
         lines += [f"            c{r}_{v} = vfma(c{r}_{v}, a, b{v})" for v in vecs]
-    lines.append(f"            bo += {16 * nrv}")
-    lines += _epilogue_lines(mr, nrv, f"{epilogue}({{args}}, ep_args)")
+    lines.append("            bo += ldb")
+    lines += _epilogue_lines(mr, nv, f"{epilogue}({{args}}, ep_args)")
     return "\n".join(lines) + "\n"
 
 

@@ -55,7 +55,7 @@ from mmbuild.kernels.cpu.qcommon import (
     reference_epilogue,
     require_constant,
     run_gemm,
-    widen,
+    widen_as,
 )
 from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
 from mmbuild.ops.conv import conv2d_nhwc
@@ -83,8 +83,9 @@ def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore
 
     ``X`` is the padded NHWC input ``[N, Hp, Wp, C]`` (flat), ``W`` the filter ``[KH*KW, Cout]``
     with ``o = c * mult + m``; ``geo`` holds ``Hp, Wp, C, mult, KH, KW, sh, sw, dh, dw, Ho, Wo``.
-    The accumulator has ``proto``'s dtype (int64 for quantized inputs, float32 for float ones)
-    and sums the taps in (i, j) order.
+    The accumulator has ``proto``'s dtype (int32 for QINT8, int64 for QINT16, float32 for float
+    inputs) and sums the taps in (i, j) order. With one output channel per input channel (the
+    usual depthwise conv) the channel loop is contiguous, so it runs in SIMD lanes.
     """
     hp, wp, c, mult, kh, kw, sh, sw, dh, dw, ho, wo = geo
     cout = c * mult
@@ -99,14 +100,23 @@ def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore
                 for j in range(kw):
                     xb = (x_row + j * dw) * c
                     wb = (i * kw + j) * cout
-                    for ci in range(c):
-                        xv = widen(X, xb + ci) - za
-                        for m in range(mult):
-                            o = ci * mult + m
-                            acc[o] += xv * widen(W, wb + o)
+                    # slices, not offsets: a computed signed index keeps numba's wrap-around
+                    # test in the loop, which stops LLVM from vectorising it
+                    xs = X[xb : xb + c]
+                    ws = W[wb : wb + cout]
+                    if mult == 1:
+                        for ci in range(c):
+                            acc[ci] += (widen_as(xs, ci, acc) - za) * widen_as(ws, ci, acc)
+                    else:
+                        for ci in range(c):
+                            xv = widen_as(xs, ci, acc) - za
+                            for m in range(mult):
+                                o = ci * mult + m
+                                acc[o] += xv * widen_as(ws, o, acc)
             ob = (r * wo + xo) * cout
+            dst = out[ob : ob + cout]
             for o in range(cout):
-                epilogue_store(acc[o], o, ep, out, ob + o)
+                epilogue_store(acc[o], o, ep, dst, o)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
@@ -157,7 +167,12 @@ class _ConvRunner:
                                scale_w=scale_w, bias=bias)  # fmt: skip
             self.ep_args = direct_epilogue_args(ep)
             self.dw_weight = np.ascontiguousarray(w.reshape(self.cout, -1).T).reshape(-1)
-            self.acc_proto = np.zeros(self.cout, np.int64 if self.quantized else np.float32)
+            # QINT8 taps are exact in int32 (|(x - za) * w| <= 255 * 128, and check_int8_k keeps
+            # the tap count below overflow); QINT16 ones need int64
+            acc_dtype: Any = np.float32 if self.carrier is None else np.int64
+            if self.carrier == np.uint8:
+                acc_dtype = np.int32
+            self.acc_proto = np.zeros(self.cout, acc_dtype)
             fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel)
         else:
             cog = self.cout // self.group
@@ -241,7 +256,7 @@ class _ConvRunner:
                       channels=(c0, cg), taps=geo.taps)  # fmt: skip
 
     def _run_depthwise(self, xp: np.ndarray, geo: _Geometry, out: np.ndarray) -> None:
-        za = np.int64(self.za) if self.quantized else np.float32(0)
+        za = self.acc_proto.dtype.type(self.za)
         n_rows = out.shape[0] * out.shape[1]
         args = (xp.reshape(-1), za, geo.direct, self.dw_weight, self.ep_args, out.reshape(-1),
                 self.acc_proto)  # fmt: skip

@@ -1,36 +1,79 @@
-"""Which instruction sets the numba kernels may use on this machine.
+"""The instruction-set level the numba kernels use on this machine, chosen once per process.
 
-The explicit-SIMD kernels emit x86 intrinsics (``vpdpbusd``) and 512-bit vector operations.
-Compiling an x86 intrinsic for a target that lacks it makes LLVM abort the whole process, so every
-choice between a SIMD kernel and its portable twin goes through the functions here, and they answer
-for the target numba really compiles for:
+The levels form a ladder; each kernel has one source, and the level supplies the vector width
+and the few primitives that differ (the int8 dot product, see :mod:`.dot`):
+
+==============  ============================================  =====  ==================
+level           needs (LLVM's feature names)                  lanes  int8 dot product
+==============  ============================================  =====  ==================
+``avx512_vnni`` avx512f, avx512bw, avx512vl, avx512vnni,      16     ``vpdpbusd``
+                fma, f16c
+``avx512``      avx512f, avx512bw, avx512vl, fma, f16c        16     ``vpmaddwd``
+``avx_vnni``    avxvnni, avx2, fma, f16c                      8      ``vpdpbusd`` (VEX)
+``avx2``        avx2, fma, f16c                               8      ``vpmaddwd``
+``portable``    nothing (any CPU numba runs on)               -      scalar loops
+==============  ============================================  =====  ==================
+
+Compiling an x86 intrinsic for a target that lacks it makes LLVM abort the whole process, so
+the level is decided from the features numba really compiles for:
 
 - normally the host CPU, as ``llvmlite.binding.get_host_cpu_features()`` reports it;
 - ``NUMBA_CPU_FEATURES`` (and ``NUMBA_CPU_NAME=generic``, which implies no features) when set, as
   numba then compiles for those features and not for the host;
 - ``NUMBA_ENABLE_AVX=0``, under which numba switches every AVX feature off.
 
-Environment variable
-    ``MMBUILD_PORTABLE=1`` (also ``true``/``yes``/``on``) forces the portable kernels even on a CPU
-    that has AVX-512 and VNNI. The integer paths give bit-identical results either way; use it to
-    reproduce what a CPU without these features computes, or to rule the SIMD kernels out when
-    chasing a bug. It is read once, when the first kernel is chosen, so set it before that.
+Environment variables (read once, when the first kernel is chosen; set them before that):
+    ``MMBUILD_ISA=<level>`` forces a level the CPU can run (a level it cannot run is refused
+    with an MMError naming what the CPU has), to measure one level against another or to
+    reproduce what another CPU computes: the integer kernels give the same bits on every level.
+    ``MMBUILD_PORTABLE=1`` (also ``true``/``yes``/``on``) is a synonym of
+    ``MMBUILD_ISA=portable``.
+
+Example: on an AMD EPYC of the Zen 3 generation ``level().name`` is ``"avx2"`` and
+``runnable_levels()`` is ``("avx2", "portable")``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 from numba.core import config as numba_config
 
+from mmbuild.errors import Code, MMError
+
+ISA_ENV = "MMBUILD_ISA"
 PORTABLE_ENV = "MMBUILD_PORTABLE"
 
-# The features each path needs, in LLVM's spelling.
-_AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl"})
-_VNNI = frozenset({"avx512vnni"})
-_FLOAT_SIMD = frozenset({"fma", "f16c"})
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of the ladder: what it needs and the primitives its kernels use."""
+
+    name: str
+    needs: frozenset[str]
+    lanes: int  # float32 / int32 lanes of one vector register; 0 for the portable kernels
+    int8_dot: str  # "vnni" or "madd" (see .dot), "" for the portable kernels
+
+    @property
+    def simd(self) -> bool:
+        return self.lanes > 0
+
+
+_FLOAT = frozenset({"fma", "f16c"})
+_AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl"}) | _FLOAT
+_AVX2 = frozenset({"avx2"}) | _FLOAT
+
+LEVELS: tuple[Level, ...] = (
+    Level("avx512_vnni", _AVX512 | {"avx512vnni"}, 16, "vnni"),
+    Level("avx512", _AVX512, 16, "madd"),
+    Level("avx_vnni", _AVX2 | {"avxvnni"}, 8, "vnni"),
+    Level("avx2", _AVX2, 8, "madd"),
+    Level("portable", frozenset(), 0, ""),
+)
+_BY_NAME = {lv.name: lv for lv in LEVELS}
 
 
 def _parse_feature_string(text: str) -> frozenset[str]:
@@ -61,24 +104,52 @@ def target_features() -> frozenset[str]:
 
 @functools.cache
 def is_x86() -> bool:
-    """Whether numba targets x86-64 (the only target with an explicit-SIMD path)."""
+    """Whether numba targets x86-64 (the only target with explicit-SIMD kernels)."""
     return llvm.get_process_triple().startswith(("x86_64", "amd64"))
 
 
+def runnable_levels() -> tuple[str, ...]:
+    """Every level this process can run, best first (``portable`` always)."""
+    have = target_features() if is_x86() else frozenset()
+    return tuple(lv.name for lv in LEVELS if not lv.simd or lv.needs <= have)
+
+
+def get_level(name: str) -> Level:
+    """The level called ``name``; an unknown name lists the known ones."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(_BY_NAME)
+        raise MMError(f"unknown instruction-set level {name!r}; known: {known}") from None
+
+
+def check_runnable(name: str) -> Level:
+    """The level ``name`` if this CPU can run it; else an MMError saying what the CPU has."""
+    lv = get_level(name)
+    if name not in runnable_levels():
+        missing = ", ".join(sorted(lv.needs - target_features())) or "an x86-64 CPU"
+        raise MMError(
+            f"instruction-set level {name!r} cannot run on this CPU "
+            f"({llvm.get_host_cpu_name()}): it lacks {missing}. Levels this CPU runs: "
+            f"{', '.join(runnable_levels())}",
+            Code.UNAVAILABLE,
+        )
+    return lv
+
+
 @functools.cache
-def portable_forced() -> bool:
-    """Whether ``MMBUILD_PORTABLE`` asks for the portable kernels (read once per process)."""
-    return os.environ.get(PORTABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def has_avx512() -> bool:
-    """AVX-512 F, BW and VL: 512-bit integer and float vectors."""
-    return is_x86() and target_features() >= _AVX512
-
-
-def has_vnni() -> bool:
-    """AVX-512 VNNI (``vpdpbusd``) on top of :func:`has_avx512`."""
-    return has_avx512() and target_features() >= _VNNI
+def level() -> Level:
+    """The level of this process: ``MMBUILD_ISA``, else ``portable`` under ``MMBUILD_PORTABLE``,
+    else the best level the CPU runs."""
+    forced = os.environ.get(ISA_ENV, "").strip().lower()
+    if forced:
+        try:
+            return check_runnable(forced)
+        except MMError as exc:
+            raise MMError(f"{ISA_ENV}={forced}: {exc}", exc.status.code()) from None
+    if os.environ.get(PORTABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+        return _BY_NAME["portable"]
+    return _BY_NAME[runnable_levels()[0]]
 
 
 def has_hw_half() -> bool:
@@ -91,21 +162,12 @@ def has_hw_half() -> bool:
     return not is_x86() or "f16c" in target_features()
 
 
-def use_int8_simd() -> bool:
-    """Run the int8 GEMM on the ``vpdpbusd`` micro-kernels."""
-    return has_vnni() and not portable_forced()
-
-
-def use_float_simd() -> bool:
-    """Run the float GEMM on the 512-bit FMA micro-kernels."""
-    return has_avx512() and target_features() >= _FLOAT_SIMD and not portable_forced()
-
-
 def describe() -> str:
-    """One line for logs and benchmark headers."""
+    """One line for logs and benchmark headers, e.g. ``isa=avx2 (8 lanes, int8 vpmaddwd) ...``."""
+    lv = level()
+    dot = {"vnni": "vpdpbusd", "madd": "vpmaddwd", "": "scalar"}[lv.int8_dot]
+    shape = f"{lv.lanes} lanes, int8 {dot}" if lv.simd else "scalar loops"
     return (
-        f"cpu={llvm.get_host_cpu_name()} avx512={has_avx512()} vnni={has_vnni()} "
-        f"hw_half={has_hw_half()} portable_forced={portable_forced()} "
-        f"int8_path={'vnni' if use_int8_simd() else 'portable'} "
-        f"float_path={'avx512' if use_float_simd() else 'portable'}"
+        f"isa={lv.name} ({shape}) cpu={llvm.get_host_cpu_name()} "
+        f"runnable={','.join(runnable_levels())} hw_half={has_hw_half()}"
     )

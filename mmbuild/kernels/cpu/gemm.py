@@ -72,7 +72,7 @@ import numpy as np
 
 from mmbuild.errors import MMError
 from mmbuild.kernels.cpu import features
-from mmbuild.kernels.cpu.gemm_codegen import FLOAT_MC, INT8_MC, S16_MC, generated_kernels
+from mmbuild.kernels.cpu.gemm_codegen import MC, generated_kernels
 from mmbuild.kernels.cpu.gemm_pack import (
     NR,
     Activation,
@@ -184,7 +184,6 @@ def _check_implicit(x: np.ndarray, rows: Any, w: _Packed) -> None:
 
 
 _NO_ROWS = np.empty(0, np.int64)
-_MC = {"u8s8": INT8_MC, "f32": FLOAT_MC, "s16": S16_MC}
 _PACKED = {"u8s8": PackedInt8Weights, "f32": PackedFloatWeights, "s16": PackedInt16Weights}
 
 
@@ -223,7 +222,7 @@ def _bind(
     ep: Any,
     out: Any,
     rows: ImplicitRows | None,
-    portable: bool,
+    isa: str | None,
 ) -> BoundGemm:
     """Check the operands of a product and choose its kernel (see ``bind_gemm_u8s8``)."""
     if not (isinstance(w, _Packed) and isinstance(w, _PACKED[kind])):
@@ -248,20 +247,21 @@ def _bind(
         # the zero-point term of every column, padded to whole vectors; |za * colsum| < 2**31
         comp = np.zeros(w.n_pad, np.int32)
         comp[: w.n] = -z * w.colsum
-        simd_path = features.use_int8_simd()
     else:
         z = _check_zero_point(za, -32768, 32767)
         k_args, panel_size = (w.seg_len,), w.k * NR
-        simd_path = kind == "f32" and features.use_float_simd()
-    flavor = "simd" if simd_path and not portable else "portable"
+    level = features.level() if isa is None else features.check_runnable(isa)
+    if kind == "s16":  # one portable kernel on every level
+        level = features.get_level("portable")
+    kernel = f"gemm_{kind}/{level.name}"
     if m == 0:
-        return BoundGemm(_nothing, (), f"gemm_{kind}/{flavor}")
-    n_mb = -(-m // _MC[kind])
+        return BoundGemm(_nothing, (), kernel)
+    n_mb = -(-m // MC[kind])
     n_items = w.n_panels * n_mb
     out_bytes = out_flat.view(np.uint8)
     args = (n_mb, a_flat, lda, offsets, m, w.segments, seg_stride, *k_args, w.data, w.n_panels,
             w.nrv_last, panel_size, z, comp, ep._args, out_bytes, ldo, w.n)  # fmt: skip
-    mod = generated_kernels()
+    mod = generated_kernels(level.name)
     # Large products, and products that stream many weights (a batch-1 fully connected layer is
     # bound by reading them, which two cores do faster than one), run on all threads.
     large = n_items > 1 and (
@@ -269,10 +269,9 @@ def _bind(
     )
     threads = numba.get_num_threads() if large else 1
     if threads > 1:
-        fn = getattr(mod, f"{kind}_parallel_{flavor}")
-        return BoundGemm(fn, (n_items, min(n_items, threads), *args), f"gemm_{kind}/{flavor}/mt")
-    fn = getattr(mod, f"{kind}_items_{flavor}")
-    return BoundGemm(fn, (0, n_items, *args), f"gemm_{kind}/{flavor}")
+        fn = getattr(mod, f"{kind}_parallel")
+        return BoundGemm(fn, (n_items, min(n_items, threads), *args), f"{kernel}/mt")
+    return BoundGemm(getattr(mod, f"{kind}_items"), (0, n_items, *args), kernel)
 
 
 _P = ParamSpec("_P")
@@ -298,7 +297,7 @@ def bind_gemm_u8s8(
     out: np.ndarray,
     *,
     rows: ImplicitRows | None = None,
-    portable: bool = False,
+    isa: str | None = None,
 ) -> BoundGemm:
     """Check and bind ``out = epilogue((a - za) @ w)`` for uint8 activations and packed int8
     weights; call the result to run it (:func:`gemm_u8s8` binds and runs once).
@@ -306,11 +305,11 @@ def bind_gemm_u8s8(
     ``a`` is ``[M, K]`` and may be a view with a row stride (``buf[:, :K]``); with ``rows`` it is
     instead the contiguous input that the rows are gathered from (an implicit-GEMM convolution,
     ``M = rows.m``). ``za`` is the activations' zero point in [0, 255]; ``out`` is ``[M, N]`` of
-    the epilogue's output type, rows contiguous. ``portable=True`` runs the portable kernels,
-    which give the same bits and run on any CPU (the SIMD ones run only where the CPU has
-    AVX512-VNNI, and never under ``MMBUILD_PORTABLE=1``).
+    the epilogue's output type, rows contiguous. ``isa`` names the instruction-set level to run
+    (``"avx2"``, ``"portable"``, ...: any level the CPU runs, see :mod:`.features`); by default
+    the process's level. Every level gives the same bits.
     """
-    return _bind("u8s8", a, za, w, ep, out, rows, portable)
+    return _bind("u8s8", a, za, w, ep, out, rows, isa)
 
 
 def bind_gemm_s16(
@@ -328,7 +327,7 @@ def bind_gemm_s16(
     One portable kernel serves every CPU; the arguments are as for :func:`bind_gemm_u8s8`, with
     ``za`` in [-32768, 32767].
     """
-    return _bind("s16", a, za, w, ep, out, rows, True)
+    return _bind("s16", a, za, w, ep, out, rows, None)
 
 
 def bind_gemm_f32(
@@ -338,16 +337,17 @@ def bind_gemm_f32(
     out: np.ndarray,
     *,
     rows: ImplicitRows | None = None,
-    portable: bool = False,
+    isa: str | None = None,
 ) -> BoundGemm:
     """Check and bind ``out = epilogue(a @ w)`` for float activations (float32, or fp16 as
     float16 or uint16 bits) and packed float32 or fp16 weights, accumulated in float32 with FMA;
     call the result to run it (:func:`gemm_f32` binds and runs once).
 
     The tolerance against an exact product is in the module docstring; the other arguments are
-    as for :func:`bind_gemm_u8s8`. The SIMD kernels need AVX-512 F/BW/VL, FMA and F16C.
+    as for :func:`bind_gemm_u8s8`. The float sums may differ between levels in the last bits
+    (the SIMD kernels fuse each multiply-add; the portable ones round twice).
     """
-    return _bind("f32", a, 0, w, ep, out, rows, portable)
+    return _bind("f32", a, 0, w, ep, out, rows, isa)
 
 
 gemm_u8s8 = _run_once(bind_gemm_u8s8, "gemm_u8s8", "Run :func:`bind_gemm_u8s8` once.")

@@ -1,24 +1,31 @@
 """The compiled side of the GEMM: jitted building blocks and the generated drivers that call them.
 
 The micro-kernels keep their accumulators in named registers, so they are written as Python
-source (:mod:`.codegen`) and loaded, with the drivers around them, as one generated module whose
-cache digest covers this file. A driver runs work items ``[first, last)``; item ``t`` is panel
-``t // n_mb`` (``NR = 64`` columns) and block ``t % n_mb`` of ``MC`` rows, which it walks in
-tiles of ``MR`` rows (int8 4 x 64, float 6 x 64, int16 4 x 64). Example: M = 100, N = 80 in
-int8 gives ``n_mb = ceil(100 / 64) = 2`` and 2 panels (64 and 16 columns), so 4 items; item 3
-is panel 1, rows 64..99, in tiles of rows 64..67, ..., 96..99.
+source (:mod:`.codegen`) and loaded, with the drivers around them, as one generated module per
+instruction-set level (:func:`generated_kernels`) whose cache digest covers this file. The level
+changes the module's header (``LANES`` and the int8 dot-product primitives of :mod:`.dot`) and
+the tile shape (:data:`TILES`), never the kernels' text.
 
-Each finished tile goes through the epilogue of :class:`.gemm_pack.Epilogue`: in registers, 16
-columns at a time, in the SIMD micro-kernels (``_vec_epilogue_*``), or from a scratch tile in
-the portable kernels (``_finish_tile``). Both perform the same float32 operations in the same
-order, so they give the same bits: ``y = float32(acc) * mult[n]``, ``y = y + bias[n]``, ``y < 0
--> y * slope``, clamp to ``[lo, hi]``, store.
+A driver runs work items ``[first, last)``; item ``t`` is panel ``t // n_mb`` (``NR = 64``
+columns) and block ``t % n_mb`` of ``MC`` rows. It walks the panel in column blocks as wide as a
+tile and, in each, the block's rows in tiles of ``MR`` rows. Example: M = 100, N = 80 in int8 on
+AVX2 (tiles of 4 rows x 8 columns) gives ``n_mb = ceil(100 / 64) = 2`` and 2 panels (64 and 16
+columns), so 4 items; item 3 is panel 1, rows 64..99, in column blocks 64..71 and 72..79, each in
+tiles of rows 64..67, ..., 96..99. On AVX-512 VNNI a tile is 4 rows x the whole panel.
+
+Each finished tile goes through the epilogue of :class:`.gemm_pack.Epilogue`: in registers,
+``LANES`` columns at a time, in the SIMD micro-kernels (``_vec_epilogue_*``, which take their
+width from the vector they are given), or from a scratch tile in the portable kernels
+(``_finish_tile``). Both perform the same float32 operations in the same order, so they give the
+same bits: ``y = float32(acc) * mult[n]``, ``y = y + bias[n]``, ``y < 0 -> y * slope``, clamp to
+``[lo, hi]``, store.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -26,11 +33,12 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from mmbuild.kernels.cpu import codegen, convert, gemm_pack, simd
+from mmbuild.kernels.cpu import codegen, convert, dot, features, gemm_pack, simd, vector
 from mmbuild.kernels.cpu.convert import store_output
+from mmbuild.kernels.cpu.features import Level
 from mmbuild.kernels.cpu.gemm_pack import NR
-from mmbuild.kernels.cpu.simd import (
-    load_f32,
+from mmbuild.kernels.cpu.simd import load_f32
+from mmbuild.kernels.cpu.vector import (
     vadd_f32,
     vadd_i32,
     vcvt_f32,
@@ -48,12 +56,37 @@ from mmbuild.kernels.cpu.simd import (
     vzero_f32,
 )
 
-__all__ = ["FLOAT_MC", "FLOAT_MR", "INT8_MC", "INT8_MR", "S16_MC", "S16_MR", "generated_kernels"]
+__all__ = ["MC", "TILES", "Tile", "generated_kernels"]
 
-_NRV = NR // 16
-INT8_MR, INT8_MC = 4, 64  # rows of an int8 micro-kernel, rows of a work item
-FLOAT_MR, FLOAT_MC = 6, 48
-S16_MR, S16_MC = 4, 32
+MC = {"u8s8": 64, "f32": 48, "s16": 32}  # rows of a work item
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A micro-kernel's shape: ``mr`` rows by ``vecs`` vectors of the level's ``LANES``."""
+
+    mr: int
+    vecs: int
+
+
+# Tile shapes per (level, kind). The accumulators must fit the vector registers (32 zmm on
+# AVX-512, 16 ymm on AVX2) beside the weights and the broadcast activation: AVX2 float 6 x 2
+# is 12 accumulators + 2 weight vectors + 1 broadcast; the vpmaddwd int8 accumulator takes two
+# registers per vector of columns, so AVX2 int8 is 4 x 1 (8 + 2 + 1 + a product).
+TILES: dict[tuple[str, str], Tile] = {
+    ("avx512_vnni", "u8s8"): Tile(4, 4),
+    ("avx512_vnni", "f32"): Tile(6, 4),
+    ("avx512", "u8s8"): Tile(4, 2),
+    ("avx512", "f32"): Tile(6, 4),
+    ("avx_vnni", "u8s8"): Tile(4, 2),
+    ("avx_vnni", "f32"): Tile(6, 2),
+    ("avx2", "u8s8"): Tile(4, 1),
+    ("avx2", "f32"): Tile(6, 2),
+    # the portable kernels walk whole panels (four 16-column units), row by row
+    ("portable", "u8s8"): Tile(4, 4),
+    ("portable", "f32"): Tile(6, 4),
+    ("portable", "s16"): Tile(4, 4),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,46 +179,46 @@ def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # t
         _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
 
 
-# The same epilogue on 16 accumulators at once, in the SIMD micro-kernels' registers: the same
-# IEEE operations in the same order (no fast-math), so the bits equal the scalar epilogue's.
-# Forced inline: a call per accumulator vector would cost as much as the epilogue itself.
+# The same epilogue on one vector of accumulators, in the SIMD micro-kernels' registers: the same
+# IEEE operations in the same order (no fast-math), so the bits equal the scalar epilogue's. Each
+# takes its width from the vector ``y`` / ``acc`` it is given. Forced inline: a call per
+# accumulator vector would cost as much as the epilogue itself.
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def _vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
     _, _, slope, lo, hi, oscale, ozp, kind = ep_args
-    y = vselect_lt(y, vzero_f32(), vmul_f32(y, vsplat_f32(slope)), y)
-    vlo = vsplat_f32(lo)
-    vhi = vsplat_f32(hi)
+    y = vselect_lt(y, vzero_f32(y), vmul_f32(y, vsplat_f32(slope, y)), y)
+    vlo = vsplat_f32(lo, y)
+    vhi = vsplat_f32(hi, y)
     y = vselect_lt(y, vlo, vlo, y)
     y = vselect_lt(vhi, y, vhi, y)
-    n = min(count, 16)
     if kind == 0:
-        vstore_n_f32(out, o, y, n)
+        vstore_n_f32(out, o, y, count)
     elif kind == 1:
-        vstore_n_f16(out, o, y, n)
+        vstore_n_f16(out, o, y, count)
     else:
-        q = vadd_f32(vrint_f32(vdiv_f32(y, vsplat_f32(oscale))), vsplat_f32(ozp))
-        qlo = vsplat_f32(0.0 if kind == 2 else -32768.0)
-        qhi = vsplat_f32(255.0 if kind == 2 else 32767.0)
+        q = vadd_f32(vrint_f32(vdiv_f32(y, vsplat_f32(oscale, y))), vsplat_f32(ozp, y))
+        qlo = vsplat_f32(0.0 if kind == 2 else -32768.0, y)
+        qhi = vsplat_f32(255.0 if kind == 2 else 32767.0, y)
         q = vselect_lt(q, qlo, qlo, q)
         q = vselect_lt(qhi, q, qhi, q)
         if kind == 2:
-            vstore_n_u8(out, o, q, n)
+            vstore_n_u8(out, o, q, count)
         else:
-            vstore_n_i16(out, o, q, n)
+            vstore_n_i16(out, o, q, count)
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def _vec_epilogue_i32(acc, n, out, o, count, comp, ep_args):  # type: ignore[no-untyped-def]
-    """Epilogue of int32 lanes ``acc`` (columns ``n .. n+15``); ``comp = -za * colsum``."""
-    y = vmul_f32(vcvt_f32(vadd_i32(acc, vload_i32(comp, n))), vload_f32(ep_args[0], n))
-    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n)), out, o, count, ep_args)
+    """Epilogue of the int32 column sums ``acc`` (columns ``n ..``); ``comp = -za * colsum``."""
+    y = vmul_f32(vcvt_f32(vadd_i32(acc, vload_i32(comp, n, acc))), vload_f32(ep_args[0], n, acc))
+    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def _vec_epilogue_f32(acc, n, out, o, count, ep_args):  # type: ignore[no-untyped-def]
-    """Epilogue of float32 lanes ``acc`` (columns ``n .. n+15``)."""
-    y = vmul_f32(acc, vload_f32(ep_args[0], n))
-    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n)), out, o, count, ep_args)
+    """Epilogue of the float32 sums ``acc`` (columns ``n ..``)."""
+    y = vmul_f32(acc, vload_f32(ep_args[0], n, acc))
+    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
 
 
 @njit(error_model="numpy", boundscheck=False)
@@ -254,7 +287,7 @@ def _s16_row(A, ao, nseg, seg_stride, seg_len, za, Bp, b_off, nr, T, t0):  # typ
 
 
 # ---------------------------------------------------------------------------------------------
-# The generated module: micro-kernels and the drivers that call them
+# The generated modules: micro-kernels and the drivers that call them
 # ---------------------------------------------------------------------------------------------
 # Arguments of every generated driver, after the item range.
 _COMMON = (
@@ -262,50 +295,57 @@ _COMMON = (
     "comp, ep_args, out, ldo, N"
 )
 _KARGS = {"u8s8": "k4, ktail", "f32": "seg_len", "s16": "seg_len"}
+_B_STEP = {"u8s8": 4, "f32": 1, "s16": 1}  # packed elements per column in one K step
 
 _ITEMS = '''
 @njit({jit})
-def {kind}_items_{flavor}(first, last, {common}):
+def {kind}_items(first, last, {common}):
     """Work items [first, last): item t is panel t // n_mb, rows block t % n_mb."""
 {scratch}
     for t in range(first, last):
         p = t // n_mb
         mb = t - p * n_mb
-        nrv = {nrv} if p < n_panels - 1 else nrv_last
+        width = 16 * ({nrv} if p < n_panels - 1 else nrv_last)
         n0 = p * {nr}
-        nn = min({nr}, N - n0)
-        b_off = p * panel_size
-        for m0 in range(mb * {mc}, min(M, (mb + 1) * {mc}), {mr}):
-            mr = min({mr}, M - m0)
+        ldb = {bstep} * width
+        for c0 in range(0, width, {tile_cols}):
+            nn = min({tile_cols}, N - n0 - c0)
+            if nn <= 0:
+                break
+            nv = min({vecs}, (width - c0) // LANES)
+            b_off = p * panel_size + {bstep} * c0
+            for m0 in range(mb * {mc}, min(M, (mb + 1) * {mc}), {mr}):
+                mr = min({mr}, M - m0)
+                o_off = m0 * ldo + n0 + c0
 {offsets}
 {tile_call}
 
 
 @njit(parallel=True, {jit})
-def {kind}_parallel_{flavor}(n_items, n_chunks, {common}):
+def {kind}_parallel(n_items, n_chunks, {common}):
     for c in prange(n_chunks):
-        {kind}_items_{flavor}(c * n_items // n_chunks, (c + 1) * n_items // n_chunks, {common})
+        {kind}_items(c * n_items // n_chunks, (c + 1) * n_items // n_chunks, {common})
 '''
 
+_INDENT = " " * 16
 
-def _simd_tile_call(tile_name: Any, kernel_args: str, mr: int, single_row: bool) -> str:
-    """Dispatch to the micro-kernel for the panel width (which also stores the tile).
+
+def _simd_tile_call(tile_name: Any, kernel_args: str, tile: Tile, single_row: bool) -> str:
+    """Dispatch to the micro-kernel for the column block's width (which also stores the tile).
 
     With ``single_row`` a lone row (M = 1, or the last row) has its own kernels: the ``mr``-row
     one would compute that row ``mr`` times, which costs int8 (whose inner loop is compute
     bound) more than float (bound by loading B).
     """
-    lines = ["            if mr == 1:"] if single_row else []
-    for rows in (1, mr) if single_row else (mr,):
-        indent = " " * (16 if single_row else 12)
-        if single_row and rows == mr:
-            lines.append("            else:")
+    lines = [f"{_INDENT}if mr == 1:"] if single_row else []
+    for rows in (1, tile.mr) if single_row else (tile.mr,):
+        indent = _INDENT + ("    " if single_row else "")
+        if single_row and rows == tile.mr:
+            lines.append(f"{_INDENT}else:")
         aos = ", ".join(f"ao{r}" for r in range(rows))
-        for nrv in range(_NRV, 0, -1):
-            lines.append(f"{indent}{'if' if nrv == _NRV else 'elif'} nrv == {nrv}:")
-            lines.append(
-                f"{indent}    {tile_name(rows, nrv)}(A, {aos}, {kernel_args}, m0 * ldo + n0, ldo)"
-            )
+        for nv in range(tile.vecs, 0, -1):
+            lines.append(f"{indent}{'if' if nv == tile.vecs else 'elif'} nv == {nv}:")
+            lines.append(f"{indent}    {tile_name(rows, nv)}(A, {aos}, {kernel_args}, o_off, ldo)")
     return "\n".join(lines)
 
 
@@ -313,73 +353,91 @@ def _row_tile_call(row_fn: str, kernel_args: str, mr: int) -> str:
     """The portable kernels: one row at a time into the scratch tile, then the scalar epilogue."""
     lines = []
     for r in range(mr):
-        call = f"{row_fn}(A, ao{r}, {kernel_args}, 16 * nrv, T, {r * NR})"
-        lines += (
-            [f"            {call}"]
-            if r == 0
-            else [f"            if mr > {r}:", f"{' ' * 16}{call}"]
-        )
-    lines.append(
-        f"            _finish_tile(T, {NR}, mr, nn, comp, n0, ep_args, out, m0 * ldo + n0, ldo)"
-    )
+        call = f"{row_fn}(A, ao{r}, {kernel_args}, LANES * nv, T, {r * NR})"
+        guard = [] if r == 0 else [f"{_INDENT}if mr > {r}:"]
+        lines += [*guard, f"{_INDENT}{'    ' if r else ''}{call}"]
+    lines.append(f"{_INDENT}_finish_tile(T, {NR}, mr, nn, comp, n0 + c0, ep_args, out, o_off, ldo)")
     return "\n".join(lines)
 
 
-def _items_source(kind: str, flavor: str, acc: str | None, mr: int, mc: int, tile_call: str) -> str:
+def _items_source(kind: str, lanes: int, tile: Tile, acc: str | None, tile_call: str) -> str:
     offsets = "\n".join(
-        f"            ao{r} = _row_offset(rows, lda, m0 + min({r}, mr - 1))" for r in range(mr)
+        f"{_INDENT}ao{r} = _row_offset(rows, lda, m0 + min({r}, mr - 1))" for r in range(tile.mr)
     )
     return _ITEMS.format(
-        jit=codegen.JIT_OPTIONS, kind=kind, flavor=flavor,
-        common=_COMMON.format(kargs=_KARGS[kind]),
-        scratch=f"    T = np.empty({mr * NR}, np.{acc})" if acc else "", nrv=_NRV, nr=NR, mc=mc,
-        mr=mr, offsets=offsets, tile_call=tile_call,
+        jit=codegen.JIT_OPTIONS, kind=kind, common=_COMMON.format(kargs=_KARGS[kind]),
+        scratch=f"    T = np.empty({tile.mr * NR}, np.{acc})" if acc else "", nrv=NR // 16,
+        nr=NR, bstep=_B_STEP[kind], tile_cols=lanes * tile.vecs, vecs=tile.vecs, mc=MC[kind],
+        mr=tile.mr, offsets=offsets, tile_call=tile_call,
     )  # fmt: skip
 
 
-def _generated_source() -> str:
+_HEADER = [
+    "import numpy as np",
+    "from numba import njit, prange",
+    "from mmbuild.kernels.cpu.simd import load_u8_tail",
+    "from mmbuild.kernels.cpu.gemm_codegen import (",
+    "    _finish_tile, _float_row_portable, _row_offset, _s16_row, _u8s8_row_portable,",
+    "    _vec_epilogue_f32, _vec_epilogue_i32,",
+    ")",
+]
+_INT8_ARGS = "nseg, seg_stride, k4, ktail, Bp, b_off"
+_FLOAT_ARGS = "nseg, seg_stride, seg_len, Bp, b_off"
+
+
+def _simd_source(lv: Level) -> list[str]:
+    """Micro-kernels and drivers of a SIMD level: its primitives bound to the generic names."""
+    dot_names = ("zero", "bcast4", "quad", "weights", "dot", "cols")
+    generic = ("vzero_acc", "vbcast4_u8", "vquad_u8", "vweights_s8", "vdot4", "vcols")
     parts = [
-        '"""GEMM micro-kernels and drivers, generated by mmbuild.kernels.cpu.gemm_codegen."""',
-        "import numpy as np",
-        "from numba import njit, prange",
-        "from mmbuild.kernels.cpu.simd import (",
-        "    load_u8_tail, vbcast4_u8, vbcast_f32, vdpbusd, vfma, vload_f32, vload_i32,",
-        "    vsplat_i32, vzero_f32, vzero_i32,",
-        ")",
-        "from mmbuild.kernels.cpu.gemm_codegen import (",
-        "    _finish_tile, _float_row_portable, _row_offset, _s16_row, _u8s8_row_portable,",
-        "    _vec_epilogue_f32, _vec_epilogue_i32,",
+        f"LANES = {lv.lanes}",
+        "from mmbuild.kernels.cpu.vector import vbcast_f32, vfma, vload_f32, vzero_f32",
+        "from mmbuild.kernels.cpu.dot import (",
+        *[f"    {lv.int8_dot}_{d} as {g}," for d, g in zip(dot_names, generic)],
         ")",
         "",
     ]
-    for nrv in range(1, _NRV + 1):
-        for rows in (1, INT8_MR):
-            parts.append(codegen.int8_tile_source(rows, nrv, "_vec_epilogue_i32"))
-        parts.append(codegen.float_tile_source(FLOAT_MR, nrv, "_vec_epilogue_f32"))
-    int8_args = "nseg, seg_stride, k4, ktail, Bp, b_off"
-    float_args = "nseg, seg_stride, seg_len, Bp, b_off"
-    s16_args = "nseg, seg_stride, seg_len, za, Bp, b_off"
+    t8, tf = TILES[lv.name, "u8s8"], TILES[lv.name, "f32"]
+    for nv in range(1, t8.vecs + 1):
+        for rows in (1, t8.mr):
+            parts.append(codegen.int8_tile_source(rows, nv, "_vec_epilogue_i32"))
+    for nv in range(1, tf.vecs + 1):
+        parts.append(codegen.float_tile_source(tf.mr, nv, "_vec_epilogue_f32"))
     parts += [
-        _items_source("u8s8", "simd", None, INT8_MR, INT8_MC, _simd_tile_call(
-            codegen.int8_tile_name, int8_args + ", mr, nn, n0, comp, ep_args, out", INT8_MR, True)),
-        _items_source("u8s8", "portable", "int32", INT8_MR, INT8_MC,
-                      _row_tile_call("_u8s8_row_portable", int8_args, INT8_MR)),
-        _items_source("f32", "simd", None, FLOAT_MR, FLOAT_MC, _simd_tile_call(
-            codegen.float_tile_name, float_args + ", mr, nn, n0, ep_args, out", FLOAT_MR, False)),
-        _items_source("f32", "portable", "float32", FLOAT_MR, FLOAT_MC,
-                      _row_tile_call("_float_row_portable", float_args, FLOAT_MR)),
-        _items_source("s16", "portable", "float32", S16_MR, S16_MC,
-                      _row_tile_call("_s16_row", s16_args, S16_MR)),
+        _items_source("u8s8", lv.lanes, t8, None, _simd_tile_call(
+            codegen.int8_tile_name, _INT8_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t8,
+            True)),
+        _items_source("f32", lv.lanes, tf, None, _simd_tile_call(
+            codegen.float_tile_name, _FLOAT_ARGS + ", ldb, mr, nn, n0 + c0, ep_args, out", tf,
+            False)),
     ]  # fmt: skip
-    return "\n".join(parts)
+    return parts
+
+
+def _portable_source() -> list[str]:
+    tiles = {kind: TILES["portable", kind] for kind in ("u8s8", "f32", "s16")}
+    return [
+        "LANES = 16",
+        _items_source("u8s8", 16, tiles["u8s8"], "int32",
+                      _row_tile_call("_u8s8_row_portable", _INT8_ARGS, tiles["u8s8"].mr)),
+        _items_source("f32", 16, tiles["f32"], "float32",
+                      _row_tile_call("_float_row_portable", _FLOAT_ARGS, tiles["f32"].mr)),
+        _items_source("s16", 16, tiles["s16"], "float32",
+                      _row_tile_call("_s16_row", "nseg, seg_stride, seg_len, za, Bp, b_off",
+                                     tiles["s16"].mr)),
+    ]  # fmt: skip
 
 
 @functools.cache
-def generated_kernels() -> ModuleType:
-    """The generated module (written and imported on first use): ``{kind}_items_{flavor}`` and
-    ``{kind}_parallel_{flavor}`` for kind u8s8 / f32 / s16 and flavor simd / portable."""
+def generated_kernels(level: str) -> ModuleType:
+    """The generated module of ``level`` (written and imported on first use): ``{kind}_items``
+    and ``{kind}_parallel`` for the kinds the level has SIMD kernels for (u8s8 and f32), or, for
+    ``"portable"``, the portable kernels of u8s8, f32 and s16."""
+    lv = features.get_level(level)
+    doc = f'"""GEMM kernels of level {level}, generated by mmbuild.kernels.cpu.gemm_codegen."""'
+    body = _simd_source(lv) if lv.simd else _portable_source()
     return codegen.load_module(
-        "gemm_kernels",
-        _generated_source(),
-        dependencies=(simd, convert, codegen, gemm_pack, sys.modules[__name__]),
+        f"gemm_kernels_{level}",
+        "\n".join([doc, *_HEADER, *body]),
+        dependencies=(vector, dot, simd, convert, codegen, gemm_pack, sys.modules[__name__]),
     )

@@ -9,17 +9,16 @@ threads; each element is computed the same way either way.
 
 Arithmetic, and how close each kernel is to the reference of its precision:
 
-- ``activation``: in float64, as the reference (``ACTIVATIONS`` of ``mmbuild.ops.activation``),
-  then rounded to float32; the piecewise functions compare exactly as numpy does (``maximum``
-  returns its second operand on ties, so RELU(-0.0) is +0.0; ``clip`` keeps x on ties, so
-  RELU6(-0.0) is -0.0; NaN passes). Worked through: GELU(1.0) = 0.5 * (1 + erf(0.7071067811865475))
-  = 0.5 * 1.6826894921370859 = 0.8413447460685429 -> float32 0.84134475. Each piecewise
-  function (RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH, clip) has a loop of its own, which
-  LLVM vectorises; the others share one loop of scalar libm calls. The piecewise functions are
-  bit-exact; exp, tanh, erf and expm1 come from libm where numpy has its own float64
-  implementations, which differ by at most one float64 ulp and so very rarely move the float32
-  result: the tolerance is 1 ulp of the output type (fp16 included: the same float64 -> float32
-  -> fp16 roundings as the reference).
+- ``activation``: the piecewise functions (RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH,
+  clip) in float64, as the reference (``ACTIVATIONS`` of ``mmbuild.ops.activation``), then
+  rounded to float32: bit-exact. They compare exactly as numpy does (``maximum`` returns its
+  second operand on ties, so RELU(-0.0) is +0.0; ``clip`` keeps x on ties, so RELU6(-0.0) is
+  -0.0; NaN passes). The smooth ones (SIGMOID, TANH, GELU, SILU, ELU) in float32 with the
+  polynomials of :mod:`.fastmath`, within its stated ulps of the float64 reference (1 to 7
+  float32 ulps; fp16 outputs within one fp16 ulp). Each function has a loop of its own, which
+  LLVM vectorises. Worked through: GELU(1.0) = 0.5 * (1 + erf(0.70710677)), exactly
+  0.8413447460685429, which rounds to float32 0.8413448; the kernel gives 0.8413447, one ulp
+  below.
 - ``clip``: ``lo if x < lo else hi if x > hi else x`` (NaN passes); bit-exact.
 - ``elementwise``: ADD SUB MUL DIV MAX MIN in float32, one IEEE operation each, exactly as
   numpy's float32 ufuncs: bit-exact in fp32 and, since the reference rounds the same float32
@@ -56,6 +55,7 @@ from numba.np.numpy_support import as_dtype
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.fastmath import elu32, gelu32, sigmoid32, silu32, tanh32
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
 from mmbuild.kernels.table import BUFFER_TYPES, Buffers, Kernel, Runner, Step, register_kernel
 from mmbuild.ops.activation import IActivation
@@ -65,6 +65,7 @@ __all__ = [
     "CHUNK",
     "COST_DIVIDE",
     "COST_LIBM",
+    "COST_POLY",
     "COST_SIMPLE",
     "FLOATS",
     "PARALLEL_MIN_WORK",
@@ -85,6 +86,7 @@ PARALLEL_MIN_WORK = 1 << 22
 COST_SIMPLE = 1  # a few float32 operations per element: memory-bound
 COST_DIVIDE = 4  # float64 divisions and square roots per element
 COST_LIBM = 32  # a scalar libm call (exp, tanh, erf) per element
+COST_POLY = 8  # a float32 polynomial and an exponent (mmbuild.kernels.cpu.fastmath) per element
 CHUNK = 1 << 14  # elements per parallel work item
 
 FusedArgs = tuple[int, np.float32, np.float32, np.float32]
@@ -153,9 +155,10 @@ def apply_fused(y, act):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------------------------
 # activation and clip
 # ---------------------------------------------------------------------------------------------
-# Codes: the piecewise functions first, each with its own loop (comparisons and products that
-# LLVM vectorises); the smooth ones share one loop, as they are scalar libm calls anyway.
+# Codes: the piecewise functions first (float64, exact), then the smooth ones (float32
+# polynomials); each has a loop of its own, which LLVM vectorises.
 _RELU, _RELU6, _LEAKY, _HSIGMOID, _HSWISH, _CLIP, _SIGMOID, _TANH, _GELU, _SILU, _ELU = range(11)
+_EXP, _LOG, _SQRT, _ERF, _SOFTPLUS, _MISH = range(11, 17)
 _ACT_CODES = {
     IActivation.RELU: _RELU,
     IActivation.RELU6: _RELU6,
@@ -167,8 +170,13 @@ _ACT_CODES = {
     IActivation.GELU: _GELU,
     IActivation.SILU: _SILU,
     IActivation.ELU: _ELU,
+    IActivation.EXP: _EXP,
+    IActivation.LOG: _LOG,
+    IActivation.SQRT: _SQRT,
+    IActivation.ERF: _ERF,
+    IActivation.SOFTPLUS: _SOFTPLUS,
+    IActivation.MISH: _MISH,
 }
-_SQRT2 = math.sqrt(2.0)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -177,7 +185,7 @@ def _clip64(x, lo, hi):  # type: ignore[no-untyped-def]
     return lo if x < lo else (hi if x > hi else x)
 
 
-# Each function: float64 x, parameters a and b, the code (used by _smooth only).
+# Each piecewise function: float64 x, parameters a and b, and the code (unused).
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _relu(x, a, b, code):  # type: ignore[no-untyped-def]
     # np.maximum(x, 0): the second operand unless x > 0 or x is NaN, so -0.0 -> +0.0
@@ -209,18 +217,47 @@ def _clip(x, a, b, code):  # type: ignore[no-untyped-def]
     return _clip64(x, a, b)
 
 
+# The smooth functions in float32 (:mod:`.fastmath`), so that their loops vectorise too.
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _smooth(x, a, b, code):  # type: ignore[no-untyped-def]
-    if code == _SIGMOID:
-        return 1.0 / (1.0 + math.exp(-x))
-    if code == _TANH:
-        return math.tanh(x)
-    if code == _GELU:
-        return x / 2.0 * (1.0 + math.erf(x / _SQRT2))
-    if code == _SILU:
-        return x / (1.0 + math.exp(-x))
-    # ELU; np.minimum(x, 0) inside: the second operand unless x < 0 or x is NaN
-    return x if x > 0.0 else a * math.expm1(x if (x < 0.0 or x != x) else 0.0)
+def _sigmoid(x, a):  # type: ignore[no-untyped-def]
+    return sigmoid32(x)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _tanh(x, a):  # type: ignore[no-untyped-def]
+    return tanh32(x)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _gelu(x, a):  # type: ignore[no-untyped-def]
+    return gelu32(x)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _silu(x, a):  # type: ignore[no-untyped-def]
+    return silu32(x)
+
+
+# The functions real models use rarely (ONNX Exp, Log, Sqrt, Erf, Softplus, Mish): float64 libm,
+# as their reference computes them, one scalar call per element (1 ulp, see the module docstring).
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _libm(x, a, b, code):  # type: ignore[no-untyped-def]
+    if code == _EXP:
+        return math.exp(x)
+    if code == _LOG:
+        # np.log: -inf at 0 (either sign), NaN below 0; math.log would raise instead
+        if x == 0.0:
+            return -math.inf
+        return math.log(x) if x > 0.0 else math.nan
+    if code == _SQRT:
+        # np.sqrt keeps -0.0; NaN below 0
+        return math.sqrt(x) if x >= 0.0 else math.nan
+    if code == _ERF:
+        return math.erf(x)
+    if code == _SOFTPLUS:
+        return math.log1p(math.exp(x))
+    # MISH
+    return x * math.tanh(math.log1p(math.exp(x)))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -230,6 +267,13 @@ def _map(fn, xs, ys, a, b, code, act):  # type: ignore[no-untyped-def]
     for j in range(xs.size):
         y = np.float32(fn(np.float64(load_f32(xs, j)), a, b, code))
         store_f32(ys, j, apply_fused(y, act))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _map32(fn, xs, ys, a, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = fn(float32(xs[j]), a)`` then the fused activation (see :func:`_map`)."""
+    for j in range(xs.size):
+        store_f32(ys, j, apply_fused(fn(load_f32(xs, j), a), act))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
@@ -247,8 +291,18 @@ def _unary_range(x, out, code, a, b, act, start, stop):  # type: ignore[no-untyp
         _map(_hard_swish, xs, ys, a, b, code, act)
     elif code == _CLIP:
         _map(_clip, xs, ys, a, b, code, act)
+    elif code == _SIGMOID:
+        _map32(_sigmoid, xs, ys, np.float32(a), act)
+    elif code == _TANH:
+        _map32(_tanh, xs, ys, np.float32(a), act)
+    elif code == _GELU:
+        _map32(_gelu, xs, ys, np.float32(a), act)
+    elif code == _SILU:
+        _map32(_silu, xs, ys, np.float32(a), act)
+    elif code == _ELU:
+        _map32(elu32, xs, ys, np.float32(a), act)
     else:
-        _map(_smooth, xs, ys, a, b, code, act)
+        _map(_libm, xs, ys, a, b, code, act)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
@@ -267,7 +321,7 @@ class _UnaryKernel(Kernel):
         code, a, b = self.params(step)
         act = fused_activation(step)
         name = step.name
-        cost = COST_LIBM if code >= _SIGMOID else COST_SIMPLE
+        cost = COST_LIBM if code >= _EXP else COST_POLY if code >= _SIGMOID else COST_SIMPLE
 
         def run(inputs: Buffers, outputs: Buffers) -> None:
             out = contiguous_out(outputs[0], name)
@@ -279,7 +333,7 @@ class _UnaryKernel(Kernel):
 
 @register_kernel
 class ActivationKernel(_UnaryKernel):
-    """The ten functions of ``mm.IActivation``, float32 and float16."""
+    """The functions of ``mm.IActivation``, float32 and float16."""
 
     name = "activation"
     ops = ("activation",)
@@ -319,44 +373,77 @@ _ADD, _SUB, _MUL, _DIV, _MAX, _MIN = (
 )
 
 
+# One function per operation, each as numpy's float32 ufunc; ``_binary_run`` picks one before
+# its loops, so that each loop holds one operation and LLVM vectorises it (a switch on the
+# operation inside the loop kept every elementwise step scalar).
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _binary(op, a, b):  # type: ignore[no-untyped-def]
-    """One float32 operation, as numpy's float32 ufunc."""
-    if op == _ADD:
-        return a + b
-    if op == _SUB:
-        return a - b
-    if op == _MUL:
-        return a * b
-    if op == _DIV:
-        return a / b
-    if op == _MAX:
-        return a if (a > b or a != a) else b
+def _add(a, b):  # type: ignore[no-untyped-def]
+    return a + b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _sub(a, b):  # type: ignore[no-untyped-def]
+    return a - b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _mul(a, b):  # type: ignore[no-untyped-def]
+    return a * b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _div(a, b):  # type: ignore[no-untyped-def]
+    return a / b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _max(a, b):  # type: ignore[no-untyped-def]
+    return a if (a > b or a != a) else b
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _min(a, b):  # type: ignore[no-untyped-def]
     return a if (a < b or a != a) else b
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _binary_run(op, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
-    """``ys[j] = a[ia + j*ja] (op) b[ib + j*jb]``. The innermost merged dimension has strides
+def _binary_loops(fn, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = fn(a[ia + j*ja], b[ib + j*jb])``. The innermost merged dimension has strides
     of 1 or 0 (broadcast), so three loops cover it; each reads slices, whose indices numba
     knows to be non-negative, which lets LLVM vectorise the loop."""
     n = ys.size
     if ja == 1 and jb == 1:
         xa, xb = a[ia : ia + n], b[ib : ib + n]
         for j in range(n):
-            store_f32(ys, j, apply_fused(_binary(op, load_f32(xa, j), load_f32(xb, j)), act))
+            store_f32(ys, j, apply_fused(fn(load_f32(xa, j), load_f32(xb, j)), act))
     elif ja == 1:
         xa, vb = a[ia : ia + n], load_f32(b, ib)
         for j in range(n):
-            store_f32(ys, j, apply_fused(_binary(op, load_f32(xa, j), vb), act))
+            store_f32(ys, j, apply_fused(fn(load_f32(xa, j), vb), act))
     elif jb == 1:
         va, xb = load_f32(a, ia), b[ib : ib + n]
         for j in range(n):
-            store_f32(ys, j, apply_fused(_binary(op, va, load_f32(xb, j)), act))
+            store_f32(ys, j, apply_fused(fn(va, load_f32(xb, j)), act))
     else:  # a single output element
         va, vb = load_f32(a, ia), load_f32(b, ib)
         for j in range(n):
-            store_f32(ys, j, apply_fused(_binary(op, va, vb), act))
+            store_f32(ys, j, apply_fused(fn(va, vb), act))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _binary_run(op, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+    if op == _ADD:
+        _binary_loops(_add, a, ia, ja, b, ib, jb, ys, act)
+    elif op == _SUB:
+        _binary_loops(_sub, a, ia, ja, b, ib, jb, ys, act)
+    elif op == _MUL:
+        _binary_loops(_mul, a, ia, ja, b, ib, jb, ys, act)
+    elif op == _DIV:
+        _binary_loops(_div, a, ia, ja, b, ib, jb, ys, act)
+    elif op == _MAX:
+        _binary_loops(_max, a, ia, ja, b, ib, jb, ys, act)
+    else:
+        _binary_loops(_min, a, ia, ja, b, ib, jb, ys, act)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)

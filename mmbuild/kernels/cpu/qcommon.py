@@ -382,6 +382,25 @@ def widen(arr: np.ndarray, i: int) -> Any:
     raise NotImplementedError("widen runs inside numba kernels")
 
 
+def widen_as(arr: np.ndarray, i: int, acc: np.ndarray) -> Any:
+    """``arr[i]`` as the element type of the accumulator array ``acc`` (int32, int64 or
+    float32; fp16 bits widen exactly), for products summed into ``acc``."""
+    raise NotImplementedError("widen_as runs inside numba kernels")
+
+
+@overload(widen_as)
+def _widen_as_overload(arr, i, acc):  # type: ignore[no-untyped-def]
+    if not (isinstance(arr, types.Array) and isinstance(acc, types.Array)):
+        return None
+    if acc.dtype == types.float32 and arr.dtype in (types.float32, types.uint16):
+        return lambda arr, i, acc: load_f32(arr, i)
+    if acc.dtype == types.int32 and isinstance(arr.dtype, types.Integer):
+        return lambda arr, i, acc: np.int32(arr[i])
+    if acc.dtype == types.int64 and isinstance(arr.dtype, types.Integer):
+        return lambda arr, i, acc: np.int64(arr[i])
+    return None
+
+
 @overload(widen)
 def _widen_overload(arr, i):  # type: ignore[no-untyped-def]
     if not isinstance(arr, types.Array):

@@ -1,0 +1,188 @@
+"""The bound run loop: steps bound once per set of input shapes, views instead of copies, fresh
+outputs on every run, the per-step hook, and contexts in threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import mmbuild as mm
+from mmbuild.kernels.table import Runner
+
+
+def _chain(width: int = 6) -> mm.Network:
+    """relu -> reshape -> unsqueeze -> squeeze -> mul by a constant (an intermediate view chain)."""
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([-1, width]))
+    t = net.add_i_activation_node(x, mm.IActivation.RELU).get_output(0)
+    t = net.add_i_reshape_node(t, [0, 2, width // 2]).get_output(0)
+    t = net.add_i_unsqueeze_node(t, [1]).get_output(0)
+    t = net.add_i_squeeze_node(t, [1]).get_output(0)
+    three = np.full((1, 1, 1), 3.0, np.float32)
+    c = net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims(three.shape), three).get_output(0)
+    y = net.add_i_elementwise_node(t, c, mm.IElementwise.MUL).get_output(0)
+    net.mark_output(y)
+    return net
+
+
+def _enqueue(context: mm.Context, x: np.ndarray) -> np.ndarray:
+    inputs = context.create_inputs()
+    inputs[0].from_numpy(x)
+    outputs: list[mm.IRTTensor] = []
+    assert context.enqueue(inputs, outputs).ok()
+    return outputs[0].asnumpy()
+
+
+def test_view_steps_run_nothing_and_share_their_source_bytes() -> None:
+    model = mm.Builder().build_model("views", _chain())
+    engine = model.create_i_engine()
+    plan = engine.buffer_plan(((2, 6),))
+    relu_out = model.data.steps[0].outputs[0]
+    view_steps = [s for s in model.data.steps if s.op in ("reshape", "unsqueeze", "squeeze")]
+    assert len(view_steps) == 3
+    assert {plan.views[s.outputs[0]] for s in view_steps} == {relu_out}
+    assert all(s.outputs[0] not in plan.offsets for s in view_steps)
+    context = engine.create_i_context()
+    names: list[str] = []
+    context.set_step_hook(lambda step, seconds: names.append(step.name))
+    x = np.array([[-1, 2, -3, 4, 5, -6], [7, -8, 9, 0, -1, 2]], np.float32)
+    y = _enqueue(context, x)
+    np.testing.assert_array_equal(y, (np.maximum(x, 0) * 3).reshape(2, 2, 3))
+    assert names == [model.data.steps[0].name, model.data.steps[-1].name]
+    bound = context._bound_plan(((2, 6),))
+    view = bound.buffers[view_steps[-1].outputs[0]]
+    assert np.shares_memory(view, bound.buffers[relu_out])
+
+
+def test_a_network_output_is_never_a_view() -> None:
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([4]))
+    t = net.add_i_activation_node(x, mm.IActivation.RELU).get_output(0)
+    y = net.add_i_reshape_node(t, [2, 2]).get_output(0)
+    net.mark_output(y)
+    model = mm.Builder().build_model("out_view", net)
+    context = model.create_i_engine().create_i_context()
+    assert context._engine.buffer_plan(((4,),)).views == {}
+    first = _enqueue(context, np.array([-1, 2, -3, 4], np.float32))
+    second = _enqueue(context, np.array([5, -6, 7, -8], np.float32))
+    np.testing.assert_array_equal(first, [[0, 2], [0, 4]])  # not overwritten by the 2nd run
+    np.testing.assert_array_equal(second, [[5, 0], [7, 0]])
+
+
+def test_outputs_are_fresh_arrays_and_shapes_rebind() -> None:
+    context = mm.Builder().build_model("views", _chain()).create_i_engine().create_i_context()
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 6)).astype(np.float32) for n in (1, 3, 1, 5, 2, 7, 1)]
+    ys = [_enqueue(context, x) for x in xs]
+    for x, y in zip(xs, ys):  # every result survives the later runs
+        np.testing.assert_array_equal(y, (np.maximum(x, 0) * 3).reshape(-1, 2, 3))
+    assert len(context._bound) == 4  # the least recently used shapes were dropped
+
+
+def test_validate_sees_view_tensors() -> None:
+    model = mm.Builder().build_model("views", _chain())
+    x = np.arange(-6, 6, dtype=np.float32).reshape(2, 6)
+    values = model.create_i_engine().create_i_context().run([x], keep_all=True)
+    squeezed = next(s for s in model.data.steps if s.op == "squeeze").outputs[0]
+    np.testing.assert_array_equal(values[squeezed], np.maximum(x, 0).reshape(2, 2, 3))
+    report = model.validate([x])
+    assert report.ok() and len(report.checks) == len(model.data.steps)
+
+
+def test_a_failing_kernel_names_its_step() -> None:
+    model = mm.Builder().build_model("views", _chain())
+    engine = model.create_i_engine()
+
+    def broken(inputs: object, outputs: object) -> None:
+        raise ValueError("boom")
+
+    engine.runners[-1] = Runner(broken, ())
+    with pytest.raises(mm.MMError, match=rf"step {model.data.steps[-1].name!r}.*boom"):
+        _enqueue(engine.create_i_context(), np.ones((1, 6), np.float32))
+
+
+def test_a_step_reading_the_network_input_is_bound_again_each_run() -> None:
+    model = mm.Builder().build_model("views", _chain())
+    engine = model.create_i_engine()
+    relu = engine.runners[0]
+    prepared: list[int] = []
+    runs: list[int] = []
+
+    def prepare(inputs: object, outputs: object) -> object:
+        prepared.append(1)
+        call = relu.bound(inputs, outputs)  # type: ignore[arg-type]
+
+        def run() -> None:
+            runs.append(1)
+            call()
+
+        return run
+
+    engine.runners[0] = Runner(relu.run, relu.fns, prepare)
+    context = engine.create_i_context()
+    xs = [np.full((2, 6), v, np.float32) for v in (1.0, -2.0, 3.0)]
+    ys = [_enqueue(context, x) for x in xs]
+    assert (len(prepared), len(runs)) == (3, 3)
+    for x, y in zip(xs, ys):
+        np.testing.assert_array_equal(y, (np.maximum(x, 0) * 3).reshape(2, 2, 3))
+
+
+def test_a_middle_step_is_bound_once() -> None:
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([4]))
+    t = x
+    for _ in range(3):
+        t = net.add_i_activation_node(t, mm.IActivation.RELU).get_output(0)
+    net.mark_output(t)
+    model = mm.Builder().build_model("chain", net)
+    engine = model.create_i_engine()
+    middle = engine.runners[1]
+    prepared: list[int] = []
+
+    def prepare(inputs: object, outputs: object) -> object:
+        prepared.append(1)
+        return middle.bound(inputs, outputs)  # type: ignore[arg-type]
+
+    engine.runners[1] = Runner(middle.run, middle.fns, prepare)
+    context = engine.create_i_context()
+    for _ in range(4):
+        y = _enqueue(context, np.array([-1, 0.5, 2, -3], np.float32))
+    np.testing.assert_array_equal(y, [0, 0.5, 2, 0])
+    assert len(prepared) == 1
+
+
+def test_step_hook_reports_each_step_and_can_be_removed() -> None:
+    context = mm.Builder().build_model("views", _chain()).create_i_engine().create_i_context()
+    seen: list[tuple[str, float]] = []
+    context.set_step_hook(lambda step, seconds: seen.append((step.kernel, seconds)))
+    _enqueue(context, np.ones((1, 6), np.float32))
+    assert [k for k, _ in seen] == ["activation", "elementwise"]
+    assert all(s >= 0 for _, s in seen)
+    context.set_step_hook(None)
+    _enqueue(context, np.ones((1, 6), np.float32))
+    assert len(seen) == 2
+    with pytest.raises(mm.MMError, match="not callable"):
+        context.set_step_hook(3)  # type: ignore[arg-type]
+
+
+def test_contexts_in_threads_with_views_match_one_thread() -> None:
+    engine = mm.Builder().build_model("views", _chain()).create_i_engine()
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((1 + k % 3, 6)).astype(np.float32) for k in range(40)]
+    expected = [(np.maximum(x, 0) * 3).reshape(-1, 2, 3) for x in xs]
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        context = engine.create_i_context()
+        for i in range(k, len(xs), 4):
+            if not np.array_equal(_enqueue(context, xs[i]), expected[i]):
+                errors.append(f"context {k}, input {i}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
