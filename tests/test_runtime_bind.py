@@ -3,7 +3,9 @@ outputs on every run, the per-step hook, and contexts in threads."""
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,3 +188,118 @@ def test_contexts_in_threads_with_views_match_one_thread() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def _every_kernel_onnx(path: str) -> None:
+    """An ONNX model whose middle steps reach every kernel family that binds its buffers:
+    conv (implicit GEMM, 1x1 GEMM, depthwise, grouped), deconv, pooling, resize, pad, concat,
+    split, slice, transpose, elementwise with broadcast, activations, softmax, reduce, layer
+    norm, matmul, gemm, cast."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+
+    def w(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    def ints(name: str, *values: int) -> Any:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    mk = helper.make_node
+    nodes = [
+        mk("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        mk("Relu", ["c1"], ["r1"]),
+        mk("Conv", ["r1", "w2"], ["c2"], group=8, pads=[1, 1, 1, 1]),  # depthwise
+        mk("Conv", ["c2", "w3"], ["c3"], group=2),  # grouped 1x1
+        mk("Conv", ["c3", "w4"], ["c4"]),  # 1x1 GEMM
+        mk("HardSwish", ["c4"], ["h4"]),
+        mk("ConvTranspose", ["h4", "w5"], ["d5"], strides=[2, 2]),
+        mk("MaxPool", ["d5"], ["p5"], kernel_shape=[2, 2], strides=[2, 2]),
+        mk("AveragePool", ["p5"], ["a5"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        mk("Resize", ["a5", "", "scales"], ["z5"], mode="nearest"),
+        mk("Pad", ["z5", "pads"], ["q5"], mode="reflect"),
+        mk("Slice", ["q5", "starts", "ends"], ["s5"]),
+        mk("Split", ["s5", "halves"], ["s5a", "s5b"], axis=1),
+        mk("Sigmoid", ["s5a"], ["g5"]),
+        mk("Mul", ["g5", "s5b"], ["m5"]),
+        mk("Concat", ["m5", "s5a"], ["k5"], axis=1),
+        mk("Transpose", ["k5"], ["t5"], perm=[0, 2, 3, 1]),
+        mk("Softmax", ["t5"], ["f5"], axis=-1),
+        mk("LayerNormalization", ["f5", "gamma", "beta"], ["l5"], axis=-1),
+        mk("ReduceMean", ["l5"], ["e5"], axes=[1, 2], keepdims=0),
+        mk("Gemm", ["e5", "wg", "bg"], ["y1"]),
+        mk("Tanh", ["y1"], ["y2"]),
+        mk("MatMul", ["y2", "wm"], ["y3"]),
+        mk("Cast", ["y3"], ["y4"], to=TensorProto.FLOAT16),
+        mk("Cast", ["y4"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inits = [
+        w("w1", 8, 3, 3, 3), w("w2", 8, 1, 3, 3), w("w3", 8, 4, 1, 1), w("w4", 8, 8, 1, 1),
+        w("w5", 8, 4, 2, 2), w("gamma", 4), w("beta", 4), w("wg", 4, 6), w("bg", 6),
+        w("wm", 6, 5),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        ints("pads", 0, 0, 1, 1, 0, 0, 1, 1), ints("starts", 0, 0, 1, 1),
+        ints("ends", 1, 4, 9, 9), ints("halves", 2, 2),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "every_kernel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+class _Batches(mm.CalibDataInterface):
+    def __init__(self, xs: list[np.ndarray]) -> None:
+        super().__init__()
+        self.xs, self.i = xs, -1
+
+    def get_shape(self) -> mm.Dims:
+        return mm.Dims(list(self.xs[0].shape))
+
+    def get_data_type(self) -> mm.DataType:
+        return mm.DataType.FLOAT32
+
+    def get_sample(self) -> np.ndarray:
+        return self.xs[self.i]
+
+    def next(self) -> mm.Status:
+        self.i += 1
+        if self.i < len(self.xs):
+            return mm.Status.OK()
+        return mm.Status(mm.Code.OUT_OF_RANGE, "end")
+
+    def reset(self) -> mm.Status:
+        self.i = -1
+        return mm.Status.OK()
+
+
+@pytest.mark.parametrize("mode", ["force_float32", "force_float16", "qint8_mixed_float16"])
+def test_bound_steps_read_each_run_s_values(tmp_path: Any, mode: str) -> None:
+    """A context runs inputs a, b, a: each result equals a fresh context's. A kernel whose bound
+    call had captured a copy of a buffer, or the first run's values, would repeat a's result."""
+    pytest.importorskip("onnx")
+    path = str(tmp_path / "every_kernel.onnx")
+    _every_kernel_onnx(path)
+    net = mm.Network()
+    assert mm.Parser(mm.ModelKind.kOnnx).parse(net, path).ok()
+    config = mm.BuilderConfig()
+    config.parse_from_string(json.dumps({"precision_config": {"precision_mode": mode}}))
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(2))
+    if mode.startswith("qint"):
+        assert mm.Calibrator([_Batches([a, b])]).calibrate(net, config).ok()
+    model = mm.Builder().build_model("every_kernel", net, config)
+    kernels = {s.kernel for s in model.data.steps}
+    assert {"conv.float", "conv.qint"} & kernels and {"deconv.float", "deconv.qint"} & kernels
+    engine = model.create_i_engine()
+    context = engine.create_i_context()
+    got = [_enqueue(context, x) for x in (a, b, a)]
+    fresh = [_enqueue(engine.create_i_context(), x) for x in (a, b)]
+    np.testing.assert_array_equal(got[0], fresh[0])
+    np.testing.assert_array_equal(got[1], fresh[1])
+    np.testing.assert_array_equal(got[2], fresh[0])
+    assert not np.array_equal(got[0], got[1])

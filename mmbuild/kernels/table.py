@@ -95,6 +95,17 @@ class Runner:
     def __call__(self, inputs: Buffers, outputs: Buffers) -> None:
         self.run(inputs, outputs)
 
+    @classmethod
+    def from_prepare(
+        cls, prepare: Callable[[Buffers, Buffers], Callable[[], None]], fns: tuple[Any, ...]
+    ) -> Runner:
+        """The runner of a kernel written as ``prepare`` alone: ``run`` prepares and calls."""
+
+        def run(inputs: Buffers, outputs: Buffers) -> None:
+            prepare(inputs, outputs)()
+
+        return cls(run, fns, prepare)
+
     def bound(self, inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
         """The step on these buffers as a call without arguments (``prepare``'s, else ``run``
         with the buffers given)."""
@@ -171,6 +182,19 @@ def find_kernel(node: Node) -> Kernel:
             f"it runs in: {', '.join(have) or 'nothing yet'}. Set its precision to one of those",
             Code.UNAVAILABLE,
         ) from None
+
+
+def in_order(calls: Sequence[Callable[[], None]]) -> Callable[[], None]:
+    """One call without arguments that makes ``calls`` in order (the call itself for one)."""
+    if len(calls) == 1:
+        return calls[0]
+    steps = tuple(calls)
+
+    def call() -> None:
+        for c in steps:
+            c()
+
+    return call
 
 
 def kernel_named(name: str) -> Kernel:

@@ -116,7 +116,8 @@ class BoundPlan:
 def bind_plan(data: ModelData, runners: Sequence[Runner], plan: BufferPlan) -> BoundPlan:
     """Bind every step of ``data`` to buffers of a new arena laid out by ``plan``."""
     arena = np.empty(plan.arena_bytes, np.uint8)
-    buffers: dict[str, np.ndarray] = dict(data.constants)
+    # contiguous, as kernels bind flat views of their buffers once
+    buffers = {t: np.ascontiguousarray(c) for t, c in data.constants.items()}
     for t, off in plan.offsets.items():
         dtype = buffer_dtype(data.tensors[t].dtype)
         n = int(np.prod(plan.shapes[t], dtype=np.int64)) * dtype.itemsize

@@ -30,7 +30,9 @@ with za = 128: acc = (192 - 128) * 127 = 8128; mult = float32(2/127) * float32(0
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numba
@@ -43,6 +45,8 @@ from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.gemm import ImplicitRows
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
+    bind_gemm,
+    bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
     epilogue_store,
@@ -50,14 +54,21 @@ from mmbuild.kernels.cpu.qcommon import (
     lower_filter,
     make_epilogue,
     pack_weights,
-    prepare_input,
     quantize_input_reference,
     reference_epilogue,
     require_constant,
-    run_gemm,
     widen_as,
 )
-from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
+from mmbuild.kernels.table import (
+    Buffers,
+    Kernel,
+    Lowered,
+    Runner,
+    Step,
+    in_order,
+    register_kernel,
+    to_numpy,
+)
 from mmbuild.ops.conv import conv2d_nhwc
 
 __all__ = ["ConvFloat", "ConvQuantized"]
@@ -142,7 +153,8 @@ class _Geometry:
 
 
 class _ConvRunner:
-    """A bound conv step; ``run`` is thread-safe (per-call buffers, a locked shape cache)."""
+    """A conv step's weights and epilogues; ``prepare`` is thread-safe (a locked shape cache;
+    each prepared call owns its buffers)."""
 
     def __init__(self, step: Step) -> None:
         node = step.node()
@@ -225,10 +237,12 @@ class _ConvRunner:
         rows = ImplicitRows.conv2d_nhwc(n, hp, wp, cin_g, (kh, kw), (sh, sw), (dh, 1))
         return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), rows, ())
 
-    def run(self, inputs: Buffers, outputs: Buffers) -> None:
+    def prepare(self, inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
+        """The step on these buffers as one call: shapes looked up, the prepared input's buffer
+        made and every GEMM bound once (``Runner.prepare``)."""
         x, out = inputs[0], outputs[0]
         if x.shape[0] == 0:
-            return
+            return in_order([])
         geo = self.geometry(tuple(x.shape))
         if tuple(out.shape) != geo.out_shape:
             raise MMError(f"conv: output buffer {out.shape} is not {geo.out_shape}", Code.INTERNAL)
@@ -236,35 +250,38 @@ class _ConvRunner:
         if geo.buffer is not None:
             buf = np.empty(geo.buffer, self.carrier if self.carrier is not None else x.dtype)
         if self.depthwise:
-            if buf is not None:
-                self._prepare(x, buf, geo, 0, x.shape[3])
-            self._run_depthwise(x if buf is None else buf, geo, out)
-            return
+            calls = [] if buf is None else [self._bind_prepare(x, buf, geo, 0, x.shape[3])]
+            return in_order([*calls, self._bind_depthwise(x if buf is None else buf, geo, out)])
         cog = self.cout // self.group
         out2 = out.reshape(-1, self.cout)
+        calls = []
         for g, (w, ep) in enumerate(zip(self.packed, self.eps)):
             a = x
             if buf is not None:
-                self._prepare(x, buf, geo, g * self.cin_g, self.cin_g)
+                calls.append(self._bind_prepare(x, buf, geo, g * self.cin_g, self.cin_g))
                 a = buf
             if geo.rows is None:
                 a = a.reshape(-1, a.shape[-1])
-            run_gemm(a, self.za, w, ep, out2[:, g * cog : (g + 1) * cog], geo.rows)
+            calls.append(bind_gemm(a, self.za, w, ep, out2[:, g * cog : (g + 1) * cog], geo.rows))
+        return in_order(calls)
 
-    def _prepare(self, x: np.ndarray, buf: np.ndarray, geo: _Geometry, c0: int, cg: int) -> None:
-        prepare_input(x, buf, pads=geo.pads, scale=self.scale_a, zero_point=self.za,
-                      channels=(c0, cg), taps=geo.taps)  # fmt: skip
+    def _bind_prepare(
+        self, x: np.ndarray, buf: np.ndarray, geo: _Geometry, c0: int, cg: int
+    ) -> Callable[[], None]:
+        return bind_prepare_input(x, buf, pads=geo.pads, scale=self.scale_a, zero_point=self.za,
+                                  channels=(c0, cg), taps=geo.taps)  # fmt: skip
 
-    def _run_depthwise(self, xp: np.ndarray, geo: _Geometry, out: np.ndarray) -> None:
+    def _bind_depthwise(
+        self, xp: np.ndarray, geo: _Geometry, out: np.ndarray
+    ) -> Callable[[], None]:
         za = self.acc_proto.dtype.type(self.za)
         n_rows = out.shape[0] * out.shape[1]
         args = (xp.reshape(-1), za, geo.direct, self.dw_weight, self.ep_args, out.reshape(-1),
                 self.acc_proto)  # fmt: skip
         threads = numba.get_num_threads()
         if threads > 1 and n_rows > 1 and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS:
-            _depthwise_parallel(n_rows, min(n_rows, threads), *args)
-        else:
-            _depthwise_rows(0, n_rows, *args)
+            return partial(_depthwise_parallel, n_rows, min(n_rows, threads), *args)
+        return partial(_depthwise_rows, 0, n_rows, *args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +301,7 @@ class _ConvKernel(Kernel):
 
     def bind(self, step: Step) -> Runner:
         runner = _ConvRunner(step)
-        return Runner(runner.run, runner.fns)
+        return Runner.from_prepare(runner.prepare, runner.fns)
 
     def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
         """Quantized: the input quantized by ``quant.params``, the exact int64 convolution of

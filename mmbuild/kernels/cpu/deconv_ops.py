@@ -32,6 +32,8 @@ gives 0.25). With ``output_padding`` (1, 1) the output is 2x2 and its three adde
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numba
@@ -43,18 +45,27 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
+    bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
     epilogue_store,
     lower_filter,
     make_epilogue,
-    prepare_input,
     quantize_input_reference,
     reference_epilogue,
     require_constant,
     widen,
 )
-from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
+from mmbuild.kernels.table import (
+    Buffers,
+    Kernel,
+    Lowered,
+    Runner,
+    Step,
+    in_order,
+    register_kernel,
+    to_numpy,
+)
 from mmbuild.ops.deconv import deconv2d_nhwc, deconv_out
 
 __all__ = ["DeconvFloat", "DeconvQuantized"]
@@ -203,7 +214,8 @@ class _DeconvRunner:
         og = self.cout // self.group
         return (h, w, cin, self.group, self.cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
 
-    def run(self, inputs: Buffers, outputs: Buffers) -> None:
+    def prepare(self, inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
+        """The step on these buffers as one call (``Runner.prepare``)."""
         x, out = inputs[0], outputs[0]
         geo = self.geometry(tuple(x.shape))
         ho, wo = geo[-2:]
@@ -212,20 +224,22 @@ class _DeconvRunner:
             raise MMError(f"deconv: output buffer {out.shape} is not a contiguous {want}",
                           Code.INTERNAL)  # fmt: skip
         if out.size == 0:
-            return
+            return in_order([])
         xs = np.ascontiguousarray(x)
+        calls = []
         if self.carrier is not None or xs.dtype == np.uint16:
             dtype = self.carrier if self.carrier is not None else np.float32
             src, xs = xs, np.empty(x.shape, dtype)
-            prepare_input(src, xs, scale=self.scale_a, zero_point=int(self.za))
+            calls.append(bind_prepare_input(src, xs, scale=self.scale_a, zero_point=int(self.za)))
         n_rows = x.shape[0] * ho
         macs = out.size * self.cg * -(-self.kh // self.stride[0]) * -(-self.kw // self.stride[1])
         args = (xs.reshape(-1), self.za, geo, self.weight, self.ep_args, out.reshape(-1))
         threads = numba.get_num_threads()
         if threads > 1 and n_rows > 1 and macs >= PARALLEL_MIN_MACS:
-            _deconv_parallel(n_rows, min(n_rows, 4 * threads), *args)
+            calls.append(partial(_deconv_parallel, n_rows, min(n_rows, 4 * threads), *args))
         else:
-            _deconv_rows(0, n_rows, *args)
+            calls.append(partial(_deconv_rows, 0, n_rows, *args))
+        return in_order(calls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +257,7 @@ class _DeconvKernel(Kernel):
 
     def bind(self, step: Step) -> Runner:
         runner = _DeconvRunner(step)
-        return Runner(runner.run, runner.fns)
+        return Runner.from_prepare(runner.prepare, runner.fns)
 
     def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
         """Quantized: the input quantized by ``quant.params``, the exact int64 transposed

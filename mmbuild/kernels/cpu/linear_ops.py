@@ -28,7 +28,9 @@ float32(1/127) * float32(0.5/127) = 3.100006e-5, y = 12033 * mult = 0.37302375 (
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numba
@@ -42,6 +44,8 @@ from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     activation_qparams,
+    bind_gemm,
+    bind_quantize_flat,
     carrier_dtype,
     check_int8_k,
     direct_epilogue_args,
@@ -50,18 +54,25 @@ from mmbuild.kernels.cpu.qcommon import (
     gemm_dispatcher,
     make_epilogue,
     pack_weights,
-    quantize_flat,
     quantize_input_reference,
     quantize_node_weights,
     quantize_weights,
     reference_epilogue,
     require_constant,
-    run_gemm,
     signed_zero_point,
     weights_per_axis,
     widen,
 )
-from mmbuild.kernels.table import Buffers, Kernel, Lowered, Runner, Step, register_kernel, to_numpy
+from mmbuild.kernels.table import (
+    Buffers,
+    Kernel,
+    Lowered,
+    Runner,
+    Step,
+    in_order,
+    register_kernel,
+    to_numpy,
+)
 from mmbuild.ops.linear import matmul_nd
 
 __all__ = ["InnerProductFloat", "InnerProductQuantized", "MatMulFloat", "MatMulQuantized"]
@@ -118,17 +129,19 @@ def _bind_packed(step: Step) -> Runner:
     ep = make_epilogue(n, step.op_attrs, step.output_types[0], scale_a=scale_a,
                        scale_w=arrays.get("scale_w", 1.0), bias=arrays["bias"])  # fmt: skip
 
-    def run(inputs: Buffers, outputs: Buffers) -> None:
+    def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
         x, out = inputs[0], outputs[0]
         if x.size == 0:
-            return
+            return in_order([])
         a = x.reshape(-1, k)
+        calls = []
         if carrier is not None:
-            a = quantize_flat(a, scale_a, za, carrier)
-        run_gemm(a, za, packed, ep, out.reshape(a.shape[0], n))
+            a, quantize = bind_quantize_flat(a, scale_a, za, carrier)
+            calls.append(quantize)
+        return in_order([*calls, bind_gemm(a, za, packed, ep, out.reshape(a.shape[0], n))])
 
     a_dtype = carrier if carrier is not None else np.float32
-    return Runner(run, (*PREPARE_FNS, gemm_dispatcher(packed, ep, a_dtype)))
+    return Runner.from_prepare(prepare, (*PREPARE_FNS, gemm_dispatcher(packed, ep, a_dtype)))
 
 
 def _reference_packed(step: Step, inputs: Buffers, out_shape: tuple[int, ...]) -> np.ndarray:
@@ -324,22 +337,29 @@ class _DirectMatMul:
         return _Shapes(out_shape, a_off.size * m, a_off, b_off, (m, n, ka, sam, sak, sbk, sbn),
                        direct_epilogue_args(ep))  # fmt: skip
 
-    def _operand(self, op: _Operand, buffer: np.ndarray) -> np.ndarray:
+    def _operand(
+        self, op: _Operand, buffer: np.ndarray, calls: list[Callable[[], None]]
+    ) -> np.ndarray:
+        """The operand the kernel reads: the constant, or the buffer (quantized into a new
+        array by a call added to ``calls`` for quantized nodes)."""
         if op.value is not None:
             return op.value
         if self.carrier is not None:
-            return quantize_flat(buffer, op.scale, op.zero_point, self.carrier)
+            q, quantize = bind_quantize_flat(buffer, op.scale, op.zero_point, self.carrier)
+            calls.append(quantize)
+            return q
         return buffer
 
-    def run(self, inputs: Buffers, outputs: Buffers) -> None:
-        a = self._operand(self.a, inputs[0])
-        b = self._operand(self.b, inputs[1])
+    def prepare(self, inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
+        calls: list[Callable[[], None]] = []
+        a = self._operand(self.a, inputs[0], calls)
+        b = self._operand(self.b, inputs[1], calls)
         out = outputs[0]
         s = self.shapes(tuple(a.shape), tuple(b.shape))
         if tuple(out.shape) != s.out_shape:
             raise MMError(f"matmul: output buffer {out.shape} is not {s.out_shape}", Code.INTERNAL)
         if out.size == 0:
-            return
+            return in_order([])
         za = self.zero + self.a.zero_point if self.quantized else self.zero
         zb = self.zero + self.b.zero_point if self.quantized else self.zero
         args = (a.reshape(-1), s.a_off, za, b.reshape(-1), s.b_off, zb, s.geo, s.ep,
@@ -347,9 +367,10 @@ class _DirectMatMul:
         threads = numba.get_num_threads()
         macs = out.size * s.geo[2]
         if threads > 1 and s.rows > 1 and macs >= DIRECT_PARALLEL_MIN_MACS:
-            _matmul_parallel(s.rows, min(s.rows, threads), *args)
+            calls.append(partial(_matmul_parallel, s.rows, min(s.rows, threads), *args))
         else:
-            _matmul_rows(0, s.rows, *args)
+            calls.append(partial(_matmul_rows, 0, s.rows, *args))
+        return in_order(calls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +431,7 @@ class _MatMulKernel(Kernel):
         if step.lowered.attrs["path"] == "packed":
             return _bind_packed(step)
         direct = _DirectMatMul(step)
-        return Runner(direct.run, (*PREPARE_FNS, _matmul_rows, _matmul_parallel))
+        return Runner.from_prepare(direct.prepare, (*PREPARE_FNS, _matmul_rows, _matmul_parallel))
 
     def reference(self, step: Step, inputs: Buffers) -> list[np.ndarray]:
         out_shape = _out_shape(step, inputs)

@@ -29,6 +29,7 @@ contiguous). Steps over ``PARALLEL_MIN_ELEMENTS`` elements split their rows over
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -37,7 +38,15 @@ from numpy.lib.stride_tricks import as_strided
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.table import BUFFER_TYPES, Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import (
+    BUFFER_TYPES,
+    Buffers,
+    Kernel,
+    Runner,
+    Step,
+    in_order,
+    register_kernel,
+)
 from mmbuild.ops.combine import IPadMode, IPadNode, ISliceNode
 
 __all__ = [
@@ -249,6 +258,38 @@ def _coalesce(
     return [n for n, _, _ in out], [s for _, s, _ in out], [d for _, _, d in out]
 
 
+def bind_copy_box(
+    src: np.ndarray,
+    sstr: Sequence[int],
+    soff: int,
+    dst: np.ndarray,
+    dstr: Sequence[int],
+    doff: int,
+    shape: Sequence[int],
+) -> Callable[[], None]:
+    """The copy of the box ``shape`` from flat ``src`` to flat ``dst`` (same dtype; strides and
+    offsets in elements, as the module docstring states) as one call without arguments."""
+    box = _coalesce(shape, sstr, dstr)
+    if box is None:
+        return in_order([])
+    dims, s, d = box
+    size = int(np.prod(dims))
+    if size < PARALLEL_MIN_ELEMENTS:
+        return partial(_copy_serial, src, dst, _i64(dims), _i64(s), _i64(d), np.int64(soff),
+                       np.int64(doff))  # fmt: skip
+    calls = []
+    if len(dims) == 1:  # one long run: rows of _CHUNK elements for the threads, then the tail
+        (n,), (s0,), (d0,) = dims, s, d
+        rows = n // _CHUNK
+        dims, s, d = [rows, _CHUNK], [_CHUNK * s0, s0], [_CHUNK * d0, d0]
+        tail = rows * _CHUNK
+        calls.append(partial(_copy_serial, src, dst, _i64([n - tail]), _i64([s0]), _i64([d0]),
+                             np.int64(soff + tail * s0), np.int64(doff + tail * d0)))  # fmt: skip
+    calls.append(partial(_copy_parallel, src, dst, _i64(dims), _i64(s), _i64(d), np.int64(soff),
+                         np.int64(doff), np.int64(_CHUNK)))  # fmt: skip
+    return in_order(calls)
+
+
 def copy_box(
     src: np.ndarray,
     sstr: Sequence[int],
@@ -258,25 +299,8 @@ def copy_box(
     doff: int,
     shape: Sequence[int],
 ) -> None:
-    """Copy the box ``shape`` from flat ``src`` to flat ``dst`` (same dtype; strides and
-    offsets in elements, as the module docstring states)."""
-    box = _coalesce(shape, sstr, dstr)
-    if box is None:
-        return
-    dims, s, d = box
-    size = int(np.prod(dims))
-    if size < PARALLEL_MIN_ELEMENTS:
-        _copy_serial(src, dst, _i64(dims), _i64(s), _i64(d), np.int64(soff), np.int64(doff))
-        return
-    if len(dims) == 1:  # one long run: rows of _CHUNK elements for the threads, then the tail
-        (n,), (s0,), (d0,) = dims, s, d
-        rows = n // _CHUNK
-        dims, s, d = [rows, _CHUNK], [_CHUNK * s0, s0], [_CHUNK * d0, d0]
-        tail = rows * _CHUNK
-        _copy_serial(src, dst, _i64([n - tail]), _i64([s0]), _i64([d0]),
-                     np.int64(soff + tail * s0), np.int64(doff + tail * d0))  # fmt: skip
-    _copy_parallel(src, dst, _i64(dims), _i64(s), _i64(d), np.int64(soff), np.int64(doff),
-                   np.int64(_CHUNK))  # fmt: skip
+    """:func:`bind_copy_box` made at once."""
+    bind_copy_box(src, sstr, soff, dst, dstr, doff, shape)()
 
 
 def _i64(values: Sequence[int]) -> np.ndarray:
@@ -308,7 +332,7 @@ def _check_shape(step: Step, what: str, have: Sequence[int], want: Sequence[int]
 # ---------------------------------------------------------------------------------------------
 # Kernel entries
 # ---------------------------------------------------------------------------------------------
-Run = Callable[[Buffers, Buffers], None]
+Prepare = Callable[[Buffers, Buffers], Callable[[], None]]
 
 
 class _Movement(Kernel):
@@ -319,9 +343,10 @@ class _Movement(Kernel):
 
     def bind(self, step: Step) -> Runner:
         refuse_activation(step)
-        return Runner(self.runner(step), self.fns)
+        return Runner.from_prepare(self.prepare(step), self.fns)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
+        """The step's ``Runner.prepare``: its buffers checked, its copies bound."""
         raise NotImplementedError
 
 
@@ -333,8 +358,8 @@ class CopyKernel(_Movement):
     name = "copy"
     ops = ("reshape", "squeeze", "unsqueeze")
 
-    def runner(self, step: Step) -> Run:
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+    def prepare(self, step: Step) -> Prepare:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             if x.size != y.size:
                 raise MMError(
@@ -345,9 +370,9 @@ class CopyKernel(_Movement):
             src, sstr = flat_view(x)
             dst, dstr = flat_view(y)
             if x.flags.c_contiguous:  # walk the output; the input index is the row-major one
-                copy_box(src, _contiguous_strides(y.shape), 0, dst, dstr, 0, y.shape)
-            elif y.flags.c_contiguous:
-                copy_box(src, sstr, 0, dst, _contiguous_strides(x.shape), 0, x.shape)
+                return bind_copy_box(src, _contiguous_strides(y.shape), 0, dst, dstr, 0, y.shape)
+            if y.flags.c_contiguous:
+                return bind_copy_box(src, sstr, 0, dst, _contiguous_strides(x.shape), 0, x.shape)
             else:
                 raise MMError(
                     f"{_where(step)}: a copy between two strided views is not supported; "
@@ -355,7 +380,7 @@ class CopyKernel(_Movement):
                     Code.INTERNAL,
                 )
 
-        return run
+        return prepare
 
 
 @register_kernel
@@ -365,17 +390,17 @@ class PermuteKernel(_Movement):
     name = "permute"
     ops = ("permute",)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
         perm = [int(p) for p in step.op_attrs["perm"]]
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             _check_shape(step, "the output", y.shape, [x.shape[p] for p in perm])
             src, sstr = flat_view(x)
             dst, dstr = flat_view(y)
-            copy_box(src, [sstr[p] for p in perm], 0, dst, dstr, 0, y.shape)
+            return bind_copy_box(src, [sstr[p] for p in perm], 0, dst, dstr, 0, y.shape)
 
-        return run
+        return prepare
 
 
 @register_kernel
@@ -385,17 +410,17 @@ class ConcatKernel(_Movement):
     name = "concat"
     ops = ("concat",)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
         axis_attr = int(step.op_attrs["axis"])
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             y = outputs[0]
             axis = axis_attr % y.ndim
             want = list(y.shape)
             want[axis] = sum(x.shape[axis] for x in inputs)
             _check_shape(step, "the output", y.shape, want)
             dst, dstr = flat_view(y)
-            at = 0
+            at, calls = 0, []
             for x in inputs:
                 _check_shape(step, "an input", [*x.shape[:axis], *x.shape[axis + 1 :]],
                              [*y.shape[:axis], *y.shape[axis + 1 :]])  # fmt: skip
@@ -406,10 +431,11 @@ class ConcatKernel(_Movement):
                         Code.INTERNAL,
                     )
                 src, sstr = flat_view(x)
-                copy_box(src, sstr, 0, dst, dstr, at * dstr[axis], x.shape)
+                calls.append(bind_copy_box(src, sstr, 0, dst, dstr, at * dstr[axis], x.shape))
                 at += x.shape[axis]
+            return in_order(calls)
 
-        return run
+        return prepare
 
 
 @register_kernel
@@ -419,20 +445,20 @@ class SplitKernel(_Movement):
     name = "split"
     ops = ("split",)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
         axis_attr = int(step.op_attrs["axis"])
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x = inputs[0]
             axis = axis_attr % x.ndim
             src, sstr = flat_view(x)
-            at = 0
+            at, calls = 0, []
             for y in outputs:
                 want = list(x.shape)
                 want[axis] = y.shape[axis]
                 _check_shape(step, "an output", y.shape, want)
                 dst, dstr = flat_view(y)
-                copy_box(src, sstr, at * sstr[axis], dst, dstr, 0, y.shape)
+                calls.append(bind_copy_box(src, sstr, at * sstr[axis], dst, dstr, 0, y.shape))
                 at += y.shape[axis]
             if at != x.shape[axis]:
                 raise MMError(
@@ -440,8 +466,9 @@ class SplitKernel(_Movement):
                     f"on axis {axis}",
                     Code.INTERNAL,
                 )
+            return in_order(calls)
 
-        return run
+        return prepare
 
 
 @register_kernel
@@ -451,10 +478,10 @@ class SliceKernel(_Movement):
     name = "slice"
     ops = ("slice",)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
         decl = cast(ISliceNode, step.node().declaration())
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             window = decl._window(x.shape)  # checks the run-time shape as the reference does
             _check_shape(step, "the output", y.shape, [c for _, c, _ in window])
@@ -462,9 +489,9 @@ class SliceKernel(_Movement):
             dst, dstr = flat_view(y)
             soff = sum(b * s for (b, c, _), s in zip(window, sstr) if c)
             steps = [s * st for (_, _, st), s in zip(window, sstr)]
-            copy_box(src, steps, soff, dst, dstr, 0, y.shape)
+            return bind_copy_box(src, steps, soff, dst, dstr, 0, y.shape)
 
-        return run
+        return prepare
 
 
 @register_kernel
@@ -475,7 +502,7 @@ class PadKernel(_Movement):
     ops = ("pad",)
     fns = (_pad_serial, _pad_parallel)
 
-    def runner(self, step: Step) -> Run:
+    def prepare(self, step: Step) -> Prepare:
         decl = cast(IPadNode, step.node().declaration())
         mode = np.int64(_PAD_MODES[decl.attrs["mode"]])
         pads = [(0, 0), *((int(b), int(a)) for b, a in decl.attrs["pads"])]
@@ -487,7 +514,7 @@ class PadKernel(_Movement):
         with np.errstate(over="ignore"):  # a float beyond fp16 pads with inf, as the reference
             fill = np.array([fill_value]).astype(dtype).view(_UNITS[dtype.itemsize])
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             decl._check(x.shape)
             # a leading unit dimension gives every tensor (a scalar too) an outer dimension
@@ -504,11 +531,11 @@ class PadKernel(_Movement):
                 )
             geo = np.array([x1.shape, sstr, y1.shape, dstr], dtype=np.int64)
             if y.size >= PARALLEL_MIN_ELEMENTS:
-                _pad_parallel(src, dst, geo, flat_pads, mode, fill, np.int64(_CHUNK))
-            else:
-                _pad_serial(src, dst, geo, flat_pads, mode, fill)
+                return partial(_pad_parallel, src, dst, geo, flat_pads, mode, fill,
+                               np.int64(_CHUNK))  # fmt: skip
+            return partial(_pad_serial, src, dst, geo, flat_pads, mode, fill)
 
-        return run
+        return prepare
 
     @staticmethod
     def _dtype(precision: DataType) -> np.dtype:

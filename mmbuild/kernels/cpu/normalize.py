@@ -35,13 +35,15 @@ result (numpy does not specify which of -0.0 and +0.0 a max returns). exp comes 
 in :mod:`.pointwise`. fp16: the same float64 -> float32 -> fp16 roundings as the reference.
 
 Threads: batch norm and layer norm split their rows, softmax its (block, lane group) items over
-the threads when the step is long enough (``split_run`` of :mod:`.pointwise`). Reduce runs on
+the threads when the step is long enough (``split_call`` of :mod:`.pointwise`). Reduce runs on
 one thread, so that the order of every sum is fixed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from numba import njit, prange, types
@@ -56,10 +58,10 @@ from mmbuild.kernels.cpu.pointwise import (
     contiguous_out,
     flat_in,
     fused_activation,
-    split_run,
+    split_call,
 )
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, in_order, register_kernel
 from mmbuild.ops.reduce import IReduce
 
 __all__ = ["BatchNormKernel", "LayerNormKernel", "ReduceKernel", "SoftmaxKernel", "pairwise_sum"]
@@ -184,17 +186,17 @@ class BatchNormKernel(Kernel):
         act = fused_activation(step)
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x = inputs[0]
             outer, c, inner = _axis_split(x.shape, axis)
             rows, width = (outer, c) if inner == 1 else (outer * c, inner)
             params = [flat_in(p) for p in inputs[1:5]]
             out = contiguous_out(outputs[0], name)
-            split_run(_batch_norm_rows, _batch_norm_parallel, rows if width else 0,
-                      flat_in(x), *params, out, c, inner, eps, act, unit_size=width,
-                      cost=COST_DIVIDE)  # fmt: skip
+            return split_call(_batch_norm_rows, _batch_norm_parallel, rows if width else 0,
+                              flat_in(x), *params, out, c, inner, eps, act, unit_size=width,
+                              cost=COST_DIVIDE)  # fmt: skip
 
-        return Runner(run, (_batch_norm_rows, _batch_norm_parallel))
+        return Runner.from_prepare(prepare, (_batch_norm_rows, _batch_norm_parallel))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class LayerNormKernel(Kernel):
         act = fused_activation(step)
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x = flat_in(inputs[0])
             shape = inputs[0].shape
             n = int(np.prod(shape[axis % len(shape) :], dtype=np.int64))
@@ -246,11 +248,11 @@ class LayerNormKernel(Kernel):
             scale = flat_in(inputs[1]) if len(inputs) > 1 else absent
             bias = flat_in(inputs[2]) if len(inputs) > 2 else absent
             out = contiguous_out(outputs[0], name)
-            split_run(_layer_norm_rows, _layer_norm_parallel, rows,
-                      x, scale, bias, out, n, len(inputs) > 1, len(inputs) > 2, eps, act,
-                      unit_size=n, cost=COST_DIVIDE)  # fmt: skip
+            return split_call(_layer_norm_rows, _layer_norm_parallel, rows,
+                              x, scale, bias, out, n, len(inputs) > 1, len(inputs) > 2, eps, act,
+                              unit_size=n, cost=COST_DIVIDE)  # fmt: skip
 
-        return Runner(run, (_layer_norm_rows, _layer_norm_parallel))
+        return Runner.from_prepare(prepare, (_layer_norm_rows, _layer_norm_parallel))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,18 +319,18 @@ class SoftmaxKernel(Kernel):
         act = fused_activation(step)
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             out = contiguous_out(outputs[0], name)
             if out.size == 0:
-                return
+                return in_order([])
             outer, n, inner = _axis_split(inputs[0].shape, axis)
             lanes = min(inner, _LANES)
             items = outer * ((inner + lanes - 1) // lanes)
-            split_run(_softmax_items, _softmax_parallel, items,
-                      flat_in(inputs[0]), out, n, inner, lanes, act,
-                      unit_size=n * lanes, cost=COST_LIBM)  # fmt: skip
+            return split_call(_softmax_items, _softmax_parallel, items,
+                              flat_in(inputs[0]), out, n, inner, lanes, act,
+                              unit_size=n * lanes, cost=COST_LIBM)  # fmt: skip
 
-        return Runner(run, (_softmax_items, _softmax_parallel))
+        return Runner.from_prepare(prepare, (_softmax_items, _softmax_parallel))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +404,7 @@ class ReduceKernel(Kernel):
         act = fused_activation(step)
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             shape = inputs[0].shape
             rank = len(shape)
             reduced = {a % rank for a in axes}
@@ -410,7 +412,8 @@ class ReduceKernel(Kernel):
             count = int(np.prod([shape[d] for d in reduced], dtype=np.int64))
             merged, (so,) = broadcast_geometry(shape, kept)
             out = contiguous_out(outputs[0], name)
-            if out.size:
-                _reduce(flat_in(inputs[0]), out, merged, so, mode, count, act)
+            if not out.size:
+                return in_order([])
+            return partial(_reduce, flat_in(inputs[0]), out, merged, so, mode, count, act)
 
-        return Runner(run, (_reduce,))
+        return Runner.from_prepare(prepare, (_reduce,))

@@ -46,6 +46,8 @@ vectorising a loop).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,6 +76,7 @@ __all__ = [
     "contiguous_out",
     "flat_in",
     "fused_activation",
+    "split_call",
     "split_run",
 ]
 
@@ -96,7 +99,8 @@ FusedArgs = tuple[int, np.float32, np.float32, np.float32]
 # Shared by the float kernels: buffers, parallel split, fused activation
 # ---------------------------------------------------------------------------------------------
 def flat_in(a: np.ndarray) -> np.ndarray:
-    """An input buffer as a flat C-contiguous array (a view when it already is one)."""
+    """An input buffer as a flat C-contiguous array (a view when it already is one; the
+    buffers of a bound plan always are, so a prepared call reads their current values)."""
     return np.ascontiguousarray(a).reshape(-1)
 
 
@@ -107,16 +111,32 @@ def contiguous_out(out: np.ndarray, step: str) -> np.ndarray:
     return out.reshape(-1)
 
 
+def split_call(
+    serial: Any, parallel: Any, units: int, *args: Any, unit_size: int = 1, cost: int = 1
+) -> Callable[[], None]:
+    """``units`` work items of ``unit_size`` elements each as one call without arguments:
+    ``serial(*args, 0, units)``, or ``parallel(*args, units, chunk)`` (prange over chunks of
+    ``chunk`` items) when the work, ``units * unit_size * cost``, reaches ``PARALLEL_MIN_WORK``.
+
+    Example: 10**6 float32 additions (cost 1) run serially; 10**6 sigmoids (cost 8) in
+    parallel chunks of ``CHUNK`` elements.
+    """
+    if units * unit_size * cost >= PARALLEL_MIN_WORK:
+        return partial(parallel, *args, units, max(1, CHUNK // max(1, unit_size)))
+    if units > 0:
+        return partial(serial, *args, 0, units)
+    return _nothing
+
+
 def split_run(
     serial: Any, parallel: Any, units: int, *args: Any, unit_size: int = 1, cost: int = 1
 ) -> None:
-    """Run ``units`` work items of ``unit_size`` elements each: ``serial(*args, 0, units)``, or
-    ``parallel(*args, units, chunk)`` (prange over chunks of ``chunk`` items) when the work,
-    ``units * unit_size * cost``, reaches ``PARALLEL_MIN_WORK``."""
-    if units * unit_size * cost >= PARALLEL_MIN_WORK:
-        parallel(*args, units, max(1, CHUNK // max(1, unit_size)))
-    elif units > 0:
-        serial(*args, 0, units)
+    """:func:`split_call` made at once."""
+    split_call(serial, parallel, units, *args, unit_size=unit_size, cost=cost)()
+
+
+def _nothing() -> None:
+    return None
 
 
 _FUSED_CODES = {"relu": 1, "clip": 2, "leaky_relu": 3}
@@ -323,12 +343,12 @@ class _UnaryKernel(Kernel):
         name = step.name
         cost = COST_LIBM if code >= _EXP else COST_POLY if code >= _SIGMOID else COST_SIMPLE
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             out = contiguous_out(outputs[0], name)
-            split_run(_unary_range, _unary_parallel, out.size,
-                      flat_in(inputs[0]), out, code, a, b, act, cost=cost)  # fmt: skip
+            return split_call(_unary_range, _unary_parallel, out.size,
+                              flat_in(inputs[0]), out, code, a, b, act, cost=cost)  # fmt: skip
 
-        return Runner(run, (_unary_range, _unary_parallel))
+        return Runner.from_prepare(prepare, (_unary_range, _unary_parallel))
 
 
 @register_kernel
@@ -536,15 +556,15 @@ class ElementwiseKernel(Kernel):
         act = fused_activation(step)
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             a, b = inputs[0], inputs[1]
             out = outputs[0]
             shape, (sa, sb) = broadcast_geometry(out.shape, a.shape, b.shape)
             flat = contiguous_out(out, name)
-            split_run(_binary_range, _binary_parallel, flat.size,
-                      flat_in(a), flat_in(b), flat, shape, sa, sb, op, act)  # fmt: skip
+            return split_call(_binary_range, _binary_parallel, flat.size,
+                              flat_in(a), flat_in(b), flat, shape, sa, sb, op, act)  # fmt: skip
 
-        return Runner(run, (_binary_range, _binary_parallel))
+        return Runner.from_prepare(prepare, (_binary_range, _binary_parallel))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,8 +656,8 @@ class CastKernel(Kernel):
             )
         name = step.name
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             out = contiguous_out(outputs[0], name)
-            split_run(_cast_range, _cast_parallel, out.size, flat_in(inputs[0]), out)
+            return split_call(_cast_range, _cast_parallel, out.size, flat_in(inputs[0]), out)
 
-        return Runner(run, (_cast_range, _cast_parallel))
+        return Runner.from_prepare(prepare, (_cast_range, _cast_parallel))

@@ -34,7 +34,8 @@ the activation, then the store as float32 or fp16).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.convert import store_output
 from mmbuild.kernels.cpu.gemm import (
     Activation,
+    BoundGemm,
     Epilogue,
     ImplicitRows,
     OutKind,
@@ -72,6 +74,9 @@ __all__ = [
     "PREPARE_FNS",
     "Packed",
     "activation_qparams",
+    "bind_gemm",
+    "bind_prepare_input",
+    "bind_quantize_flat",
     "carrier_dtype",
     "check_int8_k",
     "direct_epilogue_args",
@@ -339,6 +344,23 @@ def pack_weights(w_kn: np.ndarray, segments: int = 1) -> Packed:
     return pack_float_weights(w.astype(np.float32, copy=False), segments=segments)
 
 
+def bind_gemm(
+    a: np.ndarray,
+    za: int,
+    w: Packed,
+    ep: Epilogue,
+    out: np.ndarray,
+    rows: ImplicitRows | None = None,
+) -> BoundGemm:
+    """``out = epilogue((a - za) @ w)`` bound with the GEMM of ``w``'s type (``za`` unused for
+    float): call the result to run it, as often as the buffers stay the same."""
+    if isinstance(w, PackedInt8Weights):
+        return bind_gemm_u8s8(a, za, w, ep, out, rows=rows)
+    if isinstance(w, PackedInt16Weights):
+        return bind_gemm_s16(a, za, w, ep, out, rows=rows)
+    return bind_gemm_f32(a, w, ep, out, rows=rows)
+
+
 def run_gemm(
     a: np.ndarray,
     za: int,
@@ -347,17 +369,8 @@ def run_gemm(
     out: np.ndarray,
     rows: ImplicitRows | None = None,
 ) -> None:
-    """``out = epilogue((a - za) @ w)`` with the GEMM of ``w``'s type (``za`` unused for float).
-
-    Bound and run at once: the bound form holds its buffers, and runners keep none between
-    calls (binding costs a few microseconds of argument checks).
-    """
-    if isinstance(w, PackedInt8Weights):
-        bind_gemm_u8s8(a, za, w, ep, out, rows=rows)()
-    elif isinstance(w, PackedInt16Weights):
-        bind_gemm_s16(a, za, w, ep, out, rows=rows)()
-    else:
-        bind_gemm_f32(a, w, ep, out, rows=rows)()
+    """:func:`bind_gemm` bound and run at once (binding costs a few microseconds of checks)."""
+    bind_gemm(a, za, w, ep, out, rows)()
 
 
 def gemm_dispatcher(w: Packed, ep: Epilogue, a_dtype: Any) -> Any:
@@ -468,7 +481,7 @@ def _prepare_parallel(n_rows, n_chunks, src, geo, dst, scale, zp):  # type: igno
 PREPARE_FNS = (_prepare_rows, _prepare_parallel)
 
 
-def prepare_input(
+def bind_prepare_input(
     src: np.ndarray,
     dst: np.ndarray,
     *,
@@ -477,15 +490,18 @@ def prepare_input(
     zero_point: int = 0,
     channels: tuple[int, int] | None = None,
     taps: tuple[int, int, int] = (1, 1, 1),
-) -> None:
+) -> Callable[[], None]:
     """Fill ``dst [N, Hp, Wd, KW * Cg]`` from the NHWC input ``src [N, H, W, C]`` (float32 or
     fp16 bits): ``dst[b, y, x, j, c] = convert(src[b, y - pt, x * sw + j * dw - pl, c0 + c])``,
     and the converted 0.0 (the zero point; 0.0 for a float ``dst``) where that lies outside.
+    Checked and bound once: the result fills ``dst`` from ``src``'s current values when called.
 
     ``pads = (pt, pl)``; ``channels = (c0, Cg)`` takes one group's channels (all by default);
     ``taps = (KW, sw, dw)`` lays each output column's kernel taps side by side (the default
     ``(1, 1, 1)`` is a plain padded copy with ``Wd`` columns). ``dst`` is uint8 or int16
     (quantized with ``scale`` and the carried ``zero_point``) or float32 / fp16 bits (copied).
+    Example: a [1, 2, 2, 1] input, ``pads=(1, 1)`` and a [1, 4, 4, 1] ``dst`` is the input
+    framed by a ring of converted zeros.
     """
     n, h, w, c = src.shape
     c0, cg = channels if channels is not None else (0, c)
@@ -498,20 +514,38 @@ def prepare_input(
     sc, z = np.float32(scale), np.float32(zero_point)
     rows = n * hp
     if d.size >= PARALLEL_MIN_ELEMENTS and rows > 1:
-        _prepare_parallel(rows, min(rows, 64), s, geo, d, sc, z)
-    else:
-        _prepare_rows(0, rows, s, geo, d, sc, z)
+        return partial(_prepare_parallel, rows, min(rows, 64), s, geo, d, sc, z)
+    return partial(_prepare_rows, 0, rows, s, geo, d, sc, z)
 
 
-def quantize_flat(x: np.ndarray, scale: Any, za: int, dtype: Any) -> np.ndarray:
-    """``x`` (float32 or fp16 bits, any shape) quantized into a new ``dtype`` (uint8 or int16)
-    array of the same shape, rows split over the threads when large."""
+def prepare_input(src: np.ndarray, dst: np.ndarray, **options: Any) -> None:
+    """:func:`bind_prepare_input` bound and run at once."""
+    bind_prepare_input(src, dst, **options)()
+
+
+def bind_quantize_flat(
+    x: np.ndarray, scale: Any, za: int, dtype: Any
+) -> tuple[np.ndarray, Callable[[], None]]:
+    """A new ``dtype`` (uint8 or int16) array of ``x``'s shape and the call that fills it with
+    ``x`` (float32 or fp16 bits) quantized, rows split over the threads when large."""
     cols = x.shape[-1] if x.ndim else 1
     rows = x.size // cols if cols else 0
     out = np.empty(x.shape, dtype)
-    if out.size:
-        prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols), scale=scale,
-                      zero_point=za)  # fmt: skip
+    if not out.size:
+        return out, _nothing
+    call = bind_prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols),
+                              scale=scale, zero_point=za)  # fmt: skip
+    return out, call
+
+
+def _nothing() -> None:
+    return None
+
+
+def quantize_flat(x: np.ndarray, scale: Any, za: int, dtype: Any) -> np.ndarray:
+    """``x`` quantized at once into a new array (:func:`bind_quantize_flat`)."""
+    out, call = bind_quantize_flat(x, scale, za, dtype)
+    call()
     return out
 
 

@@ -33,7 +33,8 @@ rows over the threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -304,7 +305,7 @@ class _Pool(Kernel):
         count_pad = bool(decl.attrs.get("count_include_pad", False))
         (kh, kw), (sh, sw) = decl.get_kernel(), decl.get_stride()
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             _, h, w, _ = _hw(x.shape, layouts[0])
             pads = decl.pads_for(h, w)
@@ -316,11 +317,11 @@ class _Pool(Kernel):
             xf, yf, g = _geometry(step, x, y, layouts, decl.out_hw(h, w))
             win = np.asarray([kh, kw, sh, sw, *pads], dtype=np.int64)
             if y.size * kh * kw >= PARALLEL_MIN_WORK:
-                _pool_parallel(xf, yf, g, win, is_max, count_pad, np.int64(_CHUNK))
-            else:
-                _pool_serial(xf, yf, g, win, is_max, count_pad)
+                return partial(_pool_parallel, xf, yf, g, win, is_max, count_pad,
+                               np.int64(_CHUNK))  # fmt: skip
+            return partial(_pool_serial, xf, yf, g, win, is_max, count_pad)
 
-        return Runner(run, (_pool_serial, _pool_parallel))
+        return Runner.from_prepare(prepare, (_pool_serial, _pool_parallel))
 
 
 @register_kernel
@@ -357,7 +358,7 @@ class ResizeKernel(Kernel):
              _NEAREST[decl.attrs["nearest_mode"]]], dtype=np.int64,
         )  # fmt: skip
 
-        def run(inputs: Buffers, outputs: Buffers) -> None:
+        def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
             x, y = inputs[0], outputs[0]
             _, h, w, _ = _hw(x.shape, layout)
             ho, wo = decl._out_size(x.shape)  # refuses a scale that empties an axis
@@ -374,8 +375,7 @@ class ResizeKernel(Kernel):
             xf, yf, g = _geometry(step, x, y, (layout, layout), (ho, wo))
             sc = np.asarray(scales, dtype=np.float64)
             if y.size * (4 if bilinear else 1) >= PARALLEL_MIN_WORK:
-                _resize_parallel(xf, yf, g, sc, modes, np.int64(_CHUNK))
-            else:
-                _resize_serial(xf, yf, g, sc, modes)
+                return partial(_resize_parallel, xf, yf, g, sc, modes, np.int64(_CHUNK))
+            return partial(_resize_serial, xf, yf, g, sc, modes)
 
-        return Runner(run, (_resize_serial, _resize_parallel))
+        return Runner.from_prepare(prepare, (_resize_serial, _resize_parallel))
