@@ -343,9 +343,11 @@ _RED_CODES = {IReduce.SUM: _SUM, IReduce.MEAN: _MEAN, IReduce.MAX: _MAX, IReduce
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _combine(mode, acc, v):  # type: ignore[no-untyped-def]
     if mode == _MAX:
-        return v if (v > acc or v != v) else acc  # NaN propagates, as numpy's max
+        r = v if v > acc else acc  # NaN propagates, as numpy's max (selects, no `or`)
+        return v if v != v else r
     if mode == _MIN:
-        return v if (v < acc or v != v) else acc
+        r = v if v < acc else acc
+        return v if v != v else r
     return acc + v
 
 
@@ -372,8 +374,12 @@ def _reduce(x, out, shape, so, mode, count, act):  # type: ignore[no-untyped-def
                 acc[oi] = v
         else:  # the run is kept: one accumulator per element (its output stride is 1)
             accs = acc[oi : oi + inner]
-            for j in range(inner):
-                accs[j] = _combine(mode, accs[j], np.float64(load_f32(xs, j)))
+            if mode <= _MEAN:  # the mode chosen outside the loop, which then vectorises
+                for j in range(inner):
+                    accs[j] += np.float64(load_f32(xs, j))
+            else:
+                for j in range(inner):
+                    accs[j] = _combine(mode, accs[j], np.float64(load_f32(xs, j)))
         d = last
         idx[d] = inner
         oi += inner * step

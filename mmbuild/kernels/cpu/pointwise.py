@@ -76,6 +76,8 @@ __all__ = [
     "contiguous_out",
     "flat_in",
     "fused_activation",
+    "keep",
+    "no_fused",
     "split_call",
     "split_run",
 ]
@@ -92,7 +94,7 @@ COST_LIBM = 32  # a scalar libm call (exp, tanh, erf) per element
 COST_POLY = 8  # a float32 polynomial and an exponent (mmbuild.kernels.cpu.fastmath) per element
 CHUNK = 1 << 14  # elements per parallel work item
 
-FusedArgs = tuple[int, np.float32, np.float32, np.float32]
+FusedArgs = tuple[np.float32, np.float32, np.float32]  # (slope, lo, hi): see apply_fused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,37 +141,51 @@ def _nothing() -> None:
     return None
 
 
-_FUSED_CODES = {"relu": 1, "clip": 2, "leaky_relu": 3}
-
-
 def fused_activation(step: Step) -> FusedArgs:
-    """The step's fused activation as ``(code, lo, hi, alpha)`` for :func:`apply_fused`
-    (code 0: none)."""
+    """The step's fused activation as ``(slope, lo, hi)`` for :func:`apply_fused`: none is
+    ``(1, -inf, inf)``, relu ``(1, 0, inf)``, clip ``(1, lo, hi)``, leaky relu
+    ``(alpha, -inf, inf)``."""
     act = step.op_attrs.get("activation")
+    f32, inf = np.float32, np.float32(np.inf)
     if act is None:
-        return (0, np.float32(0), np.float32(0), np.float32(0))
+        return (f32(1), -inf, inf)
     fn = act.get("function")
-    if fn not in _FUSED_CODES:
-        raise MMError(f"step {step.name!r}: unknown fused activation {fn!r}", Code.INTERNAL)
-    return (
-        _FUSED_CODES[fn],
-        np.float32(act.get("lo", 0.0)),
-        np.float32(act.get("hi", 0.0)),
-        np.float32(act.get("alpha", 0.0)),
-    )
+    if fn == "relu":
+        return (f32(1), f32(0), inf)
+    if fn == "clip":
+        return (f32(1), f32(act.get("lo", 0.0)), f32(act.get("hi", 0.0)))
+    if fn == "leaky_relu":
+        return (f32(act.get("alpha", 0.0)), -inf, inf)
+    raise MMError(f"step {step.name!r}: unknown fused activation {fn!r}", Code.INTERNAL)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def apply_fused(y, act):  # type: ignore[no-untyped-def]
-    """``graph.apply_activation`` on one float32 value (NaN passes, -0.0 stays)."""
-    code = act[0]
-    if code == 1:
-        return np.float32(0) if y < 0 else y
-    if code == 2:
-        return act[1] if y < act[1] else (act[2] if y > act[2] else y)
-    if code == 3:
-        return y * act[3] if y < 0 else y
+    """``graph.apply_activation`` on one float32 value: ``y * slope`` where ``y < 0``, then
+    ``lo`` below ``lo`` and ``hi`` above ``hi`` (NaN passes, -0.0 stays: relu's 0 is the ``lo``
+    of the clamp, not a product). The same three selects for every activation, so a loop that
+    applies it vectorises (a switch on the activation per element would not).
+
+    Example: relu ``(1, 0, inf)`` sends -2 to -2 * 1 = -2, then below lo to 0.0.
+    """
+    slope, lo, hi = act
+    if y < 0:
+        y = y * slope
+    return lo if y < lo else (hi if y > hi else y)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def keep(y, act):  # type: ignore[no-untyped-def]
+    """The ``post`` of a loop without a fused activation: ``y`` as it is."""
     return y
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def no_fused(act):  # type: ignore[no-untyped-def]
+    """Whether ``act`` is the identity ``(1, -inf, inf)``: loops then take :func:`keep` as
+    their ``post`` in place of :func:`apply_fused`, whose three selects cost a loop that does
+    little else up to three times its time (float64 relu, measured)."""
+    return act[0] == 1 and act[1] == -np.inf and act[2] == np.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +224,9 @@ def _clip64(x, lo, hi):  # type: ignore[no-untyped-def]
 # Each piecewise function: float64 x, parameters a and b, and the code (unused).
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _relu(x, a, b, code):  # type: ignore[no-untyped-def]
-    # np.maximum(x, 0): the second operand unless x > 0 or x is NaN, so -0.0 -> +0.0
-    return x if (x > 0.0 or x != x) else 0.0
+    # np.maximum(x, 0): the second operand unless x > 0 or x is NaN, so -0.0 -> +0.0 (one
+    # comparison, a select: an `or` would branch, and the loop would not vectorise)
+    return 0.0 if x <= 0.0 else x
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -281,48 +298,58 @@ def _libm(x, a, b, code):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _map(fn, xs, ys, a, b, code, act):  # type: ignore[no-untyped-def]
-    """``ys[j] = float32(fn(float64(xs[j])))`` then the fused activation. ``xs`` and ``ys`` are
-    slices, whose indices numba knows to be non-negative, so LLVM can vectorise the loop."""
+def _map(fn, post, xs, ys, a, b, code, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = post(float32(fn(float64(xs[j]))), act)``: ``post`` is the fused activation or
+    :func:`keep`. ``xs`` and ``ys`` are slices, whose indices numba knows to be non-negative,
+    so LLVM can vectorise the loop."""
     for j in range(xs.size):
         y = np.float32(fn(np.float64(load_f32(xs, j)), a, b, code))
-        store_f32(ys, j, apply_fused(y, act))
+        store_f32(ys, j, post(y, act))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _map32(fn, xs, ys, a, act):  # type: ignore[no-untyped-def]
-    """``ys[j] = fn(float32(xs[j]), a)`` then the fused activation (see :func:`_map`)."""
+def _map32(fn, post, xs, ys, a, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = post(fn(float32(xs[j]), a), act)`` (see :func:`_map`)."""
     for j in range(xs.size):
-        store_f32(ys, j, apply_fused(fn(load_f32(xs, j), a), act))
+        store_f32(ys, j, post(fn(load_f32(xs, j), a), act))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _unary_loops(post, xs, ys, code, a, b, act):  # type: ignore[no-untyped-def]
+    """The loop of activation ``code``, one per function (each vectorises)."""
+    if code == _RELU:
+        _map(_relu, post, xs, ys, a, b, code, act)
+    elif code == _RELU6:
+        _map(_relu6, post, xs, ys, a, b, code, act)
+    elif code == _LEAKY:
+        _map(_leaky_relu, post, xs, ys, a, b, code, act)
+    elif code == _HSIGMOID:
+        _map(_hard_sigmoid, post, xs, ys, a, b, code, act)
+    elif code == _HSWISH:
+        _map(_hard_swish, post, xs, ys, a, b, code, act)
+    elif code == _CLIP:
+        _map(_clip, post, xs, ys, a, b, code, act)
+    elif code == _SIGMOID:
+        _map32(_sigmoid, post, xs, ys, np.float32(a), act)
+    elif code == _TANH:
+        _map32(_tanh, post, xs, ys, np.float32(a), act)
+    elif code == _GELU:
+        _map32(_gelu, post, xs, ys, np.float32(a), act)
+    elif code == _SILU:
+        _map32(_silu, post, xs, ys, np.float32(a), act)
+    elif code == _ELU:
+        _map32(elu32, post, xs, ys, np.float32(a), act)
+    else:
+        _map(_libm, post, xs, ys, a, b, code, act)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _unary_range(x, out, code, a, b, act, start, stop):  # type: ignore[no-untyped-def]
     xs, ys = x[start:stop], out[start:stop]
-    if code == _RELU:
-        _map(_relu, xs, ys, a, b, code, act)
-    elif code == _RELU6:
-        _map(_relu6, xs, ys, a, b, code, act)
-    elif code == _LEAKY:
-        _map(_leaky_relu, xs, ys, a, b, code, act)
-    elif code == _HSIGMOID:
-        _map(_hard_sigmoid, xs, ys, a, b, code, act)
-    elif code == _HSWISH:
-        _map(_hard_swish, xs, ys, a, b, code, act)
-    elif code == _CLIP:
-        _map(_clip, xs, ys, a, b, code, act)
-    elif code == _SIGMOID:
-        _map32(_sigmoid, xs, ys, np.float32(a), act)
-    elif code == _TANH:
-        _map32(_tanh, xs, ys, np.float32(a), act)
-    elif code == _GELU:
-        _map32(_gelu, xs, ys, np.float32(a), act)
-    elif code == _SILU:
-        _map32(_silu, xs, ys, np.float32(a), act)
-    elif code == _ELU:
-        _map32(elu32, xs, ys, np.float32(a), act)
+    if no_fused(act):
+        _unary_loops(keep, xs, ys, code, a, b, act)
     else:
-        _map(_libm, xs, ys, a, b, code, act)
+        _unary_loops(apply_fused, xs, ys, code, a, b, act)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
@@ -418,56 +445,58 @@ def _div(a, b):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _max(a, b):  # type: ignore[no-untyped-def]
-    return a if (a > b or a != a) else b
+    r = a if a > b else b  # selects, no `or`: the loop vectorises
+    return a if a != a else r
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _min(a, b):  # type: ignore[no-untyped-def]
-    return a if (a < b or a != a) else b
+    r = a if a < b else b
+    return a if a != a else r
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _binary_loops(fn, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
-    """``ys[j] = fn(a[ia + j*ja], b[ib + j*jb])``. The innermost merged dimension has strides
-    of 1 or 0 (broadcast), so three loops cover it; each reads slices, whose indices numba
-    knows to be non-negative, which lets LLVM vectorise the loop."""
+def _binary_loops(fn, post, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+    """``ys[j] = post(fn(a[ia + j*ja], b[ib + j*jb]), act)``. The innermost merged dimension
+    has strides of 1 or 0 (broadcast), so three loops cover it; each reads slices, whose
+    indices numba knows to be non-negative, which lets LLVM vectorise the loop."""
     n = ys.size
     if ja == 1 and jb == 1:
         xa, xb = a[ia : ia + n], b[ib : ib + n]
         for j in range(n):
-            store_f32(ys, j, apply_fused(fn(load_f32(xa, j), load_f32(xb, j)), act))
+            store_f32(ys, j, post(fn(load_f32(xa, j), load_f32(xb, j)), act))
     elif ja == 1:
         xa, vb = a[ia : ia + n], load_f32(b, ib)
         for j in range(n):
-            store_f32(ys, j, apply_fused(fn(load_f32(xa, j), vb), act))
+            store_f32(ys, j, post(fn(load_f32(xa, j), vb), act))
     elif jb == 1:
         va, xb = load_f32(a, ia), b[ib : ib + n]
         for j in range(n):
-            store_f32(ys, j, apply_fused(fn(va, load_f32(xb, j)), act))
+            store_f32(ys, j, post(fn(va, load_f32(xb, j)), act))
     else:  # a single output element
         va, vb = load_f32(a, ia), load_f32(b, ib)
         for j in range(n):
-            store_f32(ys, j, apply_fused(fn(va, vb), act))
+            store_f32(ys, j, post(fn(va, vb), act))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _binary_run(op, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+def _binary_run(op, post, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
     if op == _ADD:
-        _binary_loops(_add, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_add, post, a, ia, ja, b, ib, jb, ys, act)
     elif op == _SUB:
-        _binary_loops(_sub, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_sub, post, a, ia, ja, b, ib, jb, ys, act)
     elif op == _MUL:
-        _binary_loops(_mul, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_mul, post, a, ia, ja, b, ib, jb, ys, act)
     elif op == _DIV:
-        _binary_loops(_div, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_div, post, a, ia, ja, b, ib, jb, ys, act)
     elif op == _MAX:
-        _binary_loops(_max, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_max, post, a, ia, ja, b, ib, jb, ys, act)
     else:
-        _binary_loops(_min, a, ia, ja, b, ib, jb, ys, act)
+        _binary_loops(_min, post, a, ia, ja, b, ib, jb, ys, act)
 
 
-@njit(cache=True, error_model="numpy", boundscheck=False)
-def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _binary_walk(post, a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
     """Output elements ``[start, stop)``; ``shape`` (merged) with strides ``sa``, ``sb``."""
     nd = shape.size
     idx = np.empty(nd, np.int64)
@@ -484,7 +513,7 @@ def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: igno
     pos = start
     while pos < stop:
         run = min(inner - idx[last], stop - pos)
-        _binary_run(op, a, ia, ja, b, ib, jb, out[pos : pos + run], act)
+        _binary_run(op, post, a, ia, ja, b, ib, jb, out[pos : pos + run], act)
         pos += run
         ia += run * ja
         ib += run * jb
@@ -498,6 +527,14 @@ def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: igno
             idx[d] += 1
             ia += sa[d]
             ib += sb[d]
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
+    if no_fused(act):
+        _binary_walk(keep, a, b, out, shape, sa, sb, op, act, start, stop)
+    else:
+        _binary_walk(apply_fused, a, b, out, shape, sa, sb, op, act, start, stop)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
