@@ -209,6 +209,12 @@ CASES = {
         (1, 8, 7, 4), 8, (3, 3), dilation=(2, 2), pads=(1, 2, 2, 1), group=4, bias=False
     ),
     "depthwise-unpadded": Conv((1, 5, 5, 3), 3, (2, 2), group=3, act=LEAKY),
+    # stride 1 along W: runs of 128 // C pixels (here 2 and a last run of 1), dilated along W
+    "depthwise-runs-s21": Conv(
+        (2, 6, 9, 48), 48, (5, 5), stride=(2, 1), dilation=(1, 2), pads=(2, 4, 2, 4), group=48
+    ),
+    # more channels than one run holds: one pixel per run
+    "depthwise-wide-200": Conv((1, 3, 4, 200), 200, (3, 3), pads=(1, 1, 1, 1), group=200),
 }
 CASE_PARAMS = [pytest.param(c, id=k) for k, c in CASES.items()]
 

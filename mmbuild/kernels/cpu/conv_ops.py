@@ -43,6 +43,7 @@ from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.gemm import ImplicitRows
+from mmbuild.kernels.cpu.gemm_codegen import vec_store
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     bind_gemm,
@@ -59,6 +60,7 @@ from mmbuild.kernels.cpu.qcommon import (
     require_constant,
     widen_as,
 )
+from mmbuild.kernels.cpu.vector import vadd_f32, vfma, vload_f32, vmul_f32
 from mmbuild.kernels.table import (
     Buffers,
     Kernel,
@@ -75,6 +77,9 @@ __all__ = ["ConvFloat", "ConvQuantized"]
 
 #: Multiply-accumulates of a depthwise conv above which its rows are split over the threads.
 DIRECT_PARALLEL_MIN_MACS = 1 << 18
+#: Channels per vector of the depthwise vector loop: the AVX2 width, which every level runs
+#: (AVX-512 executes it as is; the portable level as pairs of SSE vectors).
+DW_LANES = 8
 
 _F = DataType
 
@@ -90,13 +95,13 @@ def _path(group: int, cin_g: int) -> str:
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore[no-untyped-def]
-    """Output rows ``[first, last)`` (``b * Ho + yo``) of a depthwise conv.
+    """Output rows ``[first, last)`` (``b * Ho + yo``) of a depthwise conv, any channel
+    multiplier (the general loop; :func:`_depthwise_vec_rows` runs the usual case).
 
     ``X`` is the padded NHWC input ``[N, Hp, Wp, C]`` (flat), ``W`` the filter ``[KH*KW, Cout]``
     with ``o = c * mult + m``; ``geo`` holds ``Hp, Wp, C, mult, KH, KW, sh, sw, dh, dw, Ho, Wo``.
     The accumulator has ``proto``'s dtype (int32 for QINT8, int64 for QINT16, float32 for float
-    inputs) and sums the taps in (i, j) order. With one output channel per input channel (the
-    usual depthwise conv) the channel loop is contiguous, so it runs in SIMD lanes.
+    inputs) and sums the taps in (i, j) order.
     """
     hp, wp, c, mult, kh, kw, sh, sw, dh, dw, ho, wo = geo
     cout = c * mult
@@ -115,15 +120,11 @@ def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore
                     # test in the loop, which stops LLVM from vectorising it
                     xs = X[xb : xb + c]
                     ws = W[wb : wb + cout]
-                    if mult == 1:
-                        for ci in range(c):
-                            acc[ci] += (widen_as(xs, ci, acc) - za) * widen_as(ws, ci, acc)
-                    else:
-                        for ci in range(c):
-                            xv = widen_as(xs, ci, acc) - za
-                            for m in range(mult):
-                                o = ci * mult + m
-                                acc[o] += xv * widen_as(ws, o, acc)
+                    for ci in range(c):
+                        xv = widen_as(xs, ci, acc) - za
+                        for m in range(mult):
+                            o = ci * mult + m
+                            acc[o] += xv * widen_as(ws, o, acc)
             ob = (r * wo + xo) * cout
             dst = out[ob : ob + cout]
             for o in range(cout):
@@ -135,6 +136,86 @@ def _depthwise_parallel(n_rows, n_chunks, X, za, geo, W, ep, out, proto):  # typ
     for t in prange(n_chunks):
         _depthwise_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, za, geo, W, ep,
                         out, proto)  # fmt: skip
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _taps_fma(acc, X, xb, W, wb, kh, kw, row_x, dw_x, c):  # type: ignore[no-untyped-def]
+    """``acc + sum over taps (i, j) of X[xb + i*row_x + j*dw_x ..] * W[wb + (i*kw + j)*c ..]``
+    on one vector of ``acc``'s width, one fused multiply-add per tap."""
+    for i in range(kh):
+        for j in range(kw):
+            acc = vfma(acc, vload_f32(X, xb + i * row_x + j * dw_x, acc),
+                       vload_f32(W, wb + (i * kw + j) * c, acc))  # fmt: skip
+    return acc
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _dw_store(acc, n, out, o, ep_args, count):  # type: ignore[no-untyped-def]
+    """The GEMM epilogue of channels ``n ..`` (``count``, the width of ``acc``) into ``out``
+    at element ``o``: ``acc * mult + bias``, the activation, the output type."""
+    y = vmul_f32(acc, vload_f32(ep_args[0], n, acc))
+    vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _depthwise_vec_rows(first, last, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
+    """Output rows ``[first, last)`` of a depthwise conv with one output channel per input
+    channel, accumulated in float32 vector registers: ``DW_LANES`` channels per vector, four
+    vectors at a time, each tap one fused multiply-add per vector; then the GEMM's vector
+    epilogue into ``out`` (bytes). The last ``C % DW_LANES`` channels run in one-lane vectors.
+
+    ``acc = comp[c] + sum_taps x * w``: float inputs have ``comp = 0``; QINT8 ones read the
+    uint8 input and int8 filter as they are and start from ``comp[c] = -za * sum_taps w``, so
+    every partial sum is an integer of magnitude below ``2 * taps * 255 * 128 <= 2**24`` (taps
+    <= 256), exact in float32, and the result is the exact ``sum (x - za) * w``.
+    Example: C = 200 runs six blocks of 32 lanes and one vector of 8.
+    """
+    hp, wp, c, _, kh, kw, sh, sw, dh, dw, ho, wo = geo
+    row_x, dw_x, block = dh * wp * c, dw * c, 4 * DW_LANES
+    cv = c - c % DW_LANES
+    for r in range(first, last):
+        b = r // ho
+        yo = r - b * ho
+        for xo in range(wo):
+            x0 = ((b * hp + yo * sh) * wp + xo * sw) * c
+            ob = (r * wo + xo) * c
+            c0 = 0
+            while c0 + block <= cv:  # four accumulators in flight
+                a0 = vload_f32(comp, c0, DW_LANES)
+                a1 = vload_f32(comp, c0 + DW_LANES, DW_LANES)
+                a2 = vload_f32(comp, c0 + 2 * DW_LANES, DW_LANES)
+                a3 = vload_f32(comp, c0 + 3 * DW_LANES, DW_LANES)
+                for i in range(kh):
+                    for j in range(kw):
+                        xi = x0 + i * row_x + j * dw_x + c0
+                        wi = (i * kw + j) * c + c0
+                        a0 = vfma(a0, vload_f32(X, xi, a0), vload_f32(W, wi, a0))
+                        a1 = vfma(a1, vload_f32(X, xi + DW_LANES, a1),
+                                  vload_f32(W, wi + DW_LANES, a1))  # fmt: skip
+                        a2 = vfma(a2, vload_f32(X, xi + 2 * DW_LANES, a2),
+                                  vload_f32(W, wi + 2 * DW_LANES, a2))  # fmt: skip
+                        a3 = vfma(a3, vload_f32(X, xi + 3 * DW_LANES, a3),
+                                  vload_f32(W, wi + 3 * DW_LANES, a3))  # fmt: skip
+                _dw_store(a0, c0, out, ob + c0, ep_args, DW_LANES)
+                _dw_store(a1, c0 + DW_LANES, out, ob + c0 + DW_LANES, ep_args, DW_LANES)
+                _dw_store(a2, c0 + 2 * DW_LANES, out, ob + c0 + 2 * DW_LANES, ep_args, DW_LANES)
+                _dw_store(a3, c0 + 3 * DW_LANES, out, ob + c0 + 3 * DW_LANES, ep_args, DW_LANES)
+                c0 += block
+            while c0 < cv:
+                a = _taps_fma(vload_f32(comp, c0, DW_LANES), X, x0 + c0, W, c0, kh, kw, row_x,
+                              dw_x, c)  # fmt: skip
+                _dw_store(a, c0, out, ob + c0, ep_args, DW_LANES)
+                c0 += DW_LANES
+            for ci in range(cv, c):
+                a = _taps_fma(vload_f32(comp, ci, 1), X, x0 + ci, W, ci, kh, kw, row_x, dw_x, c)
+                _dw_store(a, ci, out, ob + ci, ep_args, 1)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _depthwise_vec_parallel(n_rows, n_chunks, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
+    for t in prange(n_chunks):
+        _depthwise_vec_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, geo, W,
+                            comp, ep_args, out)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,14 +259,27 @@ class _ConvRunner:
             ep = make_epilogue(self.cout, step.op_attrs, out_type, scale_a=self.scale_a,
                                scale_w=scale_w, bias=bias)  # fmt: skip
             self.ep_args = direct_epilogue_args(ep)
-            self.dw_weight = np.ascontiguousarray(w.reshape(self.cout, -1).T).reshape(-1)
-            # QINT8 taps are exact in int32 (|(x - za) * w| <= 255 * 128, and check_int8_k keeps
-            # the tap count below overflow); QINT16 ones need int64
+            taps_w = np.ascontiguousarray(w.reshape(self.cout, -1).T)  # [KH*KW, Cout]
+            self.dw_weight = taps_w.reshape(-1)
+            # the vector loop: one output channel per input channel, float or QINT8 (exact in
+            # float32 up to 256 taps, see _depthwise_vec_rows)
+            taps = self.kh * self.kw
+            self.vec = self.cout == self.group and (
+                self.carrier is None or (self.carrier == np.uint8 and taps <= 256)
+            )
+            self.vec_ep = ep._args
+            comp = np.zeros(-(-self.cout // 16) * 16, np.float32)
+            if self.carrier == np.uint8:
+                comp[: self.cout] = -self.za * taps_w.astype(np.int64).sum(axis=0)
+            self.comp = comp
+            # the general loop: QINT8 taps exact in int32 (|(x - za) * w| <= 255 * 128, and
+            # check_int8_k keeps the tap count below overflow); QINT16 ones need int64
             acc_dtype: Any = np.float32 if self.carrier is None else np.int64
             if self.carrier == np.uint8:
                 acc_dtype = np.int32
             self.acc_proto = np.zeros(self.cout, acc_dtype)
-            fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel)
+            fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel, _depthwise_vec_rows,
+                                    _depthwise_vec_parallel)  # fmt: skip
         else:
             cog = self.cout // self.group
             self.packed, self.eps = [], []
@@ -274,13 +368,21 @@ class _ConvRunner:
     def _bind_depthwise(
         self, xp: np.ndarray, geo: _Geometry, out: np.ndarray
     ) -> Callable[[], None]:
-        za = self.acc_proto.dtype.type(self.za)
         n_rows = out.shape[0] * out.shape[1]
+        parallel = (numba.get_num_threads() > 1 and n_rows > 1
+                    and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS)  # fmt: skip
+        chunks = min(n_rows, numba.get_num_threads())
+        if self.vec:
+            args: tuple[Any, ...] = (xp.reshape(-1), geo.direct, self.dw_weight, self.comp,
+                                     self.vec_ep, out.reshape(-1).view(np.uint8))  # fmt: skip
+            if parallel:
+                return partial(_depthwise_vec_parallel, n_rows, chunks, *args)
+            return partial(_depthwise_vec_rows, 0, n_rows, *args)
+        za = self.acc_proto.dtype.type(self.za)
         args = (xp.reshape(-1), za, geo.direct, self.dw_weight, self.ep_args, out.reshape(-1),
                 self.acc_proto)  # fmt: skip
-        threads = numba.get_num_threads()
-        if threads > 1 and n_rows > 1 and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS:
-            return partial(_depthwise_parallel, n_rows, min(n_rows, threads), *args)
+        if parallel:
+            return partial(_depthwise_parallel, n_rows, chunks, *args)
         return partial(_depthwise_rows, 0, n_rows, *args)
 
 

@@ -56,7 +56,7 @@ from mmbuild.kernels.cpu.vector import (
     vzero_f32,
 )
 
-__all__ = ["MC", "TILES", "Tile", "generated_kernels"]
+__all__ = ["MC", "TILES", "Tile", "generated_kernels", "vec_store"]
 
 MC = {"u8s8": 64, "f32": 48, "s16": 32}  # rows of a work item
 
@@ -184,7 +184,7 @@ def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # t
 # takes its width from the vector ``y`` / ``acc`` it is given. Forced inline: a call per
 # accumulator vector would cost as much as the epilogue itself.
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
+def vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
     _, _, slope, lo, hi, oscale, ozp, kind = ep_args
     y = vselect_lt(y, vzero_f32(y), vmul_f32(y, vsplat_f32(slope, y)), y)
     vlo = vsplat_f32(lo, y)
@@ -211,14 +211,14 @@ def _vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
 def _vec_epilogue_i32(acc, n, out, o, count, comp, ep_args):  # type: ignore[no-untyped-def]
     """Epilogue of the int32 column sums ``acc`` (columns ``n ..``); ``comp = -za * colsum``."""
     y = vmul_f32(vcvt_f32(vadd_i32(acc, vload_i32(comp, n, acc))), vload_f32(ep_args[0], n, acc))
-    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
+    vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def _vec_epilogue_f32(acc, n, out, o, count, ep_args):  # type: ignore[no-untyped-def]
     """Epilogue of the float32 sums ``acc`` (columns ``n ..``)."""
     y = vmul_f32(acc, vload_f32(ep_args[0], n, acc))
-    _vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
+    vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
 
 
 @njit(error_model="numpy", boundscheck=False)

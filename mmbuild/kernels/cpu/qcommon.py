@@ -397,7 +397,7 @@ def widen(arr: np.ndarray, i: int) -> Any:
 
 def widen_as(arr: np.ndarray, i: int, acc: np.ndarray) -> Any:
     """``arr[i]`` as the element type of the accumulator array ``acc`` (int32, int64 or
-    float32; fp16 bits widen exactly), for products summed into ``acc``."""
+    float32; fp16 bits and 8-bit integers widen exactly), for products summed into ``acc``."""
     raise NotImplementedError("widen_as runs inside numba kernels")
 
 
@@ -407,6 +407,8 @@ def _widen_as_overload(arr, i, acc):  # type: ignore[no-untyped-def]
         return None
     if acc.dtype == types.float32 and arr.dtype in (types.float32, types.uint16):
         return lambda arr, i, acc: load_f32(arr, i)
+    if acc.dtype == types.float32 and isinstance(arr.dtype, types.Integer):
+        return lambda arr, i, acc: np.float32(arr[i])  # exact for 8-bit values
     if acc.dtype == types.int32 and isinstance(arr.dtype, types.Integer):
         return lambda arr, i, acc: np.int32(arr[i])
     if acc.dtype == types.int64 and isinstance(arr.dtype, types.Integer):

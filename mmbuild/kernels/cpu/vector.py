@@ -11,7 +11,7 @@ lanes for AVX-512, 8 for AVX2) and the kernel source stays the same.
   (``vzero_f32(8)``, ``vload_f32(arr, i, LANES)`` with ``LANES`` a module constant) or a vector
   whose width to copy (``vsplat_f32(x, y)``: ``x`` in every lane of a vector as wide as ``y``):
   ``vzero_i32``, ``vsplat_i32``, ``vload_i32``, ``vzero_f32``, ``vsplat_f32``, ``vload_f32``
-  (float32, or fp16 bits widened exactly), ``vbcast_f32``.
+  (float32, fp16 bits or 8-bit integers, widened exactly), ``vbcast_f32``.
 - Lane-wise operations take their width from their operands: ``vadd_i32``, ``vcvt_f32``,
   ``vfma``, ``vadd_f32``, ``vmul_f32``, ``vdiv_f32``, ``vselect_lt``, ``vrint_f32``.
 - Stores: ``vstore_i32``, ``vstore_f32`` (all lanes, into an array of that type) and the masked
@@ -115,7 +115,7 @@ i32x16, f32x16, i32x8, f32x8 = vec("i32", 16), vec("f32", 16), vec("i32", 8), ve
 # ---------------------------------------------------------------------------------------------
 def lanes_of(ty: Any) -> int | None:
     """The lane count a constructor is asked for: a literal integer, or a vector's width."""
-    if isinstance(ty, types.IntegerLiteral) and ty.literal_value in (4, 8, 16, 32):
+    if isinstance(ty, types.IntegerLiteral) and ty.literal_value in (1, 4, 8, 16, 32):
         return int(ty.literal_value)
     if isinstance(ty, Vec):
         return ty.lanes
@@ -224,9 +224,13 @@ def _float_source(arr: Any) -> Any:
 
 @intrinsic
 def vload_f32(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
-    """``lanes`` elements at ``&arr[idx]`` as float32: a float32 array, or fp16 bits widened
-    exactly (``vcvtph2ps``)."""
+    """``lanes`` elements at ``&arr[idx]`` as float32: a float32 array, fp16 bits widened
+    exactly (``vcvtph2ps``), or uint8 / int8 values converted exactly (``vpmovzxbd`` /
+    ``vpmovsxbd``, ``vcvtdq2ps``)."""
     n, src = lanes_of(lanes), _float_source(arr)
+    signed = is_array_of(arr, types.int8)
+    if src is None and (signed or is_array_of(arr, types.uint8)):
+        src = I8
     if n is None or src is None:
         return None
     ty = vec("f32", n)
@@ -235,6 +239,10 @@ def vload_f32(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
         src_ty = ir.VectorType(src, n)
         ptr = element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1], src_ty)
         value = builder.load(ptr, align=1)
+        if src is I8:
+            wide = ir.VectorType(I32, n)
+            value = builder.sext(value, wide) if signed else builder.zext(value, wide)
+            return builder.sitofp(value, ty.llvm_type)
         return value if src is F32 else builder.fpext(value, ty.llvm_type)
 
     return ty(arr, idx, lanes), codegen
