@@ -480,24 +480,35 @@ def _binary_loops(fn, post, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-u
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _binary_run(op, post, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-untyped-def]
+def _binary_rows(fn, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act):  # type: ignore[no-untyped-def]
+    """``ys.size // n`` rows of ``n`` elements; row ``r`` starts at ``ia + r*ra``, ``ib + r*rb``."""
+    for r in range(ys.size // n):
+        _binary_loops(fn, post, a, ia + r * ra, ja, b, ib + r * rb, jb, ys[r * n : (r + 1) * n],
+                      act)  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _binary_run(op, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act):  # type: ignore[no-untyped-def]
+    """The rows of :func:`_binary_rows` for ``op``: the op chosen once per block of rows."""
     if op == _ADD:
-        _binary_loops(_add, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_add, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
     elif op == _SUB:
-        _binary_loops(_sub, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_sub, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
     elif op == _MUL:
-        _binary_loops(_mul, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_mul, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
     elif op == _DIV:
-        _binary_loops(_div, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_div, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
     elif op == _MAX:
-        _binary_loops(_max, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_max, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
     else:
-        _binary_loops(_min, post, a, ia, ja, b, ib, jb, ys, act)
+        _binary_rows(_min, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _binary_walk(post, a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
-    """Output elements ``[start, stop)``; ``shape`` (merged) with strides ``sa``, ``sb``."""
+    """Output elements ``[start, stop)``; ``shape`` (merged) with strides ``sa``, ``sb``. Whole
+    rows of the innermost dimension go in blocks along the next one (a squeeze-excitation
+    product ``[H*W, C] * [1, C]`` is one block of H*W rows of C, not H*W separate runs)."""
     nd = shape.size
     idx = np.empty(nd, np.int64)
     rem = start
@@ -510,15 +521,27 @@ def _binary_walk(post, a, b, out, shape, sa, sb, op, act, start, stop):  # type:
         ib += idx[d] * sb[d]
     last = nd - 1
     inner, ja, jb = shape[last], sa[last], sb[last]
+    ra = sa[last - 1] if nd > 1 else 0
+    rb = sb[last - 1] if nd > 1 else 0
     pos = start
     while pos < stop:
         run = min(inner - idx[last], stop - pos)
-        _binary_run(op, post, a, ia, ja, b, ib, jb, out[pos : pos + run], act)
-        pos += run
-        ia += run * ja
-        ib += run * jb
-        idx[last] += run
-        d = last
+        rows = 1
+        if nd > 1 and run == inner:
+            rows = max(1, min(shape[last - 1] - idx[last - 1], (stop - pos) // inner))
+        _binary_run(op, post, a, ia, ja, ra, b, ib, jb, rb, out[pos : pos + rows * run], run,
+                    act)  # fmt: skip
+        pos += rows * run
+        if rows > 1:  # whole rows: step along the next dimension out
+            d = last - 1
+            ia += rows * ra
+            ib += rows * rb
+            idx[d] += rows
+        else:
+            d = last
+            ia += run * ja
+            ib += run * jb
+            idx[d] += run
         while d > 0 and idx[d] == shape[d]:  # carry into the next dimension out
             ia -= shape[d] * sa[d]
             ib -= shape[d] * sb[d]
