@@ -48,7 +48,7 @@ class TunerReport:
     >>> print(r)
     target: output cosine >= 0.999: met (int8 0.995, now 0.9993) after 3 trial builds
     int8 MAC share: 99.0%; 1 of 12 quantized nodes moved to float
-    node  type               from   to       why                           before   after
+    node  type               from   to       why                            before   after
     fc    IInnerProductNode  QINT8  FLOAT16  rank 1: adds 41% of the noise   0.995  0.9993
     """
 
@@ -77,8 +77,8 @@ class TunerReport:
     def __str__(self) -> str:
         outcome = "met" if self.met else "NOT met (the best model tried is returned)"
         lines = [
-            f"target: {self.target}: {outcome} (int8 {self.int8_metric:.4g}, now "
-            f"{self.final_metric:.4g}) after {self.trials} trial builds",
+            f"target: {self.target}: {outcome} (int8 {self.int8_metric:.6g}, now "
+            f"{self.final_metric:.6g}) after {self.trials} trial builds",
             f"int8 MAC share: {self.int8_mac_share:.1%}; {len(self.rows)} of "
             f"{self.quantized_nodes} quantized nodes moved to float",
         ]
@@ -95,8 +95,8 @@ class TunerReport:
                             r.from_precision.name,
                             r.to_precision.name,
                             r.why,
-                            f"{r.error_before:.4g}",
-                            f"{r.error_after:.4g}",
+                            f"{r.error_before:.6g}",
+                            f"{r.error_after:.6g}",
                         ]
                         for r in self.rows
                     ],
