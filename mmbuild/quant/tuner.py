@@ -65,9 +65,13 @@ class AccuracyTuner(CamelCaseAliases):
     ``threshold`` (``metric(outputs, reference) -> float``, both lists of arrays in output
     order, batches concatenated; higher is better unless ``higher_is_better=False``) or with
     ``max_drop`` (threshold = ``metric(reference, reference) - max_drop``).
+    ``eval_inputs`` is a list of batches (an array each for a one-input network, else a list of
+    arrays in input order); ``reference`` (optional) gives the expected outputs per batch, for
+    example onnxruntime's, instead of mmbuild's float reference evaluator. Usage::
 
-    >>> tuner = mm.AccuracyTuner(net, config, [ImageBatches(batches)], [x], min_cosine=0.999)
-    >>> model, report = tuner.tune()             # doctest: +SKIP
+        tuner = mm.AccuracyTuner(net, config, [ImageBatches(batches)], [x], min_cosine=0.999)
+        model, report = tuner.tune()
+        print(report)
     """
 
     def __init__(
