@@ -12,12 +12,15 @@ Steps (each trial costs one build and one run of the evaluation inputs, never a 
    tensors and every trial build reuses them. Without data, the ranges already set
    (``set_dynamic_range``, ``custom_ranges``, a calibration cache applied) are used.
 2. Build the full int8 model; if it meets the target, it is returned unchanged.
-3. Rank the quantized nodes by the noise each adds, from one error report of that build
-   (per-step SQNR against float32). A step whose output has SQNR ``s`` carries relative noise
-   ``n = 10^(-s/10)``; the noise it adds is ``n_out - max(n_in)`` over its run-time inputs.
-   Example: inputs at 40 dB (n = 1e-4) and output at 30 dB (n = 1e-3): it adds 9e-4.
+3. Rank the quantized nodes by the noise each adds where it stands: one run of that build on
+   the first evaluation batch keeps every tensor, and each quantized step's output ``a`` is
+   compared with its float32 result ``e`` on the very inputs it received (as the error report
+   does, but per step instead of from the network input): ``noise = sum (a - e)^2 / sum e^2``.
+   Example: e = [1, 2], a = [1.1, 2]: noise = 0.01 / 5 = 0.002 (27 dB).
 4. Try the whole ranked list in FLOAT16, then in FLOAT32; the first that meets the target gives
-   the float type. Then bisect the length k of the ranked prefix moved: the fewest nodes found.
+   the float type. Then bisect the length k of the ranked prefix moved (the fewest nodes in
+   rank order), and with the trials left give the moved nodes back to int8 one at a time, the
+   ones with most MACs first, keeping each return after which the target still holds.
    If even the whole list in FLOAT32 misses the target, the best model tried is returned and
    the report says the target is not met.
 
@@ -161,6 +164,7 @@ class AccuracyTuner(CamelCaseAliases):
             if self._meets(s):
                 found = (m, s, len(order), ftype)
                 break
+        moved = order[: best[2]]
         if found is not None:
             m, s, hi, ftype = found
             lo = 0  # the prefix of length lo misses the target, hi meets it
@@ -171,11 +175,21 @@ class AccuracyTuner(CamelCaseAliases):
                     hi, m, s = mid, mm_, ms
                 else:
                     lo = mid
-            best = (s, m, hi, ftype)
-        score, model, k, ftype = best
-        report.rows = self._rows(order[:k], ftype, int8_score, score, ranking)
+            moved = order[:hi]
+            # with the trials left, give the moved nodes back to int8, most MACs first, where
+            # the target still holds without them
+            for name in sorted(moved, key=lambda n: -macs.get(n, 0)):
+                if self.trials >= self.max_trials or len(moved) == 1:
+                    break
+                rest = [n for n in moved if n != name]
+                mm_, ms = self._trial({n: ftype for n in rest}, bar)
+                if self._meets(ms):
+                    moved, m, s = rest, mm_, ms
+            best = (s, m, len(moved), ftype)
+        score, model, _, ftype = best
+        report.rows = self._rows(moved, ftype, int8_score, score, ranking)
         report.final_metric, report.met, report.trials = score, self._meets(score), self.trials
-        report.int8_mac_share = _mac_share(macs, quantized, set(order[:k]))
+        report.int8_mac_share = _mac_share(macs, quantized, set(moved))
         if not report.met:
             log.warning("AccuracyTuner: %s not met within %d trial builds; best %.6g",
                         self.target, self.trials, score)  # fmt: skip
@@ -228,8 +242,9 @@ class AccuracyTuner(CamelCaseAliases):
         share = dict(ranking)
         macs = _macs(self.network)
         qtype = DataType.QINT16 if self.config.precision_mode.startswith("qint16") else None
+        rank_of = {name: i for i, (name, _) in enumerate(ranking, 1)}
         rows = []
-        for rank, name in enumerate(moved, 1):
+        for name in moved:
             node = self.network.find_node_by_name(name)
             rows.append(
                 TunerRow(
@@ -237,7 +252,8 @@ class AccuracyTuner(CamelCaseAliases):
                     node.get_node_type(),
                     qtype or DataType.QINT8,
                     ftype,
-                    f"rank {rank}: adds {share[name] / total:.0%} of the noise",
+                    f"rank {rank_of[name]} of {len(ranking)}: {share[name] / total:.0%} of the "
+                    "int8 noise",
                     before,
                     after,
                     macs.get(name, 0),
@@ -412,23 +428,36 @@ def _quantized_nodes(model: Model, network: Network) -> list[str]:
 
 
 def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple[str, float]]:
-    """``names`` by the relative noise each step adds (largest first; see the module text)."""
-    report = model.get_error_report(batch)
-    noise = {r.name: _noise(r.sqnr_db) for r in report}
-    producer = {t: s.name for s in model.data.steps for t in s.outputs}
+    """``names`` by the relative noise each step adds where it stands (largest first).
+
+    The model runs once on ``batch``; each candidate step's float32 reference is computed from
+    the very inputs the step received in that run, so that what is measured is the step's own
+    error, not what arrived with its inputs: ``noise = sum (a - e)^2 / sum e^2``, with ``a``
+    the step's output and ``e`` its float32 result on the same inputs.
+    """
+    from mmbuild.graph import reference_outputs
+    from mmbuild.kernels.table import to_numpy
+    from mmbuild.runtime.inspect import _context, _input_buffers
+
+    data = model.data
+    buffers = _input_buffers(model, batch)
+    actual = dict(zip((t.name for t in data.inputs), buffers))
+    actual.update(_context(model).run(buffers, keep_all=True))
+
+    def value(t: str) -> np.ndarray:
+        raw = actual[t] if t in actual else data.constants[t]
+        return np.asarray(to_numpy(raw, data.tensors[t].dtype), np.float32)
+
     added = {}
-    for step in model.data.steps:
+    for step in data.steps:
         if step.name not in names:
             continue
-        inputs = [noise.get(producer[t], 0.0) for t in step.inputs if t in producer]
-        added[step.name] = max(noise.get(step.name, 0.0) - max(inputs, default=0.0), 0.0)
+        expected = reference_outputs(step.node(), [value(t) for t in step.inputs])[0]
+        got, want = value(step.outputs[0]).astype(np.float64), np.asarray(expected, np.float64)
+        signal = float(np.sum(want * want))
+        noise = float(np.sum((got - want) ** 2))
+        added[step.name] = noise / signal if signal > 0 else (math.inf if noise > 0 else 0.0)
     return sorted(added.items(), key=lambda kv: (-kv[1], names.index(kv[0])))
-
-
-def _noise(sqnr_db: float) -> float:
-    if math.isnan(sqnr_db):
-        return math.inf
-    return 0.0 if sqnr_db == math.inf else 10.0 ** (-sqnr_db / 10.0)
 
 
 def _macs(network: Network) -> dict[str, int]:
