@@ -16,6 +16,8 @@ from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Layout, Range, get_datatype_by_numpy
 from mmbuild.ops import PUBLIC as _OPS_PUBLIC
 from mmbuild.parser import ModelKind, Parser
+from mmbuild.quant.tuner import AccuracyTuner
+from mmbuild.quant.tuner_report import TunerReport, TunerRow
 from mmbuild.reference import run_reference
 from mmbuild.runtime.device import Device, EngineConfig, Queue, System
 from mmbuild.runtime.engine import Context, Engine, IRTTensor, Model
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 globals().update(_OPS_PUBLIC)  # node classes and their enums: mm.IActivation, mm.IConvNode, ...
 
 __all__ = [
+    "AccuracyTuner",
     "Builder",
     "BuilderConfig",
     "CalibDataInterface",
@@ -51,6 +54,8 @@ __all__ = [
     "Range",
     "Status",
     "System",
+    "TunerReport",
+    "TunerRow",
     "__version__",
     "get_datatype_by_numpy",
     "parser",
