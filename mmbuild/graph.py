@@ -134,7 +134,9 @@ class Graph:
             if inode.op == "const":
                 t = inode.outputs[0]
                 value = np.asarray(inode.attrs["value"])
-                graph.tensors[t.name] = Tensor(t.name, value.shape, t.get_data_type(), value)
+                graph.tensors[t.name] = Tensor(
+                    t.name, value.shape, t.get_data_type(), value, range=range_of(t)
+                )
                 continue
             for t, dtype in zip(inode.outputs, out_types):
                 graph.tensors[t.name] = Tensor(

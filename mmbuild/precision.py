@@ -89,7 +89,9 @@ def plan_precision(network: Network, config: BuilderConfig | None = None) -> Pre
     arrives: dict[ITensor, DataType] = {t: t.get_data_type() for t in network.inputs}
     problems: list[str] = []
     for t in network.tensors():
-        rng = None if _is_constant(t) else resolve_range(t, config)
+        # a constant keeps only a range set on it: a weight's given scales (a QDQ model's)
+        given = t.get_dynamic_range() if t.has_user_range else None
+        rng = given if _is_constant(t) else resolve_range(t, config)
         if rng is not None:
             plan.tensor_ranges[t.get_tensor_name()] = rng
     for node in network.nodes:

@@ -24,6 +24,7 @@ from mmbuild.ops.transform import (
     IResizeNode,
 )
 from mmbuild.parser.ops_math import binary
+from mmbuild.parser.ops_quant import give_scale
 from mmbuild.parser.table import imports
 from mmbuild.parser.walk import NodeContext
 
@@ -100,6 +101,7 @@ def import_conv(ctx: NodeContext) -> list[Any]:
     w = ctx.tensor(1)
     if one_d:
         w = _unsqueeze_filter(ctx, 1)
+    give_scale(ctx, 1, w, out_axis=0)
     b = ctx.tensor(2) if ctx.has(2) else None
     attrs = _window_attrs(ctx, one_d)
     node = ctx.net.add_i_conv_node(x, w, b)
@@ -135,6 +137,7 @@ def import_conv_transpose(ctx: NodeContext) -> list[Any]:
         ctx.refuse("auto_pad")
     x, one_d = _spatial(ctx, ctx.tensor(0))
     w = _unsqueeze_filter(ctx, 1) if one_d else ctx.tensor(1)
+    give_scale(ctx, 1, w, out_axis=1, repeat=ctx.attr("group", 1))
     b = ctx.tensor(2) if ctx.has(2) else None
     attrs = _window_attrs(ctx, one_d)
     node = ctx.net.add_i_deconv_node(x, w, b)
@@ -258,7 +261,9 @@ def _norm_stats(ctx: NodeContext, x: ITensor, axis: int, eps: float) -> list[ITe
 
 @imports("MatMul", notes="batched, with numpy broadcasting of the batch dimensions")
 def import_matmul(ctx: NodeContext) -> list[Any]:
-    node = ctx.net.add_i_matmul_node(ctx.tensor(0), ctx.tensor(1))
+    b = ctx.tensor(1)
+    give_scale(ctx, 1, b, out_axis=-1 if len(b.get_dimension().get_dims()) >= 2 else None)
+    node = ctx.net.add_i_matmul_node(ctx.tensor(0), b)
     node.set_transpose_a(False)  # type: ignore[attr-defined]
     node.set_transpose_b(False)  # type: ignore[attr-defined]
     return [node.get_output(0)]
@@ -281,6 +286,7 @@ def import_gemm(ctx: NodeContext) -> list[Any]:
         w = (w if tb else w.T) * np.float32(alpha)
         n_out = w.shape[0]
         wt = ctx.net.add_i_const_node(DataType.FLOAT32, Dims(list(w.shape)), w).get_output(0)
+        give_scale(ctx, 1, wt, out_axis=0 if tb else 1, alpha=alpha)
         bias = None
         if c_arr is not None and c_arr.size in (1, n_out) and c_arr.ndim <= 1 + (c_arr.size == 1):
             c1 = np.broadcast_to(np.float32(beta) * c_arr.astype(np.float32).ravel(), (n_out,))
@@ -288,7 +294,9 @@ def import_gemm(ctx: NodeContext) -> list[Any]:
             c_arr = None
         y = ctx.net.add_i_inner_product_node(a, wt, bias).get_output(0)
     else:
-        node = ctx.net.add_i_matmul_node(a, ctx.tensor(1))
+        b = ctx.tensor(1)
+        give_scale(ctx, 1, b, out_axis=0 if tb else 1)
+        node = ctx.net.add_i_matmul_node(a, b)
         node.set_transpose_a(False)  # type: ignore[attr-defined]
         node.set_transpose_b(tb)  # type: ignore[attr-defined]
         y = node.get_output(0)

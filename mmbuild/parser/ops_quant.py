@@ -9,13 +9,19 @@
   exporter such as onnxruntime's ``quantize_static`` folded a Relu into the pair) also gets a
   clip to the range, so that float readers see the Relu too.
 - ``DQ`` of a constant (an int8 weight, per tensor or per axis): the weight is imported as its
-  dequantized float values ``(q - zp) * s``; the builder then ranges it from those values, which
-  gives back the scale ``s`` per channel when a channel's largest code is +-127 (onnxruntime's
-  symmetric weights) and approximates it otherwise.
+  dequantized float values ``(q - zp) * s``, and its reader (Conv, ConvTranspose, Gemm, MatMul)
+  passes the file's scales on to the builder as the weight tensor's range (:func:`give_scale`):
+  ``[-127 s, 127 s]`` per tensor, or per output channel, from which the builder's symmetric
+  arithmetic gives back ``s`` exactly, and so ``rint(w / s)`` gives back the file's codes, also
+  in a channel whose largest code is below 127. Example: codes ``[[100, -3], [7, 64]]`` with
+  per-axis scales ``[0.01, 0.02]`` on axis 0 give the ranges ``[-1.27, 1.27]`` and ``[-2.54,
+  2.54]``; the builder's scales are ``1.27 / 127 = 0.01`` and ``0.02``, its codes the file's.
 - ``Q -> DQ`` of a float constant (QAT exports): folded to the fake-quantized values.
 
-Approximated: a run-time pair quantized per axis, and DQ of a run-time integer tensor, are
-refused; codes of -128 in a symmetric int8 tensor are clipped to -127 by mmbuild.
+Refused: a run-time pair quantized per axis, DQ of a run-time integer tensor, and a weight
+whose given quantization the kernels cannot honour (a non-zero zero point, uint8 codes, or an
+axis other than the reader's output channels). Approximated: a weight that an op folded at parse
+time (a Transpose, a Reshape) stands between its DQ and its reader is ranged from its values.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from mmbuild.errors import Code, MMError
+from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import Range
 from mmbuild.parser.table import imports
 from mmbuild.parser.values import QuantParams, Value
@@ -98,7 +106,64 @@ def import_dequantize(ctx: NodeContext) -> list[Any]:
     q = np.asarray(v.array, dtype=np.int64)
     p = v.quant or _params(ctx, np.asarray(v.array).dtype, constant=True)
     s, zp = _per_axis(p.scale, p, q), _per_axis(p.zero_point, p, q)
-    return [Value(ctx.node.output[0], array=((q - zp) * s).astype(np.float32))]
+    values = ((q - zp) * s).astype(np.float32)
+    return [Value(ctx.node.output[0], array=values, given=p)]
+
+
+def give_scale(
+    ctx: NodeContext,
+    i: int,
+    tensor: ITensor,
+    out_axis: int | None,
+    repeat: int = 1,
+    alpha: float = 1.0,
+) -> None:
+    """Pass the scales of input ``i``'s DequantizeLinear (if it has one) on to the builder, as
+    the range of ``tensor``, the weight that the node reads (input ``i`` itself, or a copy that
+    is reshaped, transposed or multiplied by ``alpha``).
+
+    ``out_axis`` is the axis of the file's weight that holds the node's output channels (None
+    when it has none); a per-axis scale must lie along it. ``repeat`` tiles the scales for a
+    ConvTranspose of ``group`` groups, whose weight holds ``C_out / group`` channels. The range
+    is ``+-127 |alpha| s`` per tensor or per output channel (see the module docstring).
+    """
+    v = ctx.value(i)
+    p = v.given
+    if p is None or v.array is None:
+        return
+    where = (f"ONNX node {ctx.name!r} ({ctx.op_type}): weight {v.name!r} (input {i}, "
+             "dequantized by a DequantizeLinear)")  # fmt: skip
+    if p.qmin != -128 or p.qmax != 127 or np.any(p.zero_point != 0):
+        codes = "int8" if p.qmin == -128 else "uint8" if p.qmin == 0 else "int32"
+        zps = sorted({int(z) for z in p.zero_point.ravel()})
+        raise MMError(
+            f"{where} is stored as {codes} with zero point(s) {zps[:4]}; mmbuild quantizes "
+            "weights as int8 with zero point 0 and cannot take these codes as given. Quantize "
+            "the weights as symmetric int8 (onnxruntime quantize_static: "
+            "weight_type=QuantType.QInt8), or export the float model",
+            Code.UNAVAILABLE,
+        )
+    scale = np.asarray(p.scale, np.float64).ravel()
+    if scale.size > 1:
+        ndim = v.array.ndim
+        if out_axis is None or p.axis % ndim != out_axis % ndim:
+            along = (
+                "has no output-channel axis"
+                if out_axis is None
+                else (f"has its output channels along axis {out_axis % ndim}")
+            )
+            raise MMError(
+                f"{where} is quantized per axis along axis {p.axis}; mmbuild quantizes the "
+                f"weights of {ctx.op_type} per tensor or per output channel, and this weight "
+                f"{along}. Quantize it per tensor or along its output-channel axis",
+                Code.UNAVAILABLE,
+            )  # fmt: skip
+        scale = np.tile(scale, repeat)
+    amax = 127.0 * abs(float(alpha)) * scale
+    if amax.size == 1:
+        tensor.set_dynamic_range(Range(-float(amax[0]), float(amax[0])))
+    else:
+        tensor.set_dynamic_range_per_axis([Range(-float(a), float(a)) for a in amax])
 
 
 def _range(p: QuantParams) -> Range:

@@ -55,6 +55,9 @@ class Value:
     # quantizes (``source``) and its parameters
     quant: QuantParams | None = None
     source: Value | None = None
+    # the parameters a DequantizeLinear of an integer constant dequantized ``array`` with: a
+    # weight's given scales, which its reader passes on to the builder (ops_quant.give_scale)
+    given: QuantParams | None = None
 
     @property
     def is_known(self) -> bool:

@@ -188,10 +188,30 @@ def quantize_weights(
 def quantize_node_weights(
     graph: Graph, node: Node, w: np.ndarray, qtype: DataType, axis: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`quantize_weights` of ``node``'s constant weight ``w`` with the config's
-    granularity (per output channel along ``axis`` when ``per_axis``)."""
+    """:func:`quantize_weights` of ``node``'s constant weight ``w`` (input 1) with the config's
+    granularity (per output channel along ``axis`` when ``per_axis``), unless the weight tensor
+    has a range of its own: then that range gives the scales, per tensor or one per output
+    channel, whatever the granularity. The ONNX parser sets ``[-127 s, 127 s]`` from a QDQ
+    model's int8 weight of scale ``s``, so ``scale = 127 s / 127 = s`` and ``rint(w / s)`` are
+    the file's codes even in a channel whose codes stay below 127.
+    """
+    given = graph.tensors[node.inputs[1]].range if len(node.inputs) > 1 else None
     try:
-        return quantize_weights(w, qtype, weights_per_axis(graph), axis)
+        if given is None:
+            return quantize_weights(w, qtype, weights_per_axis(graph), axis)
+        w32, axis = np.asarray(w, np.float32), axis % np.ndim(w)
+        lo, hi = np.asarray(given.min, np.float64), np.asarray(given.max, np.float64)
+        if lo.size not in (1, w32.shape[axis]):
+            raise MMError(
+                f"tensor {node.inputs[1]!r} has {lo.size} per-axis ranges for "
+                f"{w32.shape[axis]} output channels; give one range or one per output channel"
+            )
+        lo, hi = (
+            np.broadcast_to(lo.ravel(), w32.shape[axis]),
+            np.broadcast_to(hi.ravel(), w32.shape[axis]),
+        )
+        qp = choose_qparams(lo, hi, bits=_bits(qtype), axis=axis)
+        return quantize(w32, qp), np.ascontiguousarray(qp.scale, np.float32)
     except MMError as exc:
         raise MMError(
             f"{node.node_type} {node.name!r}: its weight cannot be quantized: {exc}"
