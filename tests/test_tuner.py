@@ -179,3 +179,25 @@ def test_tuner_on_the_ppocr_classifier():
     got = outputs[0].asnumpy().astype(np.float64)
     assert error_stats(got, expected).cosine >= 0.999
     assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_mac_counts_read_the_filter_layout() -> None:
+    """An NCHW conv [16, 3, 3, 3] over a padded 8x8 map: 16 * 64 outputs of 27 taps each; a
+    deconv [Cin 16, Kh 2, Kw 2, Cout 4] (NHWC filter) of a 4x4x16 input: each of its 256
+    elements meets 2 * 2 * 4 filter taps."""
+    from mmbuild.quant.tuner import _macs
+
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 3, 8, 8]))
+    w = net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims([16, 3, 3, 3]),
+                             np.ones((16, 3, 3, 3))).get_output(0)  # fmt: skip
+    conv = net.add_i_conv_node(x, w, None)
+    conv.set_layout(mm.Layout.NCHW, mm.Layout.NCHW, mm.Layout.NCHW)
+    conv.set_pad(1, 1, 1, 1)
+    assert _macs(net) == {conv.get_node_name(): 16 * 64 * 27}
+    y = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 4, 4, 16]))
+    wd = net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims([16, 2, 2, 4]),
+                              np.ones((16, 2, 2, 4))).get_output(0)  # fmt: skip
+    deconv = net.add_i_deconv_node(y, wd, None)
+    deconv.set_stride(2, 2)
+    assert _macs(net)[deconv.get_node_name()] == 4 * 4 * 16 * (2 * 2 * 4)

@@ -471,11 +471,14 @@ def _macs(network: Network) -> dict[str, int]:
         out = math.prod(max(d, 1) for d in node.get_output(0).get_dimension().get_dims())
         dims = [list(t.get_dimension().get_dims()) for t in node.inputs]
         if kind in ("IConvNode", "IDeconvNode"):
+            # the filter's axes in [Cout, Kh, Kw, Cin/g] order (conv) or [Cin, Kh, Kw, Cout/g]
+            # (deconv), whatever its layout: an output (conv) or input (deconv) element meets
+            # every filter tap but those of the first axis
             w = dims[1]
-            reduction = math.prod(max(d, 1) for d in w) // max(w[0], 1)
-            if kind == "IDeconvNode":  # each input element meets every filter tap once
+            first = node.filter_ohwi((0, 1, 2, 3))[0]  # type: ignore[attr-defined]
+            reduction = math.prod(max(d, 1) for d in w) // max(w[first], 1)
+            if kind == "IDeconvNode":
                 out = math.prod(max(d, 1) for d in dims[0])
-                reduction = math.prod(max(d, 1) for d in w) // max(w[-1] if w else 1, 1)
         elif kind == "IInnerProductNode":
             reduction = max(dims[1][-1], 1)
         else:
