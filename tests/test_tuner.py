@@ -160,6 +160,8 @@ def test_tuner_on_the_ppocr_classifier():
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path("ocr_cls"))).ok()
     assert net.get_input(0).set_dimension(mm.Dims([-1, 3, 48, 192])).ok()
     config = _config("qint8_mixed_float16")
+    per_axis = {"precision_config": {"weight_quant_granularity": "per_axis"}}
+    assert config.parse_from_string(json.dumps(per_axis)).ok()
     calib = [ImageBatches([model_input("ocr_cls", 4, offset=k) for k in range(3)])]
     evals = [model_input("ocr_cls", 4, offset=3)]
     import onnxruntime as ort
