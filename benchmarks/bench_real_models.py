@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 
+from bench_overhead import cpu_name
 from onnx_models import model_input, model_path
 from sample_cnn import ImageBatches
 
@@ -40,16 +40,6 @@ import mmbuild as mm
 from mmbuild.kernels.cpu import features
 
 CALIBRATION = [(2, k) for k in (1, 2, 4)]  # (batch, image offset)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ort_session(path: str) -> Any:

@@ -13,7 +13,7 @@ docstring), in float32, in the same order, stored as the node's float output typ
 
 One numba loop serves every precision. Its input is float32 (an fp16 input is widened once per
 run, exactly) or the uint8 / int16 carrier that a quantized input is quantized into once per
-run (``qcommon.prepare_input``); its accumulator is float32, int32 or int64, the type the
+run (``qcommon.bind_prepare_input``); its accumulator is float32, int32 or int64, the type the
 filter is converted to, as ``[KH, KW, Cin, Og]``, when the step is bound. Rows of the output
 (``b * Ho + yo``) are split over the threads for large steps; batch and spatial sizes are read
 from each run's input.

@@ -52,7 +52,6 @@ from mmbuild.ops.combine import IPadMode, IPadNode, ISliceNode
 __all__ = [
     "MOVEMENT_PRECISIONS",
     "PARALLEL_MIN_ELEMENTS",
-    "copy_box",
     "flat_view",
     "refuse_activation",
 ]
@@ -302,19 +301,6 @@ def bind_copy_box(
     calls.append(partial(_copy_parallel, src, dst, _i64(dims), _i64(s), _i64(d), np.int64(soff),
                          np.int64(doff), np.int64(_CHUNK)))  # fmt: skip
     return in_order(calls)
-
-
-def copy_box(
-    src: np.ndarray,
-    sstr: Sequence[int],
-    soff: int,
-    dst: np.ndarray,
-    dstr: Sequence[int],
-    doff: int,
-    shape: Sequence[int],
-) -> None:
-    """:func:`bind_copy_box` made at once."""
-    bind_copy_box(src, sstr, soff, dst, dstr, doff, shape)()
 
 
 def _i64(values: Sequence[int]) -> np.ndarray:

@@ -4,7 +4,7 @@ Every float kernel is one numba function that serves FLOAT32 and FLOAT16 by type
 ``load_f32`` widens an element (float32, or fp16 bits exactly), the arithmetic runs as the op's
 numpy reference runs it, and ``store_f32`` writes the result in the output buffer's type
 (rounding to fp16 once, nearest even). Steps of ``PARALLEL_MIN_WORK`` or more (elements times
-a cost per element, see :func:`split_run`) are split into chunks of ``CHUNK`` elements over the
+a cost per element, see :func:`split_call`) are split into chunks of ``CHUNK`` elements over the
 threads; each element is computed the same way either way.
 
 Arithmetic, and how close each kernel is to the reference of its precision:
@@ -59,7 +59,15 @@ from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.fastmath import elu32, gelu32, sigmoid32, silu32, tanh32
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import BUFFER_TYPES, Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import (
+    BUFFER_TYPES,
+    Buffers,
+    Kernel,
+    Runner,
+    Step,
+    in_order,
+    register_kernel,
+)
 from mmbuild.ops.activation import IActivation
 from mmbuild.ops.elementwise import IElementwise
 
@@ -79,7 +87,6 @@ __all__ = [
     "keep",
     "no_fused",
     "split_call",
-    "split_run",
 ]
 
 FLOATS = (DataType.FLOAT32, DataType.FLOAT16)
@@ -127,18 +134,7 @@ def split_call(
         return partial(parallel, *args, units, max(1, CHUNK // max(1, unit_size)))
     if units > 0:
         return partial(serial, *args, 0, units)
-    return _nothing
-
-
-def split_run(
-    serial: Any, parallel: Any, units: int, *args: Any, unit_size: int = 1, cost: int = 1
-) -> None:
-    """:func:`split_call` made at once."""
-    split_call(serial, parallel, units, *args, unit_size=unit_size, cost=cost)()
-
-
-def _nothing() -> None:
-    return None
+    return in_order([])
 
 
 def fused_activation(step: Step) -> FusedArgs:

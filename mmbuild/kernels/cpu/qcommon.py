@@ -13,7 +13,7 @@ Build time (numpy):
 
 Run time (numba):
 
-- :func:`prepare_input`: converts an NHWC input into the buffer a kernel reads: quantized (or
+- :func:`bind_prepare_input`: converts an NHWC input into the buffer a kernel reads: quantized (or
   copied, for float kernels), padded with the zero point (0.0 for float), optionally one channel
   group, optionally with each output column's ``KW`` taps side by side (for a dilation along W,
   which the implicit GEMM cannot stride over). Quantization is ``quant.params.quantize``'s
@@ -62,7 +62,7 @@ from mmbuild.kernels.cpu.gemm import (
     pack_int16_weights,
 )
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Lowered, from_float, to_numpy
+from mmbuild.kernels.table import Lowered, from_float, in_order, to_numpy
 from mmbuild.quant.params import QuantParams, choose_qparams, quantize
 
 if TYPE_CHECKING:
@@ -87,14 +87,11 @@ __all__ = [
     "make_epilogue",
     "out_kind",
     "pack_weights",
-    "prepare_input",
-    "quantize_flat",
     "quantize_input_reference",
     "quantize_node_weights",
     "quantize_weights",
     "reference_epilogue",
     "require_constant",
-    "run_gemm",
     "signed_zero_point",
     "weights_per_axis",
     "widen",
@@ -102,7 +99,7 @@ __all__ = [
 
 #: The largest K of a QINT8 GEMM: |(a - za) * w| <= 255 * 128 summed K times must fit int32.
 INT8_MAX_K = (2**31 - 1) // (255 * 128)
-#: Elements of a prepared input above which :func:`prepare_input` splits the rows over threads.
+#: Elements of a prepared input above which :func:`bind_prepare_input` splits the rows over threads.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 
 _BITS = {DataType.QINT8: 8, DataType.QINT16: 16}
@@ -381,18 +378,6 @@ def bind_gemm(
     return bind_gemm_f32(a, w, ep, out, rows=rows)
 
 
-def run_gemm(
-    a: np.ndarray,
-    za: int,
-    w: Packed,
-    ep: Epilogue,
-    out: np.ndarray,
-    rows: ImplicitRows | None = None,
-) -> None:
-    """:func:`bind_gemm` bound and run at once (binding costs a few microseconds of checks)."""
-    bind_gemm(a, za, w, ep, out, rows)()
-
-
 def gemm_dispatcher(w: Packed, ep: Epilogue, a_dtype: Any) -> Any:
     """The numba dispatcher a one-row GEMM on ``w`` runs (for ``Runner.fns``)."""
     a = np.zeros((1, w.k), a_dtype)
@@ -466,7 +451,7 @@ def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _prepare_rows(first, last, src, geo, dst, scale, zp):  # type: ignore[no-untyped-def]
-    """Rows ``[first, last)`` (``b * hp + y``) of :func:`prepare_input`; ``geo`` holds
+    """Rows ``[first, last)`` (``b * hp + y``) of :func:`bind_prepare_input`; ``geo`` holds
     ``h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw``."""
     h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw = geo
     row = wd * kw * cg
@@ -517,7 +502,7 @@ def _prepare_parallel(n_rows, n_chunks, src, geo, dst, scale, zp):  # type: igno
                       scale, zp)  # fmt: skip
 
 
-#: The dispatchers :func:`prepare_input` runs (for ``Runner.fns``).
+#: The dispatchers :func:`bind_prepare_input` runs (for ``Runner.fns``).
 PREPARE_FNS = (_prepare_rows, _prepare_parallel)
 
 
@@ -548,7 +533,9 @@ def bind_prepare_input(
     kw, sw, dw = taps
     hp, wd = dst.shape[1], dst.shape[2]
     if dst.shape != (n, hp, wd, kw * cg) or not (dst.flags.c_contiguous and src.flags.c_contiguous):
-        raise MMError(f"prepare_input: dst {dst.shape} does not fit src {src.shape}", Code.INTERNAL)
+        raise MMError(
+            f"bind_prepare_input: dst {dst.shape} does not fit src {src.shape}", Code.INTERNAL
+        )
     geo = (h, w, c, c0, cg, pads[0], pads[1], hp, wd, kw, sw, dw)
     s, d = src.reshape(-1), dst.reshape(-1)
     sc, z = np.float32(scale), np.float32(zero_point)
@@ -556,11 +543,6 @@ def bind_prepare_input(
     if d.size >= PARALLEL_MIN_ELEMENTS and rows > 1:
         return partial(_prepare_parallel, rows, min(rows, 64), s, geo, d, sc, z)
     return partial(_prepare_rows, 0, rows, s, geo, d, sc, z)
-
-
-def prepare_input(src: np.ndarray, dst: np.ndarray, **options: Any) -> None:
-    """:func:`bind_prepare_input` bound and run at once."""
-    bind_prepare_input(src, dst, **options)()
 
 
 def bind_quantize_flat(
@@ -572,21 +554,10 @@ def bind_quantize_flat(
     rows = x.size // cols if cols else 0
     out = np.empty(x.shape, dtype)
     if not out.size:
-        return out, _nothing
+        return out, in_order([])  # nothing to fill
     call = bind_prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols),
                               scale=scale, zero_point=za)  # fmt: skip
     return out, call
-
-
-def _nothing() -> None:
-    return None
-
-
-def quantize_flat(x: np.ndarray, scale: Any, za: int, dtype: Any) -> np.ndarray:
-    """``x`` quantized at once into a new array (:func:`bind_quantize_flat`)."""
-    out, call = bind_quantize_flat(x, scale, za, dtype)
-    call()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
