@@ -45,6 +45,8 @@ from mmbuild.quant.algorithms import (
     choose_range,
     rank_ranges,
 )
+from mmbuild.quant.equalize import CONFIG_KEY as CLE_KEY
+from mmbuild.quant.equalize import Equalization, equalize_network
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
 from mmbuild.reference import run_reference
 
@@ -171,13 +173,16 @@ class Calibrator(CamelCaseAliases):
         bits = 8 if qtype is None else qtype.bits
         symmetric = config.activation_quant_algo == "symmetric"
         tensors = activation_tensors(network)
+        eq = equalize_network(network, config) if config.cross_layer_equalization else None
         if self._cache is not None:
             result = self._check_cache(self._cache, network, tensors, config, bits)
+            _check_cache_equalization(self._cache_path, result, eq)
             self._auto_choices = {}
             how = f"from the cache {self._cache_path!r}"
         else:
             edges = model_edges(network, config)  # samples come as the model takes them
-            ranges, batches = self._from_data(network, tensors, bits, symmetric, edges)
+            constants = eq.values if eq is not None else {}
+            ranges, batches = self._from_data(network, tensors, bits, symmetric, edges, constants)
             result = CalibrationCacheModel(
                 format=CACHE_FORMAT,
                 version=CACHE_VERSION,
@@ -185,6 +190,7 @@ class Calibrator(CamelCaseAliases):
                 activation_quant_algo=config.activation_quant_algo,  # type: ignore[arg-type]
                 bits=bits,  # type: ignore[arg-type]
                 fingerprint=cache_file.network_fingerprint(network),
+                equalization=eq.digest if eq is not None else "",
                 tensors={
                     name: CustomRange(min=[lo], max=[hi]) for name, (lo, hi) in ranges.items()
                 },
@@ -198,6 +204,7 @@ class Calibrator(CamelCaseAliases):
                 kept.append(t.get_tensor_name())
             else:
                 t._set_calibrated_range(chosen[t.get_tensor_name()])
+        network._calibration_equalization = result.equalization
         self._result = result
         log.info(
             "calibrated %d tensor(s) %s; %d kept the range set by set_dynamic_range%s",
@@ -247,8 +254,10 @@ class Calibrator(CamelCaseAliases):
         bits: int,
         symmetric: bool,
         edges: ModelEdges | None = None,
+        constants: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, tuple[float, float]], int]:
-        """Stages 1 to 3: the chosen range of each tensor, and the number of batches read."""
+        """Stages 1 to 3: the chosen range of each tensor, and the number of batches read
+        (``constants``: the equalised weights the network runs with, by tensor name)."""
         sources = self._data
         if len(sources) != network.get_input_count():
             raise MMError(
@@ -276,7 +285,7 @@ class Calibrator(CamelCaseAliases):
                     for i, source in enumerate(sources)
                 ]
                 try:
-                    values = run_reference(network, samples, keep_all=True)
+                    values = run_reference(network, samples, keep_all=True, constants=constants)
                 except MMError as e:
                     raise MMError(f"Calibrator: batch {batch}: the network cannot run: {e}") from e
                 for t in tensors:
@@ -414,6 +423,25 @@ class Calibrator(CamelCaseAliases):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _check_cache_equalization(
+    path: str, cache: CalibrationCacheModel, eq: Equalization | None
+) -> None:
+    """Refuse a cache whose ranges were taken on other weights than the config's equalisation."""
+    want = eq.digest if eq is not None else ""
+    if cache.equalization == want:
+        return
+    if not cache.equalization:
+        what = f"without {CLE_KEY}, but the config sets it true"
+    elif not want:
+        what = f"with {CLE_KEY} true, but the config does not set it"
+    else:
+        what = f"with {CLE_KEY} on other weights than this network's"
+    raise MMError(
+        f"Calibrator: the calibration cache {path!r} was written {what}; calibrate from data "
+        f"with this config, or give {CLE_KEY} the value the cache was written with"
+    )
+
+
 def _source_error(source: CalibDataInterface, i: int, batch: int | None, what: str) -> MMError:
     when = "before batch 0" if batch is None else f"batch {batch}"
     return MMError(f"Calibrator: data source {i} ({type(source).__name__}), {when}: {what}")

@@ -89,6 +89,16 @@ class PrecisionConfig(_Strict):
             "widened to contain 0 and mapped onto the whole integer range with a zero point."
         ),
     )
+    cross_layer_equalization: bool = Field(
+        default=False,
+        description=(
+            "true: before quantizing, rescale the output channels of each conv (or inner "
+            "product) and the matching input channels of the conv it feeds, through nothing, a "
+            "batch norm, relu or leaky relu, so that both weights have balanced per-channel "
+            "ranges (cross-layer equalisation, Nagel et al. 2019). The float result is "
+            "unchanged; calibrate with the same config, since the ranges between the pair change."
+        ),
+    )
 
 
 class CustomRange(_Strict):
