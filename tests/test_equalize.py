@@ -148,10 +148,15 @@ def leaky(n: mm.Network, t: mm.ITensor) -> mm.ITensor:
     return node.get_output(0)
 
 
+def with_bias_add(n: mm.Network, t: mm.ITensor) -> mm.ITensor:
+    b = const(n, np.linspace(-1.0, 1.0, 8, dtype=np.float32))  # [C]: channels last (NHWC)
+    return act(n, n.add_i_elementwise_node(t, b, mm.IElementwise.ADD).get_output(0), ACT.RELU)
+
+
 @pytest.mark.parametrize(
     "between",
-    [lambda n, t: act(n, t, ACT.RELU), lambda n, t: t, leaky, with_bn],
-    ids=["relu", "nothing", "leaky_relu", "batch_norm_relu"],
+    [lambda n, t: act(n, t, ACT.RELU), lambda n, t: t, leaky, with_bn, with_bias_add],
+    ids=["relu", "nothing", "leaky_relu", "batch_norm_relu", "bias_add_relu"],
 )
 @pytest.mark.parametrize("depthwise", [False, True], ids=["pointwise", "depthwise"])
 def test_pair_found_and_float_result_unchanged(between: Callable, depthwise: bool) -> None:
@@ -227,8 +232,16 @@ def two_readers(n: mm.Network, t: mm.ITensor) -> mm.ITensor:
         lambda n, t: act(n, t, ACT.SIGMOID),
         lambda n, t: n.add_i_clip_node(t, 0.0, 3.0).get_output(0),
         two_readers,
+        # max(x, c) with a fixed c (openWakeWord's clipped leaky relu): max(x / s, c) differs
+        lambda n, t: n.add_i_elementwise_node(
+            t, const(n, np.full((1, 1, 1, 1), -0.4, np.float32)), mm.IElementwise.MAX
+        ).get_output(0),
+        # + one value for every channel: c / s would need one value per channel
+        lambda n, t: n.add_i_elementwise_node(
+            t, const(n, np.ones(1, np.float32)), mm.IElementwise.ADD
+        ).get_output(0),
     ],
-    ids=["relu6", "hard_swish", "sigmoid", "clip", "two_readers"],
+    ids=["relu6", "hard_swish", "sigmoid", "clip", "two_readers", "max_const", "scalar_add"],
 )
 def test_pairs_that_must_not_be_equalized(between: Callable) -> None:
     eq = equalize_network(pair_net(between))

@@ -1,13 +1,15 @@
 """Cross-layer equalisation (Nagel et al. 2019, "Data-Free Quantization"): balanced weights for
 per-tensor int8, with the float result unchanged.
 
-A pair ``conv1 -> [batch norm] -> [relu | leaky relu] -> conv2``, where every channel ``c``
+A pair ``conv1 -> [batch norm] -> [+ bias] -> [relu | leaky relu] -> conv2``, where channel ``c``
 of conv1's output feeds conv2 alone, computes the same function when output channel ``c`` of
 conv1 is divided by ``s[c] > 0`` and the input channel ``c`` of conv2 multiplied by it, because
 the functions between are positively homogeneous: ``relu(x / s) = relu(x) / s``, likewise leaky
-relu, and a batch norm with ``mean / s`` and ``offset / s`` gives ``bn(x) / s``. With ``r1[c]``
-the range (largest magnitude) of conv1's output channel ``c`` (times ``|scale / sqrt(var +
-eps)|`` of the batch norm) and ``r2[c]`` that of conv2's input channel ``c``, the paper's choice
+relu, a batch norm with ``mean / s`` and ``offset / s`` gives ``bn(x) / s``, and an added
+per-channel constant (a bias kept apart, as ONNX exports of squeeze-excitation blocks have it)
+``b / s`` gives ``(x + b) / s``. With ``r1[c]`` the range (largest magnitude) of conv1's output
+channel ``c`` (times ``|scale / sqrt(var + eps)|`` of the batch norm) and ``r2[c]`` that of
+conv2's input channel ``c``, the paper's choice
 
     s[c] = (1 / r2[c]) * sqrt(r1[c] * r2[c])     ( = sqrt(r1[c] / r2[c]) )
 
@@ -54,6 +56,7 @@ from mmbuild.ir.node import INode
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Layout
 from mmbuild.ops.activation import IActivation
+from mmbuild.ops.elementwise import IElementwise
 
 __all__ = [
     "CONFIG_KEY",
@@ -189,23 +192,29 @@ class _Pair:
     first: INode
     second: INode
     bn: INode | None
+    add: INode | None  # + a per-channel constant (a bias kept apart from its conv)
     act: INode | None
     channels: int
 
     @property
+    def between(self) -> list[INode]:
+        return [n for n in (self.bn, self.add, self.act) if n is not None]
+
+    @property
     def between_names(self) -> tuple[str, ...]:
-        return tuple(n.get_node_name() for n in (self.bn, self.act) if n is not None)
+        return tuple(n.get_node_name() for n in self.between)
 
     @property
     def rescaled(self) -> list[str]:
-        nodes = [self.first, *(n for n in (self.bn, self.act) if n is not None)]
-        return [n.outputs[0].get_tensor_name() for n in nodes]
+        return [n.outputs[0].get_tensor_name() for n in (self.first, *self.between)]
 
     def constants(self) -> list[str]:
         names = [t.get_tensor_name() for t in self.first.inputs[1:]]
         names.append(self.second.inputs[1].get_tensor_name())
         if self.bn is not None:
             names += [self.bn.inputs[k].get_tensor_name() for k in range(1, 5)]
+        if self.add is not None:
+            names.append(self.add.inputs[1].get_tensor_name())
         return names
 
     def _bn_gain(self, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -235,6 +244,9 @@ class _Pair:
             for k in (1, 4):  # mean and offset
                 name = self.bn.inputs[k].get_tensor_name()
                 values[name] = values[name] / s
+        if self.add is not None:  # shape [C] or [1, C, 1, 1]: one value per channel
+            name = self.add.inputs[1].get_tensor_name()
+            values[name] = values[name] / s.reshape(values[name].shape)
         name2 = self.second.inputs[1].get_tensor_name()
         w2 = _ohwi(self.second, values[name2])
         m = s[_input_channel(self.second, (w2.shape[0], w2.shape[3]))]
@@ -258,9 +270,11 @@ def _pairs(network: Network, config: BuilderConfig | None) -> Iterator[_Pair]:
         if not _weighted(network, first, first_of_pair=True):
             continue
         node = next_node(first.outputs[0])
-        bn = act = None
+        bn = add = act = None
         if node is not None and node.op == "fused_batch_norm" and _bn_fits(network, first, node):
             bn, node = node, next_node(node.outputs[0])
+        if node is not None and _channel_add(network, first, node):
+            add, node = node, next_node(node.outputs[0])
         if node is not None and node.op == "activation" and node.attrs["mode"] in HOMOGENEOUS:
             act, node = node, next_node(node.outputs[0])
         if node is None or not _weighted(network, node, first_of_pair=False):
@@ -272,7 +286,7 @@ def _pairs(network: Network, config: BuilderConfig | None) -> Iterator[_Pair]:
         group = int(node.attrs.get("group", 1))
         if w2.shape[3] * group != channels:
             continue
-        yield _Pair(first, node, bn, act, channels)
+        yield _Pair(first, node, bn, add, act, channels)
 
 
 def _weighted(network: Network, node: INode, first_of_pair: bool) -> bool:
@@ -284,13 +298,36 @@ def _weighted(network: Network, node: INode, first_of_pair: bool) -> bool:
     return all(_private_const(network, t) for t in consts)
 
 
+def _channel_axis(node: INode) -> int:
+    """The output axis of a conv or inner product that holds its output channels."""
+    if node.op == "conv":
+        return 1 if node.attrs["layout"][2] is Layout.NCHW else 3
+    return 1
+
+
+def _channel_add(network: Network, main: INode, add: INode) -> bool:
+    """``add`` is ``t + c`` with ``c`` a private constant of one value per channel of ``t``
+    (``[C]`` on NHWC, ``[1, C, 1, 1]`` on NCHW), as a bias kept apart from its conv."""
+    if add.op != "elementwise" or add.attrs["mode"] is not IElementwise.ADD:
+        return False
+    if len(add.inputs) != 2 or not _private_const(network, add.inputs[1]):
+        return False
+    c = _const(network, add.inputs[1].name)
+    rank = len(add.inputs[0].get_dimension())
+    shape = (1,) * (rank - c.ndim) + c.shape
+    channels = add.inputs[0].get_dimension().get_dims()[_channel_axis(main)]
+    others = [n for i, n in enumerate(shape) if i != _channel_axis(main)]
+    return (
+        c.ndim <= rank
+        and channels > 1
+        and shape[_channel_axis(main)] == channels
+        and (all(n == 1 for n in others))
+    )
+
+
 def _bn_fits(network: Network, conv: INode, bn: INode) -> bool:
     rank = len(bn.inputs[0].get_dimension())
-    if conv.op == "conv":
-        axis = 1 if conv.attrs["layout"][2] is Layout.NCHW else 3
-    else:
-        axis = 1
-    if int(bn.attrs["axis"]) % rank != axis:
+    if int(bn.attrs["axis"]) % rank != _channel_axis(conv):
         return False
     return all(_private_const(network, bn.inputs[k]) for k in range(1, 5))
 
