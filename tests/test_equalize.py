@@ -339,3 +339,82 @@ def test_config_round_trip_and_bad_value() -> None:
         mm.BuilderConfig().parse_from_string(json.dumps({"precision_config": {KEY: "yes"}}))
     with pytest.raises(mm.MMError, match=f"precision_config.{KEY}"):
         mm.BuilderConfig().parse_from_string(json.dumps({"precision_config": {KEY: 1}}))
+
+
+# -- bias correction ----------------------------------------------------------------------------
+def test_bias_correction_golden_1x1() -> None:
+    # W = [[0.3], [1.0]] per-tensor int8: scale 1/127, W_q = [38/127, 1.0], dW = [-0.00079, 0];
+    # with the input's mean 2 the biases move by -dW * 2 = [+0.00157, 0]
+    from mmbuild.graph import Graph
+    from mmbuild.quant.bias_correction import correct_biases, quantized_weight
+
+    w = np.array([0.3, 1.0], np.float32).reshape(2, 1, 1, 1)
+    np.testing.assert_allclose(quantized_weight(w, mm.DataType.QINT8, False, 0).ravel(),
+                               [38 / 127, 1.0], rtol=1e-6)  # fmt: skip
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 1, 1, 1]))
+    x.set_dynamic_range(mm.Range(-1.0, 1.0))
+    assert net.mark_output(conv(net, x, w, np.zeros(2, np.float32))).ok()
+    cfg = config(cle=False)
+    graph = Graph.from_network(net, plan_precision(net, cfg))
+    assert correct_biases(graph, {"conv_0": np.full((1, 1, 1), 2.0)}) == 1
+    bias = graph.value(graph.nodes[0].inputs[2])
+    np.testing.assert_allclose(bias, [-(38 / 127 - 0.3) * 2, 0.0], atol=1e-7)
+
+
+def test_input_means_count_zero_padding() -> None:
+    from mmbuild.quant.bias_correction import input_means
+
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([1, 2, 2, 1]))
+    node = net.add_i_conv_node(x, const(net, np.ones((1, 3, 3, 1), np.float32)), None)
+    node.set_pad(1, 1, 1, 1)
+    m, count = input_means(node, np.ones((1, 2, 2, 1), np.float32))
+    # 2x2 outputs; the centre tap always sees the input, a corner tap once in four positions
+    assert count == 4 and m[1, 1, 0] == 1.0 and m[0, 0, 0] == 0.25 and m[0, 1, 0] == 0.5
+
+
+def offset_net(seed: int = 0) -> mm.Network:
+    """x (mean 3, not 0) -> conv 3x3 padded, per-tensor weights 100x apart -> y: the weights'
+    rounding errors add up through the input's mean to a bias in the output."""
+    rng = np.random.default_rng(seed)
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([-1, 8, 8, 4]))
+    y = conv(net, x, unbalanced(rng, 8, 4, 3), np.zeros(8, np.float32), pad=1)
+    assert net.mark_output(y).ok()
+    return net
+
+
+def offset_data(seed: int, n: int = 4) -> list[np.ndarray]:
+    return [(x + 3.0).astype(np.float32) for x in data(seed, n)]
+
+
+def test_bias_correction_reduces_the_mean_output_error() -> None:
+    x = offset_data(42, 1)[0]
+    errors = {}
+    for bc in (False, True):
+        net = offset_net()
+        want = run_reference(net, [x])[net.outputs[0].name].astype(np.float64)
+        cfg = config(cle=False, bias_correction=bc)
+        calib = mm.Calibrator([ImageBatches(offset_data(1))])
+        calib.set_progress(False)
+        assert calib.calibrate(net, cfg).ok()
+        assert bool(calib.get_input_means()) == bc
+        err = run(mm.Builder().build_model("m", net, cfg), x) - want
+        errors[bc] = np.abs(err.mean(axis=(0, 1, 2))).mean()  # the mean error per channel
+    assert errors[True] < 0.2 * errors[False]
+
+
+def test_bias_correction_without_means_is_refused(tmp_path) -> None:
+    net = offset_net()
+    calib = mm.Calibrator([ImageBatches(offset_data(1))])
+    calib.set_progress(False)
+    assert calib.calibrate(net, config(cle=False)).ok()  # no means recorded
+    with pytest.raises(mm.MMError, match="precision_config.bias_correction needs the mean"):
+        mm.Builder().build_model("m", net, config(cle=False, bias_correction=True))
+    assert calib.write_cache(tmp_path / "c.json").ok()
+    again = mm.Calibrator([ImageBatches(offset_data(1))])
+    assert again.read_cache(tmp_path / "c.json").ok()
+    assert again.calibrate(net, config(cle=False, bias_correction=True)).ok()
+    with pytest.raises(mm.MMError, match="a calibration cache holds ranges only"):
+        mm.Builder().build_model("m", net, config(cle=False, bias_correction=True))

@@ -99,6 +99,15 @@ class PrecisionConfig(_Strict):
             "unchanged; calibrate with the same config, since the ranges between the pair change."
         ),
     )
+    bias_correction: bool = Field(
+        default=False,
+        description=(
+            "true: subtract from the bias of each conv and inner product with quantized weights "
+            "the mean output error those weights cause, (W_q - W) times the mean of the node's "
+            "input per filter tap, measured by calibration from data (Nagel et al. 2019). "
+            "Needs a calibration from data with the same config (a cache holds no means)."
+        ),
+    )
 
 
 class CustomRange(_Strict):
