@@ -3,7 +3,7 @@ side with onnxruntime's own ``quantize_static``.
 
     python benchmarks/bench_accuracy.py [--models ocr_cls,ocr_det,wakeword_embedding]
         [--granularity per_axis,per_tensor] [--algorithms linear,entropy,percentile]
-        [--cle off,on] [--no-ort]
+        [--cle off,on] [--bias-correction off,on] [--no-ort]
 
 Calibration and evaluation batches are scikit-image sample images (``tests/onnx_models.py``),
 disjoint crops. For each model and method: the cosine of the output against onnxruntime fp32 over
@@ -12,7 +12,8 @@ the same side of 0.3 for the detector's map, the cosine of each embedding vector
 for the wake-word model. mmbuild runs ``force_float16`` and ``qint8_mixed_float16`` with
 per-axis (``--granularity``) weights and the LINEAR, ENTROPY and PERCENTILE (99.99) range
 algorithms (``--algorithms``), without and with ``cross_layer_equalization`` (``--cle``; the
-number of equalised pairs is printed per model); onnxruntime
+number of equalised pairs is printed per model) and ``bias_correction``
+(``--bias-correction``); onnxruntime
 runs the QDQ model of ``quantize_static`` (per-channel int8 weights, int8 activations) with
 MinMax, Entropy and Percentile calibration.
 """
@@ -66,6 +67,7 @@ def mmbuild_run(
     x: np.ndarray,
     granularity: str = "per_axis",
     cle: bool = False,
+    bias_correction: bool = False,
 ) -> Any:
     net = mm.Network()
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
@@ -74,6 +76,7 @@ def mmbuild_run(
         "precision_mode": mode,
         "weight_quant_granularity": granularity,
         "cross_layer_equalization": cle,
+        "bias_correction": bias_correction,
     }
     config.parse_from_string(json.dumps({"precision_config": precision}))
     if algo is not None:
@@ -135,11 +138,13 @@ def main() -> int:
     parser.add_argument("--granularity", default="per_axis", help="per_axis and/or per_tensor")
     parser.add_argument("--algorithms", default="linear,entropy,percentile")
     parser.add_argument("--cle", default="off", help="cross_layer_equalization: off and/or on")
+    parser.add_argument("--bias-correction", default="off", help="off and/or on")
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
     args = parser.parse_args()
     q = mm.QuantizationAlgorithm
     algorithms = [q[f"{a.upper()}_ALGORITHM"] for a in args.algorithms.split(",")]
     cles = [{"off": False, "on": True}[c] for c in args.cle.split(",")]
+    bcs = [{"off": False, "on": True}[c] for c in args.bias_correction.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
@@ -151,12 +156,11 @@ def main() -> int:
             print(f"{key}: {equalized_pairs(key)} pair(s) for cross_layer_equalization")
             for g in args.granularity.split(","):
                 for a in algorithms:
-                    for cle in cles:
+                    for cle, bc in ((c, b) for c in cles for b in bcs):
                         label = f"mmbuild qint8_mixed_float16 {g} {a.name.split('_')[0]}"
-                        label += " CLE" if cle else ""
-                        runs.append(
-                            (label, mmbuild_run, (key, "qint8_mixed_float16", a, x, g, cle))
-                        )
+                        label += (" CLE" if cle else "") + (" BC" if bc else "")
+                        fn_args = (key, "qint8_mixed_float16", a, x, g, cle, bc)
+                        runs.append((label, mmbuild_run, fn_args))
             for m in () if args.no_ort else ("MinMax", "Entropy", "Percentile"):
                 label = f"onnxruntime quantize_static QDQ per-channel {m}"
                 runs.append((label, ort_quantized, (key, m, x, Path(tmp))))
