@@ -418,3 +418,14 @@ def test_bias_correction_without_means_is_refused(tmp_path) -> None:
     assert again.calibrate(net, config(cle=False, bias_correction=True)).ok()
     with pytest.raises(mm.MMError, match="a calibration cache holds ranges only"):
         mm.Builder().build_model("m", net, config(cle=False, bias_correction=True))
+
+
+@pytest.mark.parametrize("per_axis", [False, True], ids=["per_tensor", "per_axis"])
+def test_bias_correction_quantizes_weights_as_the_kernels_do(per_axis: bool) -> None:
+    from mmbuild.kernels.cpu.qcommon import quantize_weights
+    from mmbuild.quant.bias_correction import quantized_weight
+
+    w = unbalanced(np.random.default_rng(8), 8, 4, 3)
+    q, scales = quantize_weights(w, mm.DataType.QINT8, per_axis, 0)
+    kernels = q.astype(np.float32) * scales[:, None, None, None]
+    np.testing.assert_array_equal(quantized_weight(w, mm.DataType.QINT8, per_axis, 0), kernels)
