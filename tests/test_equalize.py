@@ -1,7 +1,9 @@
 """Cross-layer equalisation (``precision_config.cross_layer_equalization``): the scale formula
 on hand-computed values, which pairs it finds and which it must not, the float result before
 and after, calibration and build applying the same weights, and int8 accuracy on a network
-whose channels are badly balanced."""
+whose channels are badly balanced. Bias correction (``precision_config.bias_correction``): a
+golden case, zero padding in the input means, the mean output error it removes, and the
+refusals without means."""
 
 from __future__ import annotations
 
