@@ -431,3 +431,14 @@ def test_bias_correction_quantizes_weights_as_the_kernels_do(per_axis: bool) -> 
     q, scales = quantize_weights(w, mm.DataType.QINT8, per_axis, 0)
     kernels = q.astype(np.float32) * scales[:, None, None, None]
     np.testing.assert_array_equal(quantized_weight(w, mm.DataType.QINT8, per_axis, 0), kernels)
+
+
+def test_tuner_trial_builds_keep_the_calibration_of_both_options() -> None:
+    # the tuner calibrates once and moves nodes to float with set_precision: equalisation does
+    # not depend on node settings, so every trial build matches that calibration
+    cfg = config("qint8_mixed_float32", True, bias_correction=True)
+    tuner = mm.AccuracyTuner(
+        pair_net(), cfg, [ImageBatches(data(1))], data(5, 2), min_cosine=0.9999
+    )
+    model, report = tuner.tune()
+    assert isinstance(model, mm.Model) and "met" in str(report)
