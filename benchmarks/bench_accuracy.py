@@ -2,13 +2,18 @@
 side with onnxruntime's own ``quantize_static``.
 
     python benchmarks/bench_accuracy.py [--models ocr_cls,ocr_det,wakeword_embedding]
+        [--granularity per_axis,per_tensor] [--algorithms linear,entropy,percentile]
+        [--cle off,on] [--bias-correction off,on] [--no-ort]
 
 Calibration and evaluation batches are scikit-image sample images (``tests/onnx_models.py``),
 disjoint crops. For each model and method: the cosine of the output against onnxruntime fp32 over
 the evaluation batch, and an agreement figure: top-1 for the classifier, the share of pixels on
 the same side of 0.3 for the detector's map, the cosine of each embedding vector (the worst one)
 for the wake-word model. mmbuild runs ``force_float16`` and ``qint8_mixed_float16`` with
-per-axis weights and the LINEAR, ENTROPY and PERCENTILE (99.99) range algorithms; onnxruntime
+per-axis (``--granularity``) weights and the LINEAR, ENTROPY and PERCENTILE (99.99) range
+algorithms (``--algorithms``), without and with ``cross_layer_equalization`` (``--cle``; the
+number of equalised pairs is printed per model) and ``bias_correction``
+(``--bias-correction``); onnxruntime
 runs the QDQ model of ``quantize_static`` (per-channel int8 weights, int8 activations) with
 MinMax, Entropy and Percentile calibration.
 """
@@ -36,8 +41,6 @@ CALIBRATION = [(2, k) for k in (1, 2, 4)]  # (batch, image offset)
 EVALUATION = (4, 0)
 
 
-
-
 def agreement(key: str, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     got, want = got.astype(np.float64), want.astype(np.float64)
     cos = float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want)))
@@ -57,11 +60,24 @@ def ort_run(path: str, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def mmbuild_run(key: str, mode: str, algo: mm.QuantizationAlgorithm | None, x: np.ndarray) -> Any:
+def mmbuild_run(
+    key: str,
+    mode: str,
+    algo: mm.QuantizationAlgorithm | None,
+    x: np.ndarray,
+    granularity: str = "per_axis",
+    cle: bool = False,
+    bias_correction: bool = False,
+) -> Any:
     net = mm.Network()
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
     config = mm.BuilderConfig()
-    precision = {"precision_mode": mode, "weight_quant_granularity": "per_axis"}
+    precision = {
+        "precision_mode": mode,
+        "weight_quant_granularity": granularity,
+        "cross_layer_equalization": cle,
+        "bias_correction": bias_correction,
+    }
     config.parse_from_string(json.dumps({"precision_config": precision}))
     if algo is not None:
         calib = mm.Calibrator([ImageBatches([model_input(key, b, k) for b, k in CALIBRATION])])
@@ -76,6 +92,15 @@ def mmbuild_run(key: str, mode: str, algo: mm.QuantizationAlgorithm | None, x: n
     outs: list[Any] = []
     assert ctx.enqueue(inputs, outs).ok()
     return outs[0].asnumpy()
+
+
+def equalized_pairs(key: str) -> int:
+    """How many conv pairs ``cross_layer_equalization`` finds in model ``key``."""
+    from mmbuild.quant.equalize import equalize_network
+
+    net = mm.Network()
+    assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
+    return len(equalize_network(net).pairs)
 
 
 def ort_quantized(key: str, method: str, x: np.ndarray, tmp: Path) -> np.ndarray:
@@ -110,8 +135,16 @@ def ort_quantized(key: str, method: str, x: np.ndarray, tmp: Path) -> np.ndarray
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ocr_cls,ocr_det,wakeword_embedding")
+    parser.add_argument("--granularity", default="per_axis", help="per_axis and/or per_tensor")
+    parser.add_argument("--algorithms", default="linear,entropy,percentile")
+    parser.add_argument("--cle", default="off", help="cross_layer_equalization: off and/or on")
+    parser.add_argument("--bias-correction", default="off", help="off and/or on")
+    parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
     args = parser.parse_args()
     q = mm.QuantizationAlgorithm
+    algorithms = [q[f"{a.upper()}_ALGORITHM"] for a in args.algorithms.split(",")]
+    cles = [{"off": False, "on": True}[c] for c in args.cle.split(",")]
+    bcs = [{"off": False, "on": True}[c] for c in args.bias_correction.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
@@ -120,16 +153,21 @@ def main() -> int:
             runs: list[tuple[str, Any, tuple[Any, ...]]] = [
                 ("mmbuild force_float16", mmbuild_run, (key, "force_float16", None, x))
             ]
-            for a in (q.LINEAR_ALGORITHM, q.ENTROPY_ALGORITHM, q.PERCENTILE_ALGORITHM):
-                label = f"mmbuild qint8_mixed_float16 per-axis {a.name.split('_')[0]}"
-                runs.append((label, mmbuild_run, (key, "qint8_mixed_float16", a, x)))
-            for m in ("MinMax", "Entropy", "Percentile"):
+            print(f"{key}: {equalized_pairs(key)} pair(s) for cross_layer_equalization")
+            for g in args.granularity.split(","):
+                for a in algorithms:
+                    for cle, bc in ((c, b) for c in cles for b in bcs):
+                        label = f"mmbuild qint8_mixed_float16 {g} {a.name.split('_')[0]}"
+                        label += (" CLE" if cle else "") + (" BC" if bc else "")
+                        fn_args = (key, "qint8_mixed_float16", a, x, g, cle, bc)
+                        runs.append((label, mmbuild_run, fn_args))
+            for m in () if args.no_ort else ("MinMax", "Entropy", "Percentile"):
                 label = f"onnxruntime quantize_static QDQ per-channel {m}"
                 runs.append((label, ort_quantized, (key, m, x, Path(tmp))))
             for method, fn, fn_args in runs:
                 cos, agree = agreement(key, fn(*fn_args), want)
                 rows.append((key, method, cos, agree))
-                print(f"{key:20} {method:52} cosine {cos:.5f}  agreement {agree:.4f}", flush=True)
+                print(f"{key:20} {method:56} cosine {cos:.5f}  agreement {agree:.4f}", flush=True)
     print("\n| model | method | cosine vs ORT fp32 | agreement |\n| --- | --- | --- | --- |")
     for key, method, cos, agree in rows:
         print(f"| {key} | {method} | {cos:.5f} | {agree:.4f} |")

@@ -6,10 +6,14 @@
 2. the model's edges (:func:`mmbuild.config.model_io.model_edges`): the config's
    ``convert_input_layout``, ``insert_bn_before_firstnode``, ``convert_output_layout``,
    ``graph_shape_mutable`` and ``dim_range``, checked against the network;
-3. the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
+3. with ``precision_config.cross_layer_equalization``, the equalised weights
+   (:mod:`mmbuild.quant.equalize`), checked against those the calibration ran with;
+   the precision plan (:func:`mmbuild.precision.plan_precision`): mode + node overrides + ranges;
 4. a :class:`~mmbuild.graph.Graph` copy of the network carrying that plan (the user's network is
    never edited), with the edges' nodes inserted (:mod:`mmbuild.passes.io_rewrites`), rewritten
    by the pass pipeline (:mod:`mmbuild.passes`);
+   with ``precision_config.bias_correction``, each quantized conv's and inner product's bias
+   then loses the mean error of its quantized weights (:mod:`mmbuild.quant.bias_correction`);
 5. conversions: where a node's input precision differs from the float type its input arrives
    in, a ``cast`` node is inserted (shared by all readers that need the same conversion), and a
    constant read at run time is stored in the precision of its reader;
@@ -38,7 +42,10 @@ from mmbuild.ir.node import Policy
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.table import Step, buffer_dtype, find_kernel, from_float
 from mmbuild.ops.registry import get_op
-from mmbuild.precision import PrecisionPlan, plan_precision
+from mmbuild.precision import PrecisionPlan, plan_precision, split_mode
+from mmbuild.quant.bias_correction import CONFIG_KEY as BIAS_KEY
+from mmbuild.quant.bias_correction import correct_biases
+from mmbuild.quant.equalize import Equalization, check_calibration, equalize_network
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Model
@@ -73,6 +80,8 @@ class Builder(CamelCaseAliases):
         for inode in network.nodes:
             inode.validate()
         edges = model_edges(network, config)
+        if split_mode(config.precision_mode)[0] is not None:  # ranges matter: check their weights
+            check_calibration(network, config, _equalization(network, config))
         plan = plan_precision(network, config)
         graph = lower_graph(network, config, plan, edges)
         steps = lower_steps(graph)
@@ -114,6 +123,9 @@ def lower_graph(
     from mmbuild.passes.io_rewrites import apply_model_edges
 
     graph = Graph.from_network(network, plan)
+    equalized = _equalization(network, config)
+    for name, value in (equalized.values if equalized is not None else {}).items():
+        graph.tensors[name].value = value  # the calibrator ran the reference with these
     graph.options = {
         "weight_quant_granularity": config.weight_quant_granularity,
         "activation_quant_algo": config.activation_quant_algo,
@@ -121,9 +133,31 @@ def lower_graph(
     edges = edges if edges is not None else model_edges(network, config)
     apply_model_edges(graph, edges)
     run_passes(graph)
+    if config.bias_correction and split_mode(config.precision_mode)[0] is not None:
+        # after the passes: the weights are final (batch norm folded) as the kernels take them
+        correct_biases(graph, _input_means(network))
     insert_conversions(graph)
     _check_outputs_produced(graph)
     return graph
+
+
+def _equalization(network: Network, config: BuilderConfig) -> Equalization | None:
+    """The cross-layer equalisation the config asks for (None without), as the calibrator
+    computes it (:mod:`mmbuild.quant.equalize`)."""
+    return equalize_network(network, config) if config.cross_layer_equalization else None
+
+
+def _input_means(network: Network) -> dict[str, np.ndarray]:
+    """The input means the calibration recorded for bias correction, or an MMError."""
+    means = network._calibration_means
+    if not means:
+        raise MMError(
+            f"build_model: {BIAS_KEY} needs the mean of each conv's and inner product's input, "
+            "which only a calibration from data records (a calibration cache holds ranges only). "
+            f"Calibrate with this config (mm.Calibrator(...).calibrate(network, config), "
+            f"{BIAS_KEY} true), or set {BIAS_KEY} false"
+        )
+    return means
 
 
 def lower_steps(graph: Graph) -> list[Step]:

@@ -25,15 +25,20 @@ def run_reference(
     network: Network,
     inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
     keep_all: bool = False,
+    constants: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate ``network``; returns the marked outputs by tensor name (every tensor if
-    ``keep_all``). ``inputs`` are in network-input order, or a dict by input tensor name."""
+    ``keep_all``). ``inputs`` are in network-input order, or a dict by input tensor name.
+    ``constants`` replaces the values of constant tensors, by name (the weights of a
+    cross-layer equalisation, ``mmbuild.quant.equalize``); the network is not edited."""
+    constants = constants or {}
     values: dict[ITensor, np.ndarray] = dict(zip(network.inputs, check_inputs(network, inputs)))
     uses = {t: len(t.get_consumers()) for t in values}
     outputs = set(network.outputs)
     for node in network.nodes:
         args = [values[t] for t in node.inputs]
-        results = node.reference(*args)
+        replaced = constants.get(node.outputs[0].name) if node.op == "const" else None
+        results = [replaced] if replaced is not None else node.reference(*args)
         if len(results) != len(node.outputs):
             raise node.error(f"reference gave {len(results)} outputs, expected {len(node.outputs)}")
         for t, r in zip(node.outputs, results):

@@ -57,6 +57,8 @@ def test_defaults() -> None:
             "precision_mode": "force_float32",
             "weight_quant_granularity": "per_tensor",
             "activation_quant_algo": "symmetric",
+            "cross_layer_equalization": False,
+            "bias_correction": False,
         },
         "custom_ranges": {},
     }
@@ -737,7 +739,7 @@ def test_every_schema_field_has_a_description() -> None:
     properties = _properties(_schema())
     # precision_config, CustomRange, the top level's own keys, "$schema" and the MagicMind keys
     magicmind = 5 + 2 + 2 + 2  # the honoured keys; LayoutConversion, InputNormalization, DimRange
-    assert len(properties) == 3 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
+    assert len(properties) == 5 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
     missing = [name for name, spec in properties if not spec.get("description")]
     assert missing == []
 

@@ -65,6 +65,14 @@ class CalibrationCacheModel(BaseModel):
             "types, input and output tensor names, in order. Weights are not part of it."
         ),
     )
+    equalization: str = Field(
+        default="",
+        pattern=r"^([0-9a-f]{64})?$",
+        description=(
+            "SHA-256 of the weights of the cross-layer equalisation the ranges were taken on "
+            "(precision_config.cross_layer_equalization), or '' without one."
+        ),
+    )
     tensors: dict[str, CustomRange] = Field(
         description="Tensor name -> its range, {'min': [lo], 'max': [hi]}, in network order."
     )
@@ -156,6 +164,8 @@ def _dumps(cache: CalibrationCacheModel) -> str:
     """The cache as JSON text: the header keys first, then one line per tensor, for short diffs."""
     data = cache.model_dump()
     tensors = data.pop("tensors")
+    if not data["equalization"]:
+        del data["equalization"]  # a cache without equalisation reads as it always did
     head = "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in data.items())
     rows = ",\n".join(
         f"    {json.dumps(name)}: {json.dumps(r, allow_nan=False)}" for name, r in tensors.items()

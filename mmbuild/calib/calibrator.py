@@ -36,6 +36,7 @@ from mmbuild.config import BuilderConfig, CustomRange
 from mmbuild.config.model_io import ModelEdges, model_edges
 from mmbuild.errors import Code, MMError, Status, did_you_mean
 from mmbuild.ir.network import Network
+from mmbuild.ir.node import INode
 from mmbuild.ir.tensor import ITensor
 from mmbuild.ir.types import DataType, Dims, Range
 from mmbuild.precision import split_mode
@@ -45,6 +46,9 @@ from mmbuild.quant.algorithms import (
     choose_range,
     rank_ranges,
 )
+from mmbuild.quant.bias_correction import MeanObserver, corrected_nodes, input_means
+from mmbuild.quant.equalize import CONFIG_KEY as CLE_KEY
+from mmbuild.quant.equalize import Equalization, equalize_network
 from mmbuild.quant.observers import HistogramObserver, MinMaxObserver
 from mmbuild.reference import run_reference
 
@@ -103,6 +107,7 @@ class Calibrator(CamelCaseAliases):
         self._cache_path = ""
         self._result: CalibrationCacheModel | None = None  # what the last calibration chose
         self._auto_choices: dict[str, RangeCandidate] = {}
+        self._means: dict[str, np.ndarray] = {}  # per node: its input's mean per filter tap
 
     # -- settings ------------------------------------------------------------------------------
     def set_quantization_algorithm(self, algorithm: QuantizationAlgorithm) -> Status:
@@ -171,13 +176,19 @@ class Calibrator(CamelCaseAliases):
         bits = 8 if qtype is None else qtype.bits
         symmetric = config.activation_quant_algo == "symmetric"
         tensors = activation_tensors(network)
+        eq = equalize_network(network, config) if config.cross_layer_equalization else None
         if self._cache is not None:
             result = self._check_cache(self._cache, network, tensors, config, bits)
+            _check_cache_equalization(self._cache_path, result, eq)
             self._auto_choices = {}
             how = f"from the cache {self._cache_path!r}"
         else:
             edges = model_edges(network, config)  # samples come as the model takes them
-            ranges, batches = self._from_data(network, tensors, bits, symmetric, edges)
+            constants = eq.values if eq is not None else {}
+            mean_nodes = corrected_nodes(network.nodes) if config.bias_correction else []
+            ranges, batches = self._from_data(
+                network, tensors, bits, symmetric, edges, constants, mean_nodes
+            )
             result = CalibrationCacheModel(
                 format=CACHE_FORMAT,
                 version=CACHE_VERSION,
@@ -185,6 +196,7 @@ class Calibrator(CamelCaseAliases):
                 activation_quant_algo=config.activation_quant_algo,  # type: ignore[arg-type]
                 bits=bits,  # type: ignore[arg-type]
                 fingerprint=cache_file.network_fingerprint(network),
+                equalization=eq.digest if eq is not None else "",
                 tensors={
                     name: CustomRange(min=[lo], max=[hi]) for name, (lo, hi) in ranges.items()
                 },
@@ -198,6 +210,8 @@ class Calibrator(CamelCaseAliases):
                 kept.append(t.get_tensor_name())
             else:
                 t._set_calibrated_range(chosen[t.get_tensor_name()])
+        network._calibration_equalization = result.equalization
+        network._calibration_means = dict(self._means) if self._cache is None else None
         self._result = result
         log.info(
             "calibrated %d tensor(s) %s; %d kept the range set by set_dynamic_range%s",
@@ -213,6 +227,13 @@ class Calibrator(CamelCaseAliases):
         algorithm, the form (``'symmetric'`` or ``'asymmetric'``), the range and its mean squared
         quantization error. Empty for the other algorithms and after a cache was applied."""
         return dict(self._auto_choices)
+
+    def get_input_means(self) -> dict[str, np.ndarray]:
+        """The mean of each conv's and inner product's input per filter tap (``[Kh, Kw, Cin]``;
+        ``[K]`` for an inner product), by node name, from the last calibration from data with
+        ``precision_config.bias_correction``; empty otherwise. The builder reads them from the
+        network, where they are written with the ranges."""
+        return dict(self._means)
 
     def get_ranges(self) -> dict[str, Range]:
         """The range the last calibration chose for each observed tensor, by name (empty before
@@ -247,8 +268,13 @@ class Calibrator(CamelCaseAliases):
         bits: int,
         symmetric: bool,
         edges: ModelEdges | None = None,
+        constants: dict[str, np.ndarray] | None = None,
+        mean_nodes: Sequence[INode] = (),
     ) -> tuple[dict[str, tuple[float, float]], int]:
-        """Stages 1 to 3: the chosen range of each tensor, and the number of batches read."""
+        """Stages 1 to 3: the chosen range of each tensor, and the number of batches read
+        (``constants``: the equalised weights the network runs with, by tensor name). The input
+        means of ``mean_nodes`` (for bias correction) go to ``self._means``."""
+        means = {n.get_node_name(): MeanObserver() for n in mean_nodes}
         sources = self._data
         if len(sources) != network.get_input_count():
             raise MMError(
@@ -276,7 +302,7 @@ class Calibrator(CamelCaseAliases):
                     for i, source in enumerate(sources)
                 ]
                 try:
-                    values = run_reference(network, samples, keep_all=True)
+                    values = run_reference(network, samples, keep_all=True, constants=constants)
                 except MMError as e:
                     raise MMError(f"Calibrator: batch {batch}: the network cannot run: {e}") from e
                 for t in tensors:
@@ -289,6 +315,10 @@ class Calibrator(CamelCaseAliases):
                         raise MMError(
                             f"Calibrator: batch {batch}: tensor {name!r} ({_origin(t)}): {e}"
                         ) from e
+                for node in mean_nodes:
+                    means[node.get_node_name()].observe(
+                        *input_means(node, values[node.inputs[0].name])
+                    )
                 batch += 1
                 bar.update(1)
         chosen = {}
@@ -327,6 +357,7 @@ class Calibrator(CamelCaseAliases):
                 ", ".join(f"{k} x{n}" for k, n in sorted(tally.items(), key=lambda kv: -kv[1])),
             )
         self._auto_choices = auto
+        self._means = {name: obs.mean for name, obs in means.items()}
         return chosen, batch
 
     def _next_batch(self, sources: list[CalibDataInterface], batch: int) -> bool:
@@ -414,6 +445,25 @@ class Calibrator(CamelCaseAliases):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _check_cache_equalization(
+    path: str, cache: CalibrationCacheModel, eq: Equalization | None
+) -> None:
+    """Refuse a cache whose ranges were taken on other weights than the config's equalisation."""
+    want = eq.digest if eq is not None else ""
+    if cache.equalization == want:
+        return
+    if not cache.equalization:
+        what = f"without {CLE_KEY}, but the config sets it true"
+    elif not want:
+        what = f"with {CLE_KEY} true, but the config does not set it"
+    else:
+        what = f"with {CLE_KEY} on other weights than this network's"
+    raise MMError(
+        f"Calibrator: the calibration cache {path!r} was written {what}; calibrate from data "
+        f"with this config, or give {CLE_KEY} the value the cache was written with"
+    )
+
+
 def _source_error(source: CalibDataInterface, i: int, batch: int | None, what: str) -> MMError:
     when = "before batch 0" if batch is None else f"batch {batch}"
     return MMError(f"Calibrator: data source {i} ({type(source).__name__}), {when}: {what}")

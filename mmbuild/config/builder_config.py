@@ -144,6 +144,16 @@ class BuilderConfig(CamelCaseAliases):
         return self._model.precision_config.activation_quant_algo
 
     @property
+    def cross_layer_equalization(self) -> bool:
+        """``precision_config.cross_layer_equalization``: equalise conv pairs before quantizing."""
+        return self._model.precision_config.cross_layer_equalization
+
+    @property
+    def bias_correction(self) -> bool:
+        """``precision_config.bias_correction``: correct biases for the weights' mean error."""
+        return self._model.precision_config.bias_correction
+
+    @property
     def custom_ranges(self) -> dict[str, tuple[list[float], list[float]]]:
         """A fresh copy of ``custom_ranges``: tensor name -> (min list, max list)."""
         return {name: (list(r.min), list(r.max)) for name, r in self._model.custom_ranges.items()}

@@ -89,6 +89,25 @@ class PrecisionConfig(_Strict):
             "widened to contain 0 and mapped onto the whole integer range with a zero point."
         ),
     )
+    cross_layer_equalization: bool = Field(
+        default=False,
+        description=(
+            "true: before quantizing, rescale the output channels of each conv (or inner "
+            "product) and the matching input channels of the conv it feeds, through nothing, a "
+            "batch norm, relu or leaky relu, so that both weights have balanced per-channel "
+            "ranges (cross-layer equalisation, Nagel et al. 2019). The float result is "
+            "unchanged; calibrate with the same config, since the ranges between the pair change."
+        ),
+    )
+    bias_correction: bool = Field(
+        default=False,
+        description=(
+            "true: subtract from the bias of each conv and inner product with quantized weights "
+            "the mean output error those weights cause, (W_q - W) times the mean of the node's "
+            "input per filter tap, measured by calibration from data (Nagel et al. 2019). "
+            "Needs a calibration from data with the same config (a cache holds no means)."
+        ),
+    )
 
 
 class CustomRange(_Strict):

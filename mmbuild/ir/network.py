@@ -37,6 +37,12 @@ class Network(CamelCaseAliases):
         self._node_names: dict[str, INode] = {}
         self._tensor_names: dict[str, ITensor] = {}
         self._unshaped: set[ITensor] = set()  # inputs added without dims, not yet set
+        # what the last calibration's ranges were taken on: None before any, "" without
+        # cross-layer equalisation, else the digest of its equalised weights (quant.equalize)
+        self._calibration_equalization: str | None = None
+        # per conv / inner product name, the mean of its input per filter tap, from the last
+        # calibration from data with precision_config.bias_correction (quant.bias_correction)
+        self._calibration_means: dict[str, Any] | None = None
 
     # -- inputs and outputs ------------------------------------------------------------------
     @checked
