@@ -80,10 +80,11 @@ class Builder(CamelCaseAliases):
         for inode in network.nodes:
             inode.validate()
         edges = model_edges(network, config)
+        equalized = _equalization(network, config)
         if split_mode(config.precision_mode)[0] is not None:  # ranges matter: check their weights
-            check_calibration(network, config, _equalization(network, config))
+            check_calibration(network, config, equalized)
         plan = plan_precision(network, config)
-        graph = lower_graph(network, config, plan, edges)
+        graph = lower_graph(network, config, plan, edges, equalized)
         steps = lower_steps(graph)
         ranges = {e.name: (e.min_dims, e.max_dims) for e in edges.inputs}
 
@@ -115,15 +116,19 @@ class Builder(CamelCaseAliases):
 
 
 def lower_graph(
-    network: Network, config: BuilderConfig, plan: PrecisionPlan, edges: ModelEdges | None = None
+    network: Network,
+    config: BuilderConfig,
+    plan: PrecisionPlan,
+    edges: ModelEdges | None = None,
+    equalized: Equalization | None = None,
 ) -> Graph:
     """The network as a graph with the plan's precisions and the model edges the config asks
-    for (layout conversions, input normalisation), passes run and casts inserted."""
+    for (layout conversions, input normalisation), passes run and casts inserted;
+    ``equalized``: the config's cross-layer equalisation, computed once by the caller."""
     from mmbuild.passes import run_passes
     from mmbuild.passes.io_rewrites import apply_model_edges
 
     graph = Graph.from_network(network, plan)
-    equalized = _equalization(network, config)
     for name, value in (equalized.values if equalized is not None else {}).items():
         graph.tensors[name].value = value  # the calibrator ran the reference with these
     graph.options = {
