@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from mmbuild.kernels.cpu.gemm import (
     Epilogue,
     ImplicitRows,
     OutKind,
+    bind_gemm_s16,
     bind_gemm_u8s8,
     gemm_f32,
     gemm_s16,
@@ -230,39 +232,79 @@ def test_isa_environment_variable_chooses_the_level(isa: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # int16
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("isa", LEVELS)
 @SETTINGS
 @given(
     m=st.integers(1, 20),
     k=st.integers(1, 50),
     n=st.integers(1, 90),
     seed=st.integers(0, 2**32 - 1),
-    extreme=st.booleans(),
+    fill=st.sampled_from(["random", "random", "with -32768", "largest pairs", "largest zp"]),
     data=st.data(),
 )
-def test_s16_matches_reference(m, k, n, seed, extreme, data) -> None:  # type: ignore[no-untyped-def]
+def test_s16_matches_reference(isa, m, k, n, seed, fill, data) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     a = rng.integers(-32768, 32768, (m, k), dtype=np.int16)
-    w = rng.integers(-32768, 32768, (k, n), dtype=np.int16)
+    w = rng.integers(-32767, 32768, (k, n), dtype=np.int16)
     za = data.draw(st.integers(-32768, 32767))
-    if extreme:  # every product is 65535 * -32768, far outside int32
-        a[:], w[:], za = 32767, -32768, -32768
+    if fill == "with -32768":  # outside the symmetric range: the portable kernel, still exact
+        w.flat[rng.integers(0, w.size)] = -32768
+    elif fill == "largest pairs":  # every vpmaddwd pair sum is 2 * 32768 * 32767
+        a[:], w[:] = -32768, -32767
+    elif fill == "largest zp":  # every product is 65535 * -32767, far outside int32
+        a[:], w[:], za = 32767, -32767, -32768
     ep = data.draw(epilogues(n, acc_scale=float(2**30 * np.sqrt(k))))
     out = output_for(ep, m)
-    gemm_s16(a, za, pack_int16_weights(w), ep, out)
+    packed = pack_int16_weights(w)
+    run = bind_gemm_s16(a, za, packed, ep, out, isa=isa)
+    run()
     acc = (a.astype(np.int64) - za) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
+    want = "portable" if fill == "with -32768" else isa
+    assert run.kernel.split("/")[1] == want
 
 
-def test_s16_parallel_and_strided() -> None:
+@pytest.mark.parametrize("isa", LEVELS)
+def test_s16_pair_sums_exact_up_to_the_largest_k(isa: str) -> None:
+    """K = 131070 (65535 pairs, the most the SIMD accumulator recovers exactly) of the largest
+    pair sums; one pair more runs on the portable kernel, as exactly."""
+    for k, level in ((131070, isa), (131072, "portable")):
+        a = np.full((2, k), -32768, np.int16)
+        a[1, ::3] = 32767
+        w = np.full((k, 3), -32767, np.int16)
+        w[::5, 1] = 32767
+        ep = Epilogue.create(3, scale_w=2.0**-40)
+        out = np.zeros((2, 3), np.float32)
+        run = bind_gemm_s16(a, 0, pack_int16_weights(w), ep, out, isa=isa)
+        run()
+        acc = a.astype(np.int64) @ w.astype(np.int64)
+        assert_same_bits(out, reference_epilogue(acc, ep))
+        assert run.kernel.split("/")[1] == level
+
+
+def test_s16_packing_pairs_k_rows() -> None:
+    w = np.arange(1, 16, dtype=np.int16).reshape(3, 5)  # K = 3, N = 5
+    packed = pack_int16_weights(w)
+    panel = packed.data.reshape(2, 16, 2)  # [K/2][16 columns][2], K row 3 and columns 5.. zero
+    assert panel[0, :5].tolist() == [[1, 6], [2, 7], [3, 8], [4, 9], [5, 10]]
+    assert panel[1, :5].tolist() == [[11, 0], [12, 0], [13, 0], [14, 0], [15, 0]]
+    assert not panel[:, 5:].any()
+    assert packed.colsum.tolist() == [18, 21, 24, 27, 30] and packed.pairs_exact
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+def test_s16_parallel_and_strided(isa: str) -> None:
     rng = np.random.default_rng(4)
     buf = rng.integers(-32768, 32768, (70, 90), dtype=np.int16)
     a = buf[:, :80]
-    w = rng.integers(-32768, 32768, (80, 100), dtype=np.int16)
+    w = rng.integers(-32767, 32768, (80, 100), dtype=np.int16)
     ep = Epilogue.create(100, scale_w=1e-9, out_kind=OutKind.I16, out_scale=0.5, out_zp=-3)
     out = np.zeros((70, 100), np.int16)
-    gemm_s16(a, 1000, pack_int16_weights(w), ep, out)
+    run = bind_gemm_s16(a, 1000, pack_int16_weights(w), ep, out, isa=isa)
+    run()
     acc = (a.astype(np.int64) - 1000) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
+    assert run.kernel == f"gemm_s16/{isa}" + ("/mt" if numba.get_num_threads() > 1 else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,8 +419,9 @@ def test_u8s8_implicit_conv_matches_im2col(isa: str, case) -> None:  # type: ign
     assert_same_bits(out, reference_epilogue(acc, ep))
 
 
+@pytest.mark.parametrize("isa", LEVELS)
 @pytest.mark.parametrize("case", CONV_CASES[:2])
-def test_s16_and_f32_implicit_conv(case) -> None:  # type: ignore[no-untyped-def]
+def test_s16_and_f32_implicit_conv(isa: str, case) -> None:  # type: ignore[no-untyped-def]
     b, h, wd, c, kernel, stride, dilation = case
     rng = np.random.default_rng(7)
     rows = ImplicitRows.conv2d_nhwc(b, h, wd, c, kernel, stride, dilation)
@@ -387,14 +430,14 @@ def test_s16_and_f32_implicit_conv(case) -> None:  # type: ignore[no-untyped-def
     out = np.zeros((rows.m, 11), np.float32)
 
     x16 = rng.integers(-32768, 32768, (b, h, wd, c), dtype=np.int16)
-    w16 = rng.integers(-32768, 32768, (k, 11), dtype=np.int16)
-    gemm_s16(x16, -5, pack_int16_weights(w16, segments=kernel[0]), ep, out, rows=rows)
+    w16 = rng.integers(-32767, 32768, (k, 11), dtype=np.int16)
+    gemm_s16(x16, -5, pack_int16_weights(w16, segments=kernel[0]), ep, out, rows=rows, isa=isa)
     acc = (im2col(x16, kernel, stride, dilation).astype(np.int64) + 5) @ w16.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
 
     xf = rng.standard_normal((b, h, wd, c)).astype(np.float32)
     wf = rng.standard_normal((k, 11)).astype(np.float32)
-    gemm_f32(xf, pack_float_weights(wf, segments=kernel[0]), ep, out, rows=rows)
+    gemm_f32(xf, pack_float_weights(wf, segments=kernel[0]), ep, out, rows=rows, isa=isa)
     cols = im2col(xf, kernel, stride, dilation).astype(np.float64)
     assert_float_close(out, cols, wf.astype(np.float64), ep, OutKind.F32)
 

@@ -19,6 +19,12 @@ from mmbuild.kernels.cpu.dot import (
     madd_dot,
     madd_weights,
     madd_zero,
+    pair_bcast2,
+    pair_cols,
+    pair_dot,
+    pair_single,
+    pair_weights,
+    pair_zero,
     vnni_bcast4,
     vnni_cols,
     vnni_dot,
@@ -42,6 +48,7 @@ from mmbuild.kernels.cpu.vector import (
     vsplat_i32,
     vstore_f32,
     vstore_i32,
+    vstore_i64,
     vstore_n_f16,
     vstore_n_f32,
     vstore_n_i16,
@@ -227,6 +234,40 @@ def test_madd_worked_example() -> None:
     assert out[0] == -25840 and not out[1:].any()
 
 
+def _pair_kernel(lanes: int):  # type: ignore[no-untyped-def]
+    @njit
+    def run(a, b, out):  # type: ignore[no-untyped-def]
+        acc = pair_zero(lanes)
+        pairs = a.size // 2
+        for g in range(pairs):
+            acc = pair_dot(acc, pair_bcast2(a, 2 * g, lanes), pair_weights(b, 2 * lanes * g, lanes))
+        if a.size % 2:
+            acc = pair_dot(acc, pair_single(a[2 * pairs], lanes),
+                           pair_weights(b, 2 * lanes * pairs, lanes))  # fmt: skip
+        vstore_i64(out, 0, pair_cols(acc))
+
+    return run
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+@pytest.mark.parametrize("fill", ["random", "largest", "smallest", "odd"])
+def test_int16_pair_sums_are_exact_in_int64(lanes: int, fill: str) -> None:
+    """``pair_cols`` recovers the exact sums of ``pair_dot``, up to 65535 extreme pair steps."""
+    rng = np.random.default_rng(5)
+    k = {"random": 2000, "largest": 131070, "smallest": 131070, "odd": 7}[fill]
+    a = rng.integers(-32768, 32768, k, dtype=np.int16)
+    w = rng.integers(-32767, 32768, (k + k % 2, lanes), dtype=np.int16)
+    w[k:] = 0  # the zero partner of an odd K's last row
+    if fill == "largest":  # each pair sum 2 * 32768 * 32767, over 2**46 in all
+        a[:], w[:] = -32768, -32767
+    elif fill == "smallest":
+        a[:], w[:] = -32768, 32767
+    packed = w.reshape(-1, 2, lanes).transpose(0, 2, 1).reshape(-1)  # [K/2][lanes][2]
+    out = np.empty(lanes, np.int64)
+    _pair_kernel(lanes)(a, np.ascontiguousarray(packed), out)
+    assert np.array_equal(out, a.astype(np.int64) @ w[:k].astype(np.int64))
+
+
 def _lane_kernels(lanes: int):  # type: ignore[no-untyped-def]
     @njit
     def bcast_add(x, out):  # type: ignore[no-untyped-def]
@@ -381,7 +422,7 @@ def test_load_module_writes_once_and_rewrites_a_changed_file(tmp_path, monkeypat
 
 
 def test_micro_kernel_sources_name_their_accumulators() -> None:
-    text = codegen.int8_tile_source(4, 2, "epi")
+    text = codegen.int_tile_source("u8s8", 4, 2, "epi")
     assert "def u8s8_tile_4x2(A, ao0, ao1, ao2, ao3," in text
     assert text.count("vdot4(") == 2 * 4 * 2  # the K loop and the K tail
     # row 3, second vector: columns n0 + LANES.., stored only if the tile has 4 rows
@@ -392,7 +433,11 @@ def test_micro_kernel_sources_name_their_accumulators() -> None:
     assert ftext.count("vfma(") == 6
     want = "epf(c5_0, n0 + 0 * LANES, out, o_off + 5 * ldo + 0 * LANES, nn - 0 * LANES, ep_args)"
     assert want in ftext
-    compile(text + ftext, "<tiles>", "exec")
+    stext = codegen.int_tile_source("s16", 1, 2, "eps")
+    assert "def s16_tile_1x2(A, ao0, nseg," in stext
+    assert "pair_bcast2(A, p0 + 2 * kk, LANES)" in stext and "pair_single(A[p0 + 2 * kg]" in stext
+    assert "eps(pair_cols(c0_1), n0 + 1 * LANES" in stext
+    compile(text + ftext + stext, "<tiles>", "exec")
 
 
 # ---------------------------------------------------------------------------------------------

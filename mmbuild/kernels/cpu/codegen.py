@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -47,8 +48,8 @@ __all__ = [
     "cache_root",
     "float_tile_name",
     "float_tile_source",
-    "int8_tile_name",
-    "int8_tile_source",
+    "int_tile_name",
+    "int_tile_source",
     "load_module",
 ]
 
@@ -66,8 +67,8 @@ _loaded: dict[str, ModuleType] = {}
 # ---------------------------------------------------------------------------------------------
 # Micro-kernel text
 # ---------------------------------------------------------------------------------------------
-def int8_tile_name(mr: int, nrv: int) -> str:
-    return f"u8s8_tile_{mr}x{nrv}"
+def int_tile_name(kind: str, mr: int, nrv: int) -> str:
+    return f"{kind}_tile_{mr}x{nrv}"
 
 
 def float_tile_name(mr: int, nrv: int) -> str:
@@ -99,40 +100,68 @@ def _tile_head(name: str, mr: int, kargs: str, extra: str) -> list[str]:
     ]
 
 
-def int8_tile_source(mr: int, nv: int, epilogue: str) -> str:
-    """An int8 micro-kernel: ``mr`` rows of A times ``nv`` vectors (``LANES`` columns each) of
-    a packed panel.
+@dataclass(frozen=True)
+class _IntegerProduct:
+    """How an integer micro-kernel reads and multiplies one group of ``group`` K rows: the names
+    (and, for the K tail, the expression) of the primitives its module binds."""
 
-    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, k4, ktail, Bp, b_off, ldb, mr, nn, n0,
-    comp, ep_args, out, o_off, ldo)``. Row ``r`` of the A operand is ``nseg`` runs of ``4 * k4 +
-    ktail`` bytes, the first at ``A[ao_r]`` and the next ``seg_stride`` bytes further on (one run
-    for a plain GEMM, one per kernel row for an implicit-GEMM convolution). The weights of group
-    ``g`` of four K rows are the ``4 * LANES * nv`` bytes at ``Bp[b_off + g * ldb]``
-    (``[columns][4]`` int8, zero-padded). The int32 sums ``sum_k A[..] * B[k, j]`` (unsigned by
-    signed, wrapping) of the first ``mr`` rows and ``nn`` columns go to ``epilogue(acc, n, out,
-    o, count, comp, ep_args)``, which stores them. The level's module defines ``LANES`` and the
-    dot-product primitives (:mod:`.dot`): ``vzero_acc``, ``vbcast4_u8``, ``vquad_u8``,
-    ``vweights_s8``, ``vdot4`` and ``vcols``.
+    group: int
+    zero: str
+    bcast: str
+    tail: str  # the last, shorter group of row {p}; ``kg`` is the number of whole groups
+    weights: str
+    dot: str
+    cols: str  # the column sums of accumulator {acc}
+
+
+_INTEGER_PRODUCTS = {
+    # uint8 x int8 (see .dot): four K rows per int32 lane, summed in int32
+    "u8s8": _IntegerProduct(4, "vzero_acc", "vbcast4_u8",
+                            "vquad_u8(load_u8_tail(A, {p} + 4 * kg, ktail), LANES)",
+                            "vweights_s8", "vdot4", "vcols({acc})"),
+    # int16 x int16: two K rows per vpmaddwd lane, recovered as int64 sums
+    "s16": _IntegerProduct(2, "pair_zero", "pair_bcast2", "pair_single(A[{p} + 2 * kg], LANES)",
+                           "pair_weights", "pair_dot", "pair_cols({acc})"),
+}  # fmt: skip
+
+
+def int_tile_source(kind: str, mr: int, nv: int, epilogue: str) -> str:
+    """An integer micro-kernel (``kind`` ``"u8s8"`` or ``"s16"``): ``mr`` rows of A times ``nv``
+    vectors (``LANES`` columns each) of a packed panel.
+
+    Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, kg, ktail, Bp, b_off, ldb, mr, nn,
+    n0, comp, ep_args, out, o_off, ldo)``, with ``G`` = 4 (u8s8) or 2 (s16) K rows per group.
+    Row ``r`` of the A operand is ``nseg`` runs of ``G * kg + ktail`` elements, the first at
+    ``A[ao_r]`` and the next ``seg_stride`` elements further on (one run for a plain GEMM, one
+    per kernel row for an implicit-GEMM convolution). The weights of group ``g`` are the ``G *
+    LANES * nv`` elements at ``Bp[b_off + g * ldb]`` (``[columns][G]``, zero-padded). The sums
+    ``sum_k A[..] * B[k, j]`` (int32 wrapping for u8s8, int64 for s16) of the first ``mr`` rows
+    and ``nn`` columns go to ``epilogue(acc, n, out, o, count, comp, ep_args)``, which stores
+    them. The level's module defines ``LANES`` and the primitives named in
+    ``_INTEGER_PRODUCTS`` (:mod:`.dot`).
     """
+    prod = _INTEGER_PRODUCTS[kind]
     rows, vecs = range(mr), range(nv)
-    lines = _tile_head(int8_tile_name(mr, nv), mr, "k4, ktail", "comp, ")
-    lines += [f"    c{r}_{v} = vzero_acc(LANES)" for r in rows for v in vecs]
+    lines = _tile_head(int_tile_name(kind, mr, nv), mr, "kg, ktail", "comp, ")
+    lines += [f"    c{r}_{v} = {prod.zero}(LANES)" for r in rows for v in vecs]
     lines += ["    bo = b_off", "    for s in range(nseg):", "        so = s * seg_stride"]
     lines += [f"        p{r} = ao{r} + so" for r in rows]
 
     def step_body(indent: str, a_expr: str) -> list[str]:
-        body = [f"{indent}b{v} = vweights_s8(Bp, bo + {4 * v} * LANES, LANES)" for v in vecs]
+        body = [
+            f"{indent}b{v} = {prod.weights}(Bp, bo + {prod.group * v} * LANES, LANES)" for v in vecs
+        ]
         for r in rows:
             body.append(f"{indent}a = {a_expr.format(p=f'p{r}')}")
-            body += [f"{indent}c{r}_{v} = vdot4(c{r}_{v}, a, b{v})" for v in vecs]
+            body += [f"{indent}c{r}_{v} = {prod.dot}(c{r}_{v}, a, b{v})" for v in vecs]
         body.append(f"{indent}bo += ldb")
         return body
 
-    lines.append("        for kk in range(k4):")
-    lines += step_body(" " * 12, "vbcast4_u8(A, {p} + 4 * kk, LANES)")
+    lines.append("        for kk in range(kg):")
+    lines += step_body(" " * 12, f"{prod.bcast}(A, {{p}} + {prod.group} * kk, LANES)")
     lines.append("        if ktail > 0:")
-    lines += step_body(" " * 12, "vquad_u8(load_u8_tail(A, {p} + 4 * k4, ktail), LANES)")
-    lines += _epilogue_lines(mr, nv, f"{epilogue}({{args}}, comp, ep_args)", "vcols({acc})")
+    lines += step_body(" " * 12, prod.tail)
+    lines += _epilogue_lines(mr, nv, f"{epilogue}({{args}}, comp, ep_args)", prod.cols)
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""The exact uint8 x int8 dot product of the int8 GEMM, in the two forms x86 CPUs offer.
+"""The exact integer dot products of the int8 and int16 GEMMs, in the forms x86 CPUs offer.
 
 The GEMM packs weights as ``[K/4][columns][4]`` int8 (every level the same, so a model file runs
 anywhere) and reads activations as uint8; a micro-kernel repeats, for each group of four K rows::
@@ -20,8 +20,25 @@ as any int32 addition), to its epilogue. Both forms give that same integer:
   -25840 = the four products' sum, as ``vpdpbusd`` gives it.
 
 ``quad(word, lanes)`` takes the four bytes as a little-endian integer (``load_u8_tail`` reads
-the last, shorter group); ``bcast4(A, i, lanes)`` loads them from ``A[i:i+4]``. Call these only
-from kernels chosen through :mod:`.features`: an instruction the CPU lacks aborts the process.
+the last, shorter group); ``bcast4(A, i, lanes)`` loads them from ``A[i:i+4]``.
+
+The int16 GEMM has one form on every SIMD level, ``pair_*``: weights packed as ``[K/2][columns]
+[2]`` int16, two activations broadcast as one int32 (``pair_bcast2``, or ``pair_single`` for the
+last, odd K row, whose partner weight is zero), and ``vpmaddwd`` summing the two products of each
+column into an int32 pair sum ``p``::
+
+    acc = pair_dot(acc, pair_bcast2(A, m * lda + k, lanes), pair_weights(B, ..., lanes))
+
+``p`` is exact as long as no weight is -32768: then each product is at most ``32768 * 32767`` in
+magnitude and two of them stay inside int32 (``pack_int16_weights`` records a weight of -32768,
+and such weights run on the portable kernel). Worked through for one column: A = (-32768, 1000),
+B = (32767, -3) gives -1073709056 - 3000 = -1073712056. The sum over K does not fit int32, and
+sign-extending every ``p`` to int64 costs three shuffles; instead the accumulator keeps two int32
+lanes per column, ``sum p`` (wrapping) and ``sum (p >> 16)``, from which ``pair_cols`` recovers
+the exact int64 sum (two cheap operations per step instead of three shuffles).
+
+Call these only from kernels chosen through :mod:`.features`: an instruction the CPU lacks aborts
+the process.
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ from mmbuild.kernels.cpu.vector import (
     I8,
     I16,
     I32,
+    I64,
     call_llvm,
     element_ptr,
     intrinsic,
@@ -50,6 +68,12 @@ __all__ = [
     "madd_quad",
     "madd_weights",
     "madd_zero",
+    "pair_bcast2",
+    "pair_cols",
+    "pair_dot",
+    "pair_single",
+    "pair_weights",
+    "pair_zero",
     "vnni_bcast4",
     "vnni_cols",
     "vnni_dot",
@@ -267,5 +291,122 @@ def madd_cols(typingctx, acc):  # type: ignore[no-untyped-def]
         even = builder.shuffle_vector(v, v, ir.Constant(mask, [2 * i for i in range(n)]))
         odd = builder.shuffle_vector(v, v, ir.Constant(mask, [2 * i + 1 for i in range(n)]))
         return builder.add(even, odd)
+
+    return ty(acc), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# int16: pairs of K rows through vpmaddwd, summed in int64
+# ---------------------------------------------------------------------------------------------
+def _pair_value(builder, word, n):  # type: ignore[no-untyped-def]
+    """An int32 holding two int16 (low: K row k, high: k + 1) in every lane, as int16 lanes."""
+    return builder.bitcast(splat(builder, ir.VectorType(I32, n), word), ir.VectorType(I16, 2 * n))
+
+
+@intrinsic
+def pair_bcast2(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
+    """``arr[idx], arr[idx + 1]`` (int16) repeated in every pair of int16 lanes."""
+    n = lanes_of(lanes)
+    if n is None or 2 * n not in _PMADDWD or not is_array_of(arr, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _pair_value(builder, _load_word(context, builder, sig, args), n)
+
+    return vec("i16", 2 * n)(arr, idx, lanes), codegen
+
+
+@intrinsic
+def pair_single(typingctx, x, lanes):  # type: ignore[no-untyped-def]
+    """``x, 0`` repeated in every pair of int16 lanes (the last row of an odd K)."""
+    n = lanes_of(lanes)
+    if n is None or 2 * n not in _PMADDWD or not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        low = context.cast(builder, args[0], sig.args[0], types.int16)
+        return _pair_value(builder, builder.zext(low, I32), n)
+
+    return vec("i16", 2 * n)(x, lanes), codegen
+
+
+@intrinsic
+def pair_weights(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
+    """``2 * lanes`` packed int16 weights at ``&arr[idx]`` (two K rows of ``lanes`` columns)."""
+    n = lanes_of(lanes)
+    if n is None or 2 * n not in _PMADDWD or not is_array_of(arr, types.int16):
+        return None
+    ty = vec("i16", 2 * n)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        ptr = element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1],
+                          ty.llvm_type)  # fmt: skip
+        return builder.load(ptr, align=1)
+
+    return ty(arr, idx, lanes), codegen
+
+
+@intrinsic
+def pair_zero(typingctx, lanes):  # type: ignore[no-untyped-def]
+    """A zero int16 accumulator for ``lanes`` columns (two int32 lanes each, see ``pair_dot``)."""
+    n = lanes_of(lanes)
+    if n is None or 2 * n not in _PMADDWD:
+        return None
+    ty = vec("i32", 2 * n)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(ty.llvm_type, None)
+
+    return ty(lanes), codegen
+
+
+@intrinsic
+def pair_dot(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
+    """Add the pair sums ``p[j] = a[2j] * b[2j] + a[2j+1] * b[2j+1]`` (``vpmaddwd``) of each
+    column ``j`` to the accumulator: lane ``j`` sums ``p`` (wrapping), lane ``n + j`` sums
+    ``p >> 16`` (arithmetic shift). ``pair_cols`` recovers the exact sums from the two."""
+    if not (is_vec(acc, "i32") and is_vec(a, "i16") and a == b and a.lanes in _PMADDWD):
+        return None
+    if acc.lanes != a.lanes:
+        return None
+    n = a.lanes // 2
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        acc_v, a_v, b_v = args
+        p = call_llvm(builder, _PMADDWD[a.lanes], ir.VectorType(I32, n), [a_v, b_v])
+        high = builder.ashr(p, ir.Constant(ir.VectorType(I32, n), [16] * n))
+        both = builder.shuffle_vector(p, high, ir.Constant(ir.VectorType(I32, 2 * n),
+                                                           list(range(2 * n))))  # fmt: skip
+        return builder.add(acc_v, both)
+
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def pair_cols(typingctx, acc):  # type: ignore[no-untyped-def]
+    """The exact int64 column sums ``S = sum p`` of a ``pair_dot`` accumulator.
+
+    With ``H = sum (p >> 16)`` and ``L = sum (p mod 2**16)``, ``S = 2**16 * H + L`` where
+    ``0 <= L <= 65535 * steps``; the wrapping lane holds ``S mod 2**32``, so ``L = (S - 2**16 *
+    H) mod 2**32`` exactly while ``65535 * steps < 2**32``, and ``|H| <= 32767 * steps`` fits
+    int32: both hold for up to 65535 pair steps (``pack_int16_weights`` checks K). Example: two
+    steps of p = 2**30 give lanes 2**31 (wrapped to -2**31) and H = 2**15; L = (-2**31 - 2**31)
+    mod 2**32 = 0, so S = 2**31.
+    """
+    if not (is_vec(acc, "i32") and acc.lanes % 2 == 0 and 2 * (acc.lanes // 2) in _PMADDWD):
+        return None
+    n = acc.lanes // 2
+    ty = vec("i64", n)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        mask = ir.VectorType(I32, n)
+        wrapped = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(n))))
+        high = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(n, 2 * n))))
+        sixteen32 = ir.Constant(mask, [16] * n)
+        low = builder.sub(wrapped, builder.shl(high, sixteen32))
+        wide = ir.VectorType(I64, n)
+        high64 = builder.shl(builder.sext(high, wide), ir.Constant(wide, [16] * n))
+        return builder.add(high64, builder.zext(low, wide))
 
     return ty(acc), codegen

@@ -17,7 +17,11 @@ Each takes ``rows=`` for an implicit-GEMM convolution (see :class:`ImplicitRows`
 Integer accumulation is exact: ``acc[m, n] = sum_k (a[m, k] - za) * w[k, n]``. The int8 kernels
 compute it as ``vpdpbusd`` on the raw uint8 bytes plus ``-za * colsum(w)[n]`` in the epilogue,
 which is the same integer as long as it fits int32: ``pack_int8_weights`` refuses
-``K > 65793``, past which ``255 * 128 * K`` could overflow. The int16 product is summed in int64.
+``K > 65793``, past which ``255 * 128 * K`` could overflow. The int16 SIMD kernels sum pairs
+``a[k] * w[k] + a[k+1] * w[k+1]`` of raw activations with ``vpmaddwd`` (exact in int32 unless a
+weight is -32768, see :func:`bind_gemm_s16`), recover their exact int64 sum (see
+:func:`.dot.pair_cols`), and add ``-za * colsum(w)[n]`` (int64) in the epilogue; the portable
+kernel sums ``(a - za) * w`` in int64: the same integer.
 
 The epilogue (:class:`Epilogue`) runs on each finished tile, in float32, in exactly this order,
 with no fused multiply-add or reordering (the kernels are compiled without fastmath):
@@ -43,13 +47,15 @@ practice) before the epilogue, plus one fp16 rounding of each operand or of the 
 those are fp16.
 
 Layout. B is packed into column panels of ``NR = 64`` (the last one narrower, a multiple of 16),
-int8 as ``[K/4][NR][4]`` per panel (each K segment padded to a multiple of 4 with zeros), float
-and int16 as ``[K][NR]``. The driver splits the work into (panel, block of ``MC`` rows) items, n
-major, and runs them on all threads when the product is large enough to pay for a parallel
-launch or streams many weights (``PARALLEL_MIN_MACS``, ``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD
-micro-kernel computes ``MR`` rows of one panel (4 x 64 int8, 6 x 64 float, and a 1-row variant
-for a single row) and applies the epilogue to its registers, with masked stores at the right
-edge; the portable kernels fill a scratch tile that a scalar epilogue stores.
+int8 as ``[K/4][NR][4]`` per panel (each K segment padded to a multiple of 4 with zeros), int16
+as ``[K/2][NR][2]`` (padded to a multiple of 2), float as ``[K][NR]``. The driver splits the
+work into (panel, block of ``MC`` rows) items, n major, and runs them on all threads when the
+product is large enough to pay for a parallel launch or streams many weights
+(``PARALLEL_MIN_MACS``, ``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD micro-kernel computes ``MR`` rows
+of a tile of the panel (see ``gemm_codegen.TILES``: on AVX2 4 x 8 int8 and int16, 6 x 16 float;
+a 1-row variant for a single row of the integer kinds) and applies the epilogue to its
+registers, with masked stores at the right edge; the portable kernels fill a scratch tile that a
+scalar epilogue stores.
 
 A may have a row stride (``a = buf[:, :K]``), and K needs no padding: the int8 kernels read the
 last ``K % 4`` bytes of a row one by one. ``out`` may have a row stride too (a slice of a wider
@@ -247,12 +253,18 @@ def _bind(
         # the zero-point term of every column, padded to whole vectors; |za * colsum| < 2**31
         comp = np.zeros(w.n_pad, np.int32)
         comp[: w.n] = -z * w.colsum
-    else:
+    elif isinstance(w, PackedInt16Weights):
         z = _check_zero_point(za, -32768, 32767)
-        k_args, panel_size = (w.seg_len,), w.k * NR
+        k_args, panel_size = (w.k2, w.ktail), w.kgroups * 2 * NR
+    else:
+        z, k_args, panel_size = 0, (w.seg_len,), w.k * NR
     level = features.level() if isa is None else features.check_runnable(isa)
-    if kind == "s16":  # one portable kernel on every level
-        level = features.get_level("portable")
+    if isinstance(w, PackedInt16Weights):
+        if not w.pairs_exact:  # a weight of -32768, or K > 131070 (see PackedInt16Weights)
+            level = features.get_level("portable")
+        if level.simd:  # the SIMD kernels sum a * w and add -za * colsum in the epilogue
+            comp = np.zeros(w.n_pad, np.int64)
+            comp[: w.n] = -z * w.colsum
     kernel = f"gemm_{kind}/{level.name}"
     if m == 0:
         return BoundGemm(_nothing, (), kernel)
@@ -320,14 +332,17 @@ def bind_gemm_s16(
     out: np.ndarray,
     *,
     rows: ImplicitRows | None = None,
+    isa: str | None = None,
 ) -> BoundGemm:
     """Check and bind ``out = epilogue((a - za) @ w)`` for int16 activations, accumulated
     exactly in int64; call the result to run it (:func:`gemm_s16` binds and runs once).
 
-    One portable kernel serves every CPU; the arguments are as for :func:`bind_gemm_u8s8`, with
-    ``za`` in [-32768, 32767].
+    The arguments are as for :func:`bind_gemm_u8s8`, with ``za`` in [-32768, 32767]. Weights
+    holding -32768 (outside the symmetric range that mmbuild's quantizer gives), and products
+    with K > 131070, run on the portable kernel on every level: a ``vpmaddwd`` pair of -32768 *
+    -32768 would wrap, and the SIMD accumulator is exact for up to 65535 pairs of K rows.
     """
-    return _bind("s16", a, za, w, ep, out, rows, None)
+    return _bind("s16", a, za, w, ep, out, rows, isa)
 
 
 def bind_gemm_f32(

@@ -41,10 +41,12 @@ from mmbuild.kernels.cpu.simd import load_f32
 from mmbuild.kernels.cpu.vector import (
     vadd_f32,
     vadd_i32,
+    vadd_i64,
     vcvt_f32,
     vdiv_f32,
     vload_f32,
     vload_i32,
+    vload_i64,
     vmul_f32,
     vrint_f32,
     vselect_lt,
@@ -72,16 +74,21 @@ class Tile:
 # Tile shapes per (level, kind). The accumulators must fit the vector registers (32 zmm on
 # AVX-512, 16 ymm on AVX2) beside the weights and the broadcast activation: AVX2 float 6 x 2
 # is 12 accumulators + 2 weight vectors + 1 broadcast; the vpmaddwd int8 accumulator takes two
-# registers per vector of columns, so AVX2 int8 is 4 x 1 (8 + 2 + 1 + a product).
+# registers per vector of columns, so AVX2 int8 is 4 x 1 (8 + 2 + 1 + a product), and so does
+# the int64 accumulator of int16 (LANES int64 lanes are two registers).
 TILES: dict[tuple[str, str], Tile] = {
     ("avx512_vnni", "u8s8"): Tile(4, 4),
     ("avx512_vnni", "f32"): Tile(6, 4),
+    ("avx512_vnni", "s16"): Tile(4, 2),
     ("avx512", "u8s8"): Tile(4, 2),
     ("avx512", "f32"): Tile(6, 4),
+    ("avx512", "s16"): Tile(4, 2),
     ("avx_vnni", "u8s8"): Tile(4, 2),
     ("avx_vnni", "f32"): Tile(6, 2),
+    ("avx_vnni", "s16"): Tile(4, 1),
     ("avx2", "u8s8"): Tile(4, 1),
     ("avx2", "f32"): Tile(6, 2),
+    ("avx2", "s16"): Tile(4, 1),
     # the portable kernels walk whole panels (four 16-column units), row by row
     ("portable", "u8s8"): Tile(4, 4),
     ("portable", "f32"): Tile(6, 4),
@@ -215,6 +222,13 @@ def _vec_epilogue_i32(acc, n, out, o, count, comp, ep_args):  # type: ignore[no-
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
+def _vec_epilogue_i64(acc, n, out, o, count, comp, ep_args):  # type: ignore[no-untyped-def]
+    """Epilogue of the int64 column sums ``acc`` (columns ``n ..``); ``comp = -za * colsum``."""
+    y = vmul_f32(vcvt_f32(vadd_i64(acc, vload_i64(comp, n, acc))), vload_f32(ep_args[0], n, acc))
+    vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
+
+
+@njit(forceinline=True, error_model="numpy", boundscheck=False)
 def _vec_epilogue_f32(acc, n, out, o, count, ep_args):  # type: ignore[no-untyped-def]
     """Epilogue of the float32 sums ``acc`` (columns ``n ..``)."""
     y = vmul_f32(acc, vload_f32(ep_args[0], n, acc))
@@ -265,22 +279,22 @@ def _float_row_portable(A, ao, nseg, seg_stride, seg_len, Bp, b_off, nr, T, t0):
 
 
 @njit(error_model="numpy", boundscheck=False)
-def _s16_row(A, ao, nseg, seg_stride, seg_len, za, Bp, b_off, nr, T, t0):  # type: ignore[no-untyped-def]
-    """One row of the int16 tile: exact int64 sums of (a - za) * w, stored as float32.
-
-    Converting here (the epilogue's first step) lets the int16 GEMM share the float GEMM's
-    compiled epilogue.
-    """
+def _s16_row(A, ao, nseg, seg_stride, k2, ktail, za, Bp, b_off, nr, T, t0):  # type: ignore[no-untyped-def]
+    """One row of the int16 tile without intrinsics: exact int64 sums of (a - za) * w, stored
+    as float32 (the epilogue's first step, so that the float GEMM's scalar epilogue serves)."""
     acc = np.zeros(nr, np.int64)
+    step = 2 * nr
     bo = b_off
     for s in range(nseg):
         base = ao + s * seg_stride
-        for k in range(seg_len):
-            a = np.int64(A[base + k]) - za
-            w = Bp[bo : bo + nr]
+        for g in range(k2 + ktail):
+            p = base + 2 * g
+            a0 = np.int64(A[p]) - za
+            a1 = np.int64(A[p + 1]) - za if g < k2 else np.int64(0)
+            panel = Bp[bo : bo + step]
             for j in range(nr):
-                acc[j] += a * np.int64(w[j])
-            bo += nr
+                acc[j] += a0 * np.int64(panel[2 * j]) + a1 * np.int64(panel[2 * j + 1])
+            bo += step
     out = T[t0 : t0 + nr]
     for j in range(nr):
         out[j] = np.float32(acc[j])
@@ -294,8 +308,8 @@ _COMMON = (
     "n_mb, A, lda, rows, M, nseg, seg_stride, {kargs}, Bp, n_panels, nrv_last, panel_size, za, "
     "comp, ep_args, out, ldo, N"
 )
-_KARGS = {"u8s8": "k4, ktail", "f32": "seg_len", "s16": "seg_len"}
-_B_STEP = {"u8s8": 4, "f32": 1, "s16": 1}  # packed elements per column in one K step
+_KARGS = {"u8s8": "k4, ktail", "f32": "seg_len", "s16": "k2, ktail"}
+_B_STEP = {"u8s8": 4, "f32": 1, "s16": 2}  # packed elements per column in one K step
 
 _ITEMS = '''
 @njit({jit})
@@ -378,10 +392,11 @@ _HEADER = [
     "from mmbuild.kernels.cpu.simd import load_u8_tail",
     "from mmbuild.kernels.cpu.gemm_codegen import (",
     "    _finish_tile, _float_row_portable, _row_offset, _s16_row, _u8s8_row_portable,",
-    "    _vec_epilogue_f32, _vec_epilogue_i32,",
+    "    _vec_epilogue_f32, _vec_epilogue_i32, _vec_epilogue_i64,",
     ")",
 ]
 _INT8_ARGS = "nseg, seg_stride, k4, ktail, Bp, b_off"
+_INT16_ARGS = "nseg, seg_stride, k2, ktail, Bp, b_off"
 _FLOAT_ARGS = "nseg, seg_stride, seg_len, Bp, b_off"
 
 
@@ -393,20 +408,30 @@ def _simd_source(lv: Level) -> list[str]:
         f"LANES = {lv.lanes}",
         "from mmbuild.kernels.cpu.vector import vbcast_f32, vfma, vload_f32, vzero_f32",
         "from mmbuild.kernels.cpu.dot import (",
+        "    pair_bcast2, pair_cols, pair_dot, pair_single, pair_weights, pair_zero,",
+        ")",
+        "from mmbuild.kernels.cpu.dot import (",
         *[f"    {lv.int8_dot}_{d} as {g}," for d, g in zip(dot_names, generic)],
         ")",
         "",
     ]
-    t8, tf = TILES[lv.name, "u8s8"], TILES[lv.name, "f32"]
-    for nv in range(1, t8.vecs + 1):
-        for rows in (1, t8.mr):
-            parts.append(codegen.int8_tile_source(rows, nv, "_vec_epilogue_i32"))
+    t8, t16, tf = (TILES[lv.name, kind] for kind in ("u8s8", "s16", "f32"))
+    for kind, tile, epilogue in (
+        ("u8s8", t8, "_vec_epilogue_i32"),
+        ("s16", t16, "_vec_epilogue_i64"),
+    ):
+        for nv in range(1, tile.vecs + 1):
+            for rows in (1, tile.mr):
+                parts.append(codegen.int_tile_source(kind, rows, nv, epilogue))
     for nv in range(1, tf.vecs + 1):
         parts.append(codegen.float_tile_source(tf.mr, nv, "_vec_epilogue_f32"))
     parts += [
         _items_source("u8s8", lv.lanes, t8, None, _simd_tile_call(
-            codegen.int8_tile_name, _INT8_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t8,
-            True)),
+            functools.partial(codegen.int_tile_name, "u8s8"),
+            _INT8_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t8, True)),
+        _items_source("s16", lv.lanes, t16, None, _simd_tile_call(
+            functools.partial(codegen.int_tile_name, "s16"),
+            _INT16_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t16, True)),
         _items_source("f32", lv.lanes, tf, None, _simd_tile_call(
             codegen.float_tile_name, _FLOAT_ARGS + ", ldb, mr, nn, n0 + c0, ep_args, out", tf,
             False)),
@@ -423,7 +448,7 @@ def _portable_source() -> list[str]:
         _items_source("f32", 16, tiles["f32"], "float32",
                       _row_tile_call("_float_row_portable", _FLOAT_ARGS, tiles["f32"].mr)),
         _items_source("s16", 16, tiles["s16"], "float32",
-                      _row_tile_call("_s16_row", "nseg, seg_stride, seg_len, za, Bp, b_off",
+                      _row_tile_call("_s16_row", "nseg, seg_stride, k2, ktail, za, Bp, b_off",
                                      tiles["s16"].mr)),
     ]  # fmt: skip
 
@@ -431,8 +456,8 @@ def _portable_source() -> list[str]:
 @functools.cache
 def generated_kernels(level: str) -> ModuleType:
     """The generated module of ``level`` (written and imported on first use): ``{kind}_items``
-    and ``{kind}_parallel`` for the kinds the level has SIMD kernels for (u8s8 and f32), or, for
-    ``"portable"``, the portable kernels of u8s8, f32 and s16."""
+    and ``{kind}_parallel`` for u8s8, s16 and f32: the SIMD kernels of the level, or, for
+    ``"portable"``, the portable ones."""
     lv = features.get_level(level)
     doc = f'"""GEMM kernels of level {level}, generated by mmbuild.kernels.cpu.gemm_codegen."""'
     body = _simd_source(lv) if lv.simd else _portable_source()

@@ -6,10 +6,10 @@
   scale_a 0.02, scale_w 0.005 give mult 1.0e-4 and y 0.1; a bias of 0.25 makes it 0.35.
 - ``pack_int8_weights`` / ``pack_int16_weights`` / ``pack_float_weights``: B ``[K, N]`` in column
   panels of ``NR = 64`` (the last one narrower, a multiple of 16, zero-filled), int8 as
-  ``[K/4][NR][4]`` per panel with K padded to a multiple of 4 (per segment), int16 and float as
-  ``[K][NR]``. Example: int8 B of ``[6, 20]`` is one panel of 32 columns, ``[2][32][4]`` = 256
-  bytes, K rows 6 and 7 and columns 20..31 zero; its ``colsum`` (int32, ``sum_k B[k, n]``) serves
-  the zero-point term.
+  ``[K/4][NR][4]`` per panel with K padded to a multiple of 4 (per segment), int16 as
+  ``[K/2][NR][2]`` (K padded to a multiple of 2), float as ``[K][NR]``. Example: int8 B of
+  ``[6, 20]`` is one panel of 32 columns, ``[2][32][4]`` = 256 bytes, K rows 6 and 7 and columns
+  20..31 zero; its ``colsum`` (int32, ``sum_k B[k, n]``) serves the zero-point term.
 - :class:`ImplicitRows`: where each output row's K-run starts in a flat NHWC input, so that a
   convolution runs as a GEMM without an im2col buffer.
 """
@@ -40,6 +40,7 @@ __all__ = [
 
 NR = 64  # columns of a packed panel: four 16-lane vectors
 _INT8_MAX_K = (2**31 - 1) // (255 * 128)  # |(a - za) * w| <= 255 * 128
+_INT16_MAX_PAIRS = 65535  # pair steps the int16 SIMD accumulator sums exactly (K <= 131070)
 
 
 class Activation(enum.IntEnum):
@@ -263,7 +264,27 @@ class PackedInt8Weights(_Packed):
 
 @dataclass(frozen=True, eq=False)
 class PackedInt16Weights(_Packed):
-    """int16 weights in ``[K][NR]`` panels."""
+    """int16 weights in ``vpmaddwd`` panels (``[K/2][NR][2]``), plus their column sums for the
+    zero-point term and whether the SIMD kernels are exact for them (``pairs_exact``: no weight
+    is -32768, whose pair sums can leave int32, and at most ``_INT16_MAX_PAIRS`` pairs of K rows,
+    see :func:`.dot.pair_cols`); where not, the product runs on the portable kernel."""
+
+    colsum: np.ndarray  # int64 [n]: sum_k w[k, n]
+    pairs_exact: bool
+
+    @property
+    def k2(self) -> int:
+        """Whole pairs of K rows per segment."""
+        return self.seg_len // 2
+
+    @property
+    def ktail(self) -> int:
+        return self.seg_len % 2
+
+    @property
+    def kgroups(self) -> int:
+        """Pairs of (zero-padded) K rows over all segments."""
+        return self.segments * -(-self.seg_len // 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,6 +292,19 @@ class PackedFloatWeights(_Packed):
     """float32 weights in ``[K][NR]`` panels, stored as float32 or as fp16 bits (``half``)."""
 
     half: bool = False
+
+
+def _grouped_panels(w: np.ndarray, segments: int, group: int) -> tuple[np.ndarray, int, int]:
+    """(panels ``[K/group][NR][group]`` of each segment padded to whole groups, n_panels,
+    nrv_last)."""
+    k, n = w.shape
+    n_panels, nrv_last = _panels(n)
+    seg_len = k // segments
+    groups = -(-seg_len // group)
+    wk = np.zeros((segments, group * groups, n), w.dtype)
+    wk[:, :seg_len] = w.reshape(segments, seg_len, n)
+    wp = _padded_columns(wk.reshape(segments * group * groups, n), n_panels, nrv_last, w.dtype)
+    return _pack_panels(wp, n_panels, nrv_last, group), n_panels, nrv_last
 
 
 def pack_int8_weights(w_kn: np.ndarray, *, segments: int = 1) -> PackedInt8Weights:
@@ -287,14 +321,9 @@ def pack_int8_weights(w_kn: np.ndarray, *, segments: int = 1) -> PackedInt8Weigh
             f"pack_int8_weights: K = {k} exceeds {_INT8_MAX_K}, where an int32 accumulator "
             "could overflow; split K or run the node in QINT16"
         )
-    n_panels, nrv_last = _panels(n)
-    seg_len = k // segments
-    groups = -(-seg_len // 4)
-    wk = np.zeros((segments, 4 * groups, n), np.int8)
-    wk[:, :seg_len] = w.reshape(segments, seg_len, n)
-    wp = _padded_columns(wk.reshape(segments * 4 * groups, n), n_panels, nrv_last, np.int8)
+    data, n_panels, nrv_last = _grouped_panels(w, segments, 4)
     return PackedInt8Weights(
-        data=_pack_panels(wp, n_panels, nrv_last, 4),
+        data=data,
         k=k,
         n=n,
         segments=segments,
@@ -305,17 +334,21 @@ def pack_int8_weights(w_kn: np.ndarray, *, segments: int = 1) -> PackedInt8Weigh
 
 
 def pack_int16_weights(w_kn: np.ndarray, *, segments: int = 1) -> PackedInt16Weights:
-    """Pack int16 weights ``[K, N]`` once, at build time (``segments`` as for int8)."""
+    """Pack int16 weights ``[K, N]`` once, at build time (``segments`` as for int8, each run
+    padded to a multiple of 2). Example: ``[3, 5]`` gives one panel of 16 columns,
+    ``[2][16][2]``; K row 3 and columns 5..15 are zero."""
     w = _check_weights(w_kn, (np.int16,), segments, "pack_int16_weights")
-    n_panels, nrv_last = _panels(w.shape[1])
-    wp = _padded_columns(w, n_panels, nrv_last, np.int16)
+    data, n_panels, nrv_last = _grouped_panels(w, segments, 2)
+    pairs = segments * -(-(w.shape[0] // segments) // 2)
     return PackedInt16Weights(
-        data=_pack_panels(wp, n_panels, nrv_last, 1),
+        data=data,
         k=w.shape[0],
         n=w.shape[1],
         segments=segments,
         n_panels=n_panels,
         nrv_last=nrv_last,
+        colsum=w.sum(axis=0, dtype=np.int64),
+        pairs_exact=pairs <= _INT16_MAX_PAIRS and not (w == -32768).any(),
     )
 
 

@@ -10,14 +10,16 @@ lanes for AVX-512, 8 for AVX2) and the kernel source stays the same.
 - Constructors take the lane count as their last argument, either a compile-time integer
   (``vzero_f32(8)``, ``vload_f32(arr, i, LANES)`` with ``LANES`` a module constant) or a vector
   whose width to copy (``vsplat_f32(x, y)``: ``x`` in every lane of a vector as wide as ``y``):
-  ``vzero_i32``, ``vsplat_i32``, ``vload_i32``, ``vzero_f32``, ``vsplat_f32``, ``vload_f32``
-  (float32, fp16 bits or 8-bit integers, widened exactly), ``vbcast_f32``.
-- Lane-wise operations take their width from their operands: ``vadd_i32``, ``vcvt_f32``,
-  ``vfma``, ``vadd_f32``, ``vmul_f32``, ``vdiv_f32``, ``vselect_lt``, ``vrint_f32``.
-- Stores: ``vstore_i32``, ``vstore_f32`` (all lanes, into an array of that type) and the masked
-  ``vstore_n_{f32,f16,u8,i16}`` (the first ``count`` lanes, converted, into a byte buffer; a full
-  vector takes a plain store, so AVX2, which has no masked byte or word stores, pays for the mask
-  only at a tile's right edge).
+  ``vzero_i32``, ``vzero_i64``, ``vsplat_i32``, ``vload_i32``, ``vload_i64``, ``vzero_f32``,
+  ``vsplat_f32``, ``vload_f32`` (float32, fp16 bits or 8-bit integers, widened exactly),
+  ``vbcast_f32``.
+- Lane-wise operations take their width from their operands: ``vadd_i32``, ``vadd_i64``,
+  ``vcvt_f32`` (from int32 or int64), ``vfma``, ``vadd_f32``, ``vmul_f32``, ``vdiv_f32``,
+  ``vselect_lt``, ``vrint_f32``.
+- Stores: ``vstore_i32``, ``vstore_i64``, ``vstore_f32`` (all lanes, into an array of that
+  type) and the masked ``vstore_n_{f32,f16,u8,i16}`` (the first ``count`` lanes, converted, into
+  a byte buffer; a full vector takes a plain store, so AVX2, which has no masked byte or word
+  stores, pays for the mask only at a tile's right edge).
 
 The float operations are plain IEEE operations without fast-math flags, so a vector epilogue
 rounds exactly as the same scalar float32 code does. Indices are in elements of the array's own
@@ -46,6 +48,7 @@ __all__ = [
     "i32x16",
     "vadd_f32",
     "vadd_i32",
+    "vadd_i64",
     "vbcast_f32",
     "vcvt_f32",
     "vdiv_f32",
@@ -53,6 +56,7 @@ __all__ = [
     "vfma",
     "vload_f32",
     "vload_i32",
+    "vload_i64",
     "vmul_f32",
     "vrint_f32",
     "vselect_lt",
@@ -60,25 +64,28 @@ __all__ = [
     "vsplat_i32",
     "vstore_f32",
     "vstore_i32",
+    "vstore_i64",
     "vstore_n_f16",
     "vstore_n_f32",
     "vstore_n_i16",
     "vstore_n_u8",
     "vzero_f32",
     "vzero_i32",
+    "vzero_i64",
 ]
 
 # Intrinsics take numba's typing context as a hidden first argument; typed as Any, callers in
 # jitted code type-check without an ignore per call.
 intrinsic: Callable[..., Any] = _numba_intrinsic
 
-I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32, HALF = ir.FloatType(), ir.HalfType()
-_ELEMENTS = {"i8": I8, "i16": I16, "i32": I32, "f32": F32}
+_ELEMENTS = {"i8": I8, "i16": I16, "i32": I32, "i64": I64, "f32": F32}
 
 
 class Vec(types.Type):
-    """``lanes`` elements of ``element`` (``"i32"``, ``"f32"``, ``"i16"``) in one LLVM vector."""
+    """``lanes`` elements of ``element`` (``"i16"``, ``"i32"``, ``"i64"``, ``"f32"``) in one LLVM
+    vector."""
 
     def __init__(self, element: str, lanes: int) -> None:
         self.element = element
@@ -171,6 +178,8 @@ def _zero(element: str):  # type: ignore[no-untyped-def]
 
 vzero_i32 = intrinsic(_zero("i32"))
 vzero_i32.__doc__ = "All-zero int32 vector of ``lanes`` lanes."
+vzero_i64 = intrinsic(_zero("i64"))
+vzero_i64.__doc__ = "All-zero int64 vector of ``lanes`` lanes."
 vzero_f32 = intrinsic(_zero("f32"))
 vzero_f32.__doc__ = "All-zero float32 vector of ``lanes`` lanes."
 
@@ -197,20 +206,27 @@ vsplat_f32 = intrinsic(_splat_of("f32", types.Float, types.float32))
 vsplat_f32.__doc__ = "A float scalar (rounded to float32) in every lane."
 
 
-@intrinsic
-def vload_i32(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
-    """The ``4 * lanes`` bytes at ``&arr[idx]`` as int32 lanes (any integer array)."""
-    n = lanes_of(lanes)
-    if n is None or not (isinstance(arr, types.Array) and isinstance(arr.dtype, types.Integer)):
-        return None
-    ty = vec("i32", n)
+def _load_int(element: str):  # type: ignore[no-untyped-def]
+    def typer(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
+        n = lanes_of(lanes)
+        if n is None or not (isinstance(arr, types.Array) and isinstance(arr.dtype, types.Integer)):
+            return None
+        ty = vec(element, n)
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        ptr = element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1],
-                          ty.llvm_type)  # fmt: skip
-        return builder.load(ptr, align=1)
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            ptr = element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1],
+                              ty.llvm_type)  # fmt: skip
+            return builder.load(ptr, align=1)
 
-    return ty(arr, idx, lanes), codegen
+        return ty(arr, idx, lanes), codegen
+
+    return typer
+
+
+vload_i32 = intrinsic(_load_int("i32"))
+vload_i32.__doc__ = "The ``4 * lanes`` bytes at ``&arr[idx]`` as int32 lanes (any integer array)."
+vload_i64 = intrinsic(_load_int("i64"))
+vload_i64.__doc__ = "The ``8 * lanes`` bytes at ``&arr[idx]`` as int64 lanes (any integer array)."
 
 
 def _float_source(arr: Any) -> Any:
@@ -269,22 +285,30 @@ def vbcast_f32(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------------------------
 # Lane-wise operations
 # ---------------------------------------------------------------------------------------------
-@intrinsic
-def vadd_i32(typingctx, a, b):  # type: ignore[no-untyped-def]
-    """Lane-wise wrapping int32 addition."""
-    if not (is_vec(a, "i32") and a == b):
-        return None
+def _add_int(element: str):  # type: ignore[no-untyped-def]
+    def typer(typingctx, a, b):  # type: ignore[no-untyped-def]
+        if not (is_vec(a, element) and a == b):
+            return None
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.add(args[0], args[1])
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            return builder.add(args[0], args[1])
 
-    return a(a, b), codegen
+        return a(a, b), codegen
+
+    return typer
+
+
+vadd_i32 = intrinsic(_add_int("i32"))
+vadd_i32.__doc__ = "Lane-wise wrapping int32 addition."
+vadd_i64 = intrinsic(_add_int("i64"))
+vadd_i64.__doc__ = "Lane-wise wrapping int64 addition."
 
 
 @intrinsic
 def vcvt_f32(typingctx, v):  # type: ignore[no-untyped-def]
-    """int32 lanes -> float32 lanes, rounded to nearest even (``vcvtdq2ps``)."""
-    if not is_vec(v, "i32"):
+    """int32 or int64 lanes -> float32 lanes, rounded to nearest even (``vcvtdq2ps``; int64
+    lanes without AVX-512 DQ take a few instructions each, still correctly rounded)."""
+    if not (is_vec(v, "i32") or is_vec(v, "i64")):
         return None
     ty = vec("f32", v.lanes)
 
@@ -375,6 +399,8 @@ def _store_all(element: str, dtype: Any):  # type: ignore[no-untyped-def]
 
 vstore_i32 = intrinsic(_store_all("i32", types.int32))
 vstore_i32.__doc__ = "Store every int32 lane at ``&arr[idx]`` of an int32 array."
+vstore_i64 = intrinsic(_store_all("i64", types.int64))
+vstore_i64.__doc__ = "Store every int64 lane at ``&arr[idx]`` of an int64 array."
 vstore_f32 = intrinsic(_store_all("f32", types.float32))
 vstore_f32.__doc__ = "Store every float32 lane at ``&arr[idx]`` of a float32 array."
 
