@@ -1,24 +1,28 @@
 """GEMM throughput of mmbuild's kernels against numpy and onnxruntime, and compile / start times.
 
-    python benchmarks/bench_gemm.py                 # throughput table, all threads
+    python benchmarks/bench_gemm.py                 # throughput table, all threads, every level
     python benchmarks/bench_gemm.py --threads 1     # one thread everywhere
+    python benchmarks/bench_gemm.py --isa avx2      # only the levels named
     python benchmarks/bench_gemm.py --startup       # cold compile and warm start, in subprocesses
 
-For each shape M x K x N it times, on the same inputs and thread count:
+For each shape M x K x N it times, on the same inputs and thread count, and for every
+instruction-set level the CPU runs (the header names the CPU and the levels):
 
 - mmbuild int8 (``gemm_u8s8``, float32 output with scale and bias fused) against onnxruntime
-  ``MatMulInteger`` (int32 output, no epilogue) and mmbuild's fused uint8 requantisation against
-  ``QLinearMatMul``;
+  ``MatMulInteger`` (int32 output, no epilogue) and ``MatMul`` (fp32), and mmbuild's fused uint8
+  requantisation against ``QLinearMatMul``;
+- mmbuild int16 (``gemm_s16``, exact int64 sums, float32 output) against onnxruntime ``MatMul``
+  and numpy (onnxruntime has no int16 matrix product: fp32 is what the user would run instead);
 - mmbuild fp32 and fp16-weight GEMM (``gemm_f32``) against onnxruntime ``MatMul`` and numpy's
   ``matmul`` (OpenBLAS);
 
 and prints GOPS (2 * M * N * K per second) and each ratio as "baseline time / mmbuild time"
-(above 1: mmbuild is faster). Times are the best of several rounds of the median of many calls; a
-round during which other processes used the CPUs is run again (Linux ``/proc``), so other work on
-the machine makes the script slower rather than its numbers wrong. mmbuild is timed through
-its bound calls (``bind_gemm_*``), the way a built plan runs it (onnxruntime's ``run`` costs a
-few microseconds more per call, which shows on the small shapes). This is a script, not a test:
-nothing asserts a time.
+(above 1: mmbuild is faster). Times are the best of several interleaved rounds of the median of
+many calls (see :func:`best_medians`); a round during which other processes used the CPUs is run
+again (Linux ``/proc``), so other work on the machine makes the script slower rather than its
+numbers wrong. mmbuild is timed through its bound calls (``bind_gemm_*``), the way a built plan
+runs it (onnxruntime's ``run`` costs a few microseconds more per call, which shows on the small
+shapes). This is a script, not a test: nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -55,32 +59,45 @@ def _others_share(start: tuple[int, int], seconds: float) -> float:
     return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / (seconds * (os.cpu_count() or 1)))
 
 
-def best_median(fn: Callable[[], Any], rounds: int = 5, min_round_s: float = 0.2) -> float:
-    """Seconds per call: the smallest, over ``rounds``, of the median of a round's calls.
+def _timed_round(fn: Callable[[], Any], reps: int) -> tuple[float, bool]:
+    """(median seconds per call of ``reps`` calls, whether other processes stayed quiet)."""
+    times = np.empty(reps)
+    start, t0 = _busy_ticks(), time.perf_counter()
+    for r in range(reps):
+        t = time.perf_counter()
+        fn()
+        times[r] = time.perf_counter() - t
+    return float(np.median(times)), _others_share(start, time.perf_counter() - t0) <= 0.05
+
+
+def best_medians(fns: dict[str, Callable[[], Any]], rounds: int = 5,
+                 min_round_s: float = 0.1) -> dict[str, float]:  # fmt: skip
+    """Seconds per call of each function: the smallest, over ``rounds``, of the median of a
+    round's calls. The rounds are interleaved (round 1 of every function, then round 2, ...), so
+    a slow phase of the machine hits every contender alike.
 
     A round during which other processes used more than 5% of the CPUs is discarded and run
-    again (up to 20 tries), so a busy machine costs time rather than accuracy.
+    again (up to 20 tries per function), so a busy machine costs time rather than accuracy.
     """
-    for _ in range(3):
-        fn()
-    t = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t, 1e-7)
-    reps = int(min(5000, max(20, min_round_s / one)))
-    best, kept, tries = float("inf"), 0, 0
-    while kept < rounds and tries < 20:
-        tries += 1
-        times = np.empty(reps)
-        start, t0 = _busy_ticks(), time.perf_counter()
-        for r in range(reps):
-            t = time.perf_counter()
+    reps = {}
+    for name, fn in fns.items():
+        for _ in range(3):
             fn()
-            times[r] = time.perf_counter() - t
-        if _others_share(start, time.perf_counter() - t0) > 0.05 and tries < 20:
-            time.sleep(0.2)
-            continue
-        kept += 1
-        best = min(best, float(np.median(times)))
+        t = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t, 1e-7)
+        reps[name] = int(min(5000, max(10, min_round_s / one)))
+    best = dict.fromkeys(fns, float("inf"))
+    tries = dict.fromkeys(fns, 0)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            while True:
+                tries[name] += 1
+                median, quiet = _timed_round(fn, reps[name])
+                if quiet or tries[name] >= 20:
+                    break
+                time.sleep(0.2)
+            best[name] = min(best[name], median)
     return best
 
 
@@ -149,67 +166,87 @@ def ort_matmul(w: np.ndarray, threads: int) -> Any:
 # Throughput
 # ---------------------------------------------------------------------------------------------
 def _row(shape: str, name: str, seconds: float, ops: float, ratios: str = "") -> None:
-    print(f"{shape:>16} {name:<34} {seconds * 1e3:8.3f} {ops / seconds / 1e9:7.0f}  {ratios}")
+    print(f"{shape:>16} {name:<38} {seconds * 1e3:8.3f} {ops / seconds / 1e9:7.1f}  {ratios}")
 
 
-def bench_shape(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> None:
+def bench_shape(
+    m: int, k: int, n: int, threads: int, levels: list[str], rng: np.random.Generator
+) -> None:
+    """Every mmbuild kernel on every level in ``levels`` and the baselines, interleaved."""
     from mmbuild.kernels.cpu.gemm import (
         Activation,
         Epilogue,
         OutKind,
         bind_gemm_f32,
+        bind_gemm_s16,
         bind_gemm_u8s8,
         pack_float_weights,
         pack_int8_weights,
+        pack_int16_weights,
     )
 
     shape = f"{m}x{k}x{n}"
     ops = 2.0 * m * n * k
 
-    # int8: uint8 activations with zero point 128, symmetric int8 weights
+    # int8: uint8 activations with zero point 128, symmetric int8 weights; int16 alike
     a8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
     w8 = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    a16 = rng.integers(-32768, 32768, (m, k), dtype=np.int16)
+    w16 = rng.integers(-32767, 32768, (k, n), dtype=np.int16)
     za, sa, sw = 128, 0.02, 0.01
     sy = sa * sw * 3000
-    packed8 = pack_int8_weights(w8)
+    packed8, packed16 = pack_int8_weights(w8), pack_int16_weights(w16)
     ep_f = Epilogue.create(n, scale_a=sa, scale_w=sw, bias=rng.standard_normal(n))
     ep_u8 = Epilogue.create(
         n, scale_a=sa, scale_w=sw, act=Activation.RELU, out_kind=OutKind.U8, out_scale=sy
     )
-    out_f = np.empty((m, n), np.float32)
-    out_u8 = np.empty((m, n), np.uint8)
-    t_i8 = best_median(bind_gemm_u8s8(a8, za, packed8, ep_f, out_f))
-    t_u8 = best_median(bind_gemm_u8s8(a8, za, packed8, ep_u8, out_u8))
-    mmi = ort_matmul_integer(w8, za, threads)
-    qmm = ort_qlinear_matmul(w8, sa, za, sw, sy, 0, threads)
-    t_mmi = best_median(lambda: mmi.run(None, {"A": a8}))
-    t_qmm = best_median(lambda: qmm.run(None, {"A": a8}))
-    _row(shape, "int8 -> f32 (scale, bias)", t_i8, ops, f"MatMulInteger {t_mmi / t_i8:.2f}")
-    _row(shape, "int8 -> u8 (requantised, relu)", t_u8, ops, f"QLinearMatMul {t_qmm / t_u8:.2f}")
-
-    # float: fp32 activations, fp32 or fp16 weights
     af = rng.standard_normal((m, k)).astype(np.float32)
     wf = rng.standard_normal((k, n)).astype(np.float32)
     wh = wf.astype(np.float16)
-    mm = ort_matmul(wf, threads)
-    t_ort = best_median(lambda: mm.run(None, {"A": af}))
-    out_np = np.empty((m, n), np.float32)
-    t_np = best_median(lambda: np.matmul(af, wf, out=out_np))
-    t_np_h = best_median(lambda: np.matmul(af, wh.astype(np.float32), out=out_np))
+    packed_f, packed_h = pack_float_weights(wf), pack_float_weights(wf, half=True)
     ep = Epilogue.create(n)
-    packed = pack_float_weights(wf)
-    t = best_median(bind_gemm_f32(af, packed, ep, out_f))
-    _row(shape, "fp32 -> f32", t, ops, f"ORT MatMul {t_ort / t:.2f}  numpy {t_np / t:.2f}")
-    packed_h = pack_float_weights(wf, half=True)
-    t = best_median(bind_gemm_f32(af, packed_h, ep, out_f))
-    _row(shape, "fp16 weights -> f32", t, ops,
-         f"ORT MatMul {t_ort / t:.2f}  numpy (widen + matmul) {t_np_h / t:.2f}")  # fmt: skip
-    _row(shape, "(ORT int8 MatMulInteger)", t_mmi, ops)
-    _row(shape, "(ORT fp32 MatMul)", t_ort, ops)
-    _row(shape, "(numpy fp32 matmul)", t_np, ops)
+    out_f = np.empty((m, n), np.float32)
+    out_u8 = np.empty((m, n), np.uint8)
+    out_np = np.empty((m, n), np.float32)
+
+    mmi = ort_matmul_integer(w8, za, threads)
+    qmm = ort_qlinear_matmul(w8, sa, za, sw, sy, 0, threads)
+    mm = ort_matmul(wf, threads)
+    fns: dict[str, Callable[[], Any]] = {
+        "MatMulInteger": lambda: mmi.run(None, {"A": a8}),
+        "QLinearMatMul": lambda: qmm.run(None, {"A": a8}),
+        "MatMul": lambda: mm.run(None, {"A": af}),
+        "numpy": lambda: np.matmul(af, wf, out=out_np),
+        "numpy widen": lambda: np.matmul(af, wh.astype(np.float32), out=out_np),
+    }
+    for lv in levels:
+        fns[f"int8 -> f32 [{lv}]"] = bind_gemm_u8s8(a8, za, packed8, ep_f, out_f, isa=lv)
+        fns[f"int8 -> u8 [{lv}]"] = bind_gemm_u8s8(a8, za, packed8, ep_u8, out_u8, isa=lv)
+        fns[f"int16 -> f32 [{lv}]"] = bind_gemm_s16(a16, -7, packed16, ep_f, out_f, isa=lv)
+        fns[f"fp32 [{lv}]"] = bind_gemm_f32(af, packed_f, ep, out_f, isa=lv)
+        fns[f"fp16 weights [{lv}]"] = bind_gemm_f32(af, packed_h, ep, out_f, isa=lv)
+    t = best_medians(fns)
+
+    def vs(name: str, *baselines: str) -> str:
+        return "  ".join(f"{b} {t[b] / t[name]:.2f}" for b in baselines)
+
+    for lv in levels:
+        rows = {
+            f"int8 -> f32 [{lv}]": ("MatMulInteger", "MatMul"),
+            f"int8 -> u8 [{lv}]": ("QLinearMatMul",),
+            f"int16 -> f32 [{lv}]": ("MatMul", "numpy"),
+            f"fp32 [{lv}]": ("MatMul", "numpy"),
+            f"fp16 weights [{lv}]": ("MatMul", "numpy widen"),
+        }
+        for name, baselines in rows.items():
+            _row(shape, name, t[name], ops, vs(name, *baselines))
+    for name, label in (("MatMulInteger", "(ORT int8 MatMulInteger)"),
+                        ("QLinearMatMul", "(ORT QLinearMatMul)"), ("MatMul", "(ORT fp32 MatMul)"),
+                        ("numpy", "(numpy fp32 matmul)")):  # fmt: skip
+        _row(shape, label, t[name], ops)
 
 
-def throughput(threads: int | None) -> None:
+def throughput(threads: int | None, levels: list[str] | None) -> None:
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -218,12 +255,16 @@ def throughput(threads: int | None) -> None:
     if threads:
         numba.set_num_threads(threads)
     nt = numba.get_num_threads()
-    print(f"# {features.describe()}; numba threads {nt}")
-    print(f"{'M x K x N':>16} {'kernel':<34} {'ms':>8} {'GOPS':>7}  ratios (baseline / mmbuild)")
+    chosen = levels or list(features.runnable_levels())
+    for lv in chosen:
+        features.check_runnable(lv)
+    print(f"# {features.describe()}; numba threads {nt}; levels measured: {', '.join(chosen)}")
+    print(f"{'M x K x N':>16} {'kernel [level]':<38} {'ms':>8} {'GOPS':>7}  "
+          "ratios (baseline time / mmbuild time)")  # fmt: skip
     rng = np.random.default_rng(0)
     with threadpool_limits(nt):
         for m, k, n in SHAPES:
-            bench_shape(m, k, n, nt, rng)
+            bench_shape(m, k, n, nt, chosen, rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,11 +319,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="threads (default: all)")
     parser.add_argument("--startup", action="store_true", help="measure cold and warm start")
+    parser.add_argument("--isa", default=None,
+                        help="comma-separated levels to measure (default: every level the CPU "
+                             "runs, e.g. avx2,portable)")  # fmt: skip
     args = parser.parse_args()
     if args.startup:
         startup()
     else:
-        throughput(args.threads)
+        throughput(args.threads, args.isa.split(",") if args.isa else None)
 
 
 if __name__ == "__main__":

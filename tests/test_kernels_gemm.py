@@ -369,6 +369,23 @@ def test_f32_large_problem_runs_parallel(isa: str) -> None:
     assert_float_close(out, a.astype(np.float64), w.astype(np.float64), ep, OutKind.F32)
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize(("k", "n"), [(1024, 1000), (37, 5), (300, 130)])
+def test_f32_lone_row_has_the_bits_of_a_tile_row(isa: str, k: int, n: int) -> None:
+    """M = 1 (and the last row of M = 49) runs the whole-panel single-row kernel; every column
+    still sums in k order, so each row's bits do not depend on M."""
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((49, k)).astype(np.float32)
+    packed = pack_float_weights(rng.standard_normal((k, n)).astype(np.float32))
+    ep = Epilogue.create(n, bias=rng.standard_normal(n), act=Activation.RELU)
+    rows = {m: np.zeros((m, n), np.float32) for m in (1, 6, 49)}
+    for m, out in rows.items():
+        gemm_f32(a[-m:], packed, ep, out, isa=isa)
+    assert_same_bits(rows[1], rows[49][-1:])
+    assert_same_bits(rows[6], rows[49][-6:])
+    assert rows[1].any()
+
+
 def test_f32_quantized_output_is_the_rounded_float_result() -> None:
     a = np.array([[1.0, 2.0]], np.float32)
     w = pack_float_weights(np.array([[0.5], [0.25]], np.float32))

@@ -53,9 +53,9 @@ work into (panel, block of ``MC`` rows) items, n major, and runs them on all thr
 product is large enough to pay for a parallel launch or streams many weights
 (``PARALLEL_MIN_MACS``, ``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD micro-kernel computes ``MR`` rows
 of a tile of the panel (see ``gemm_codegen.TILES``: on AVX2 4 x 8 int8 and int16, 6 x 16 float;
-a 1-row variant for a single row of the integer kinds) and applies the epilogue to its
-registers, with masked stores at the right edge; the portable kernels fill a scratch tile that a
-scalar epilogue stores.
+a 1-row variant for a single row; the float one spans the whole panel) and applies the
+epilogue to its registers, with masked stores at the right edge; the portable kernels fill a
+scratch tile that a scalar epilogue stores.
 
 A may have a row stride (``a = buf[:, :K]``), and K needs no padding: the int8 kernels read the
 last ``K % 4`` bytes of a row one by one. ``out`` may have a row stride too (a slice of a wider

@@ -322,6 +322,7 @@ def {kind}_items(first, last, {common}):
         width = 16 * ({nrv} if p < n_panels - 1 else nrv_last)
         n0 = p * {nr}
         ldb = {bstep} * width
+{row_block}
         for c0 in range(0, width, {tile_cols}):
             nn = min({tile_cols}, N - n0 - c0)
             if nn <= 0:
@@ -374,7 +375,31 @@ def _row_tile_call(row_fn: str, kernel_args: str, mr: int) -> str:
     return "\n".join(lines)
 
 
-def _items_source(kind: str, lanes: int, tile: Tile, acc: str | None, tile_call: str) -> str:
+def _wide_row_call(lanes: int) -> str:
+    """A block of one row (M = 1, or the last row) of the float GEMM: the whole panel in one
+    call, ``NR / LANES`` vectors. The float tile's FMAs form one dependency chain per vector
+    of accumulators, and a 1 x 2 tile has too few chains to cover the FMA latency; the
+    multi-row tile would compute the lone row six times. Each column still sums in k order,
+    so the row gets the same bits as in a multi-row tile."""
+    lines = [
+        "        if min(M, (mb + 1) * MC_ROWS) - mb * MC_ROWS == 1:",
+        "            m0 = mb * MC_ROWS",
+        "            ao0 = _row_offset(rows, lda, m0)",
+        "            nv = width // LANES",
+        "            nn = min(width, N - n0)",
+        "            b_off = p * panel_size",
+    ]
+    for nv in range(NR // lanes, 0, -1):
+        lines.append(f"            {'if' if nv == NR // lanes else 'elif'} nv == {nv}:")
+        lines.append(f"                {codegen.float_tile_name(1, nv)}(A, ao0, {_FLOAT_ARGS}, "
+                     "ldb, 1, nn, n0, ep_args, out, m0 * ldo + n0, ldo)")  # fmt: skip
+    lines.append("            continue")
+    return "\n".join(lines)
+
+
+def _items_source(
+    kind: str, lanes: int, tile: Tile, acc: str | None, tile_call: str, row_block: str = ""
+) -> str:
     offsets = "\n".join(
         f"{_INDENT}ao{r} = _row_offset(rows, lda, m0 + min({r}, mr - 1))" for r in range(tile.mr)
     )
@@ -383,6 +408,7 @@ def _items_source(kind: str, lanes: int, tile: Tile, acc: str | None, tile_call:
         scratch=f"    T = np.empty({tile.mr * NR}, np.{acc})" if acc else "", nrv=NR // 16,
         nr=NR, bstep=_B_STEP[kind], tile_cols=lanes * tile.vecs, vecs=tile.vecs, mc=MC[kind],
         mr=tile.mr, offsets=offsets, tile_call=tile_call,
+        row_block=row_block.replace("MC_ROWS", str(MC[kind])),
     )  # fmt: skip
 
 
@@ -425,6 +451,8 @@ def _simd_source(lv: Level) -> list[str]:
                 parts.append(codegen.int_tile_source(kind, rows, nv, epilogue))
     for nv in range(1, tf.vecs + 1):
         parts.append(codegen.float_tile_source(tf.mr, nv, "_vec_epilogue_f32"))
+    for nv in range(1, NR // lv.lanes + 1):
+        parts.append(codegen.float_tile_source(1, nv, "_vec_epilogue_f32"))
     parts += [
         _items_source("u8s8", lv.lanes, t8, None, _simd_tile_call(
             functools.partial(codegen.int_tile_name, "u8s8"),
@@ -434,7 +462,7 @@ def _simd_source(lv: Level) -> list[str]:
             _INT16_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t16, True)),
         _items_source("f32", lv.lanes, tf, None, _simd_tile_call(
             codegen.float_tile_name, _FLOAT_ARGS + ", ldb, mr, nn, n0 + c0, ep_args, out", tf,
-            False)),
+            False), _wide_row_call(lv.lanes)),
     ]  # fmt: skip
     return parts
 
