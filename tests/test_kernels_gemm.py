@@ -550,3 +550,61 @@ def test_empty_m_is_a_no_op() -> None:
     w = pack_float_weights(np.ones((4, 3), np.float32))
     out = np.zeros((0, 3), np.float32)
     gemm_f32(np.zeros((0, 4), np.float32), w, Epilogue.create(3), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Levels this CPU cannot run: compiled (not run) for a CPU that has them
+# ---------------------------------------------------------------------------------------------
+_COMPILE_ONLY = """
+import numba, numpy as np
+from mmbuild.kernels.cpu import features, gemm as G
+products = {
+    "u8s8": (G.bind_gemm_u8s8, np.uint8, G.pack_int8_weights(np.ones((41, 70), np.int8)), (3,)),
+    "s16": (G.bind_gemm_s16, np.int16, G.pack_int16_weights(np.ones((41, 70), np.int16)), (3,)),
+    "f32": (G.bind_gemm_f32, np.float32, G.pack_float_weights(np.ones((41, 70), np.float32)), ()),
+}
+for level in LEVELS:
+    for kind, (bind, dtype, w, za) in products.items():
+        out = np.zeros((5, 70), np.float32)
+        bound = bind(np.zeros((5, 41), dtype), *za, w, G.Epilogue.create(70), out, isa=level)
+        sig = tuple(numba.typeof(x) for x in bound._args)
+        bound._fn.compile(sig)  # compiled for the CPU named below, never run here
+        asm = bound._fn.inspect_asm(sig)
+        words = [w for w in ("zmm", "vpdpbusd", "vpmaddwd", "vfmadd") if w in asm]
+        print(level, kind, bound.kernel, *words)
+"""
+
+_BASE_FEATURES = "+avx2,+avx,+fma,+f16c,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+popcnt,+bmi,+bmi2"
+_FOREIGN_CPUS = {
+    # (NUMBA_CPU_NAME, extra features, levels to compile, instructions each kind must contain)
+    "sapphirerapids": (
+        "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni,+avxvnni",
+        ("avx512_vnni", "avx512"),
+    ),
+    "alderlake": ("+avxvnni", ("avx_vnni",)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", list(_FOREIGN_CPUS))
+def test_levels_this_cpu_lacks_compile_to_their_instructions(cpu: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every GEMM of the AVX-512 and AVX-VNNI levels compiles for a CPU that has them (numba
+    told to target it) and uses the level's instructions: vpdpbusd for VNNI int8, vpmaddwd for
+    int16 and for int8 without VNNI, FMA for float, zmm registers on AVX-512. Compiled in a
+    subprocess and never run: this CPU may lack them."""
+    extra, levels = _FOREIGN_CPUS[cpu]
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=f"{_BASE_FEATURES},{extra}",
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"), MMBUILD_CACHE_DIR=str(tmp_path / "k"))  # fmt: skip
+    code = f"LEVELS = {levels!r}\n" + _COMPILE_ONLY
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in done.stdout.splitlines()}
+    for level in levels:
+        vnni, wide = level.endswith("vnni"), level.startswith("avx512")
+        for kind, needs in (("u8s8", "vpdpbusd" if vnni else "vpmaddwd"), ("s16", "vpmaddwd"),
+                            ("f32", "vfmadd")):  # fmt: skip
+            kernel, *words = lines[level, kind]
+            assert kernel == f"gemm_{kind}/{level}"
+            assert needs in words, (level, kind, words)
+            assert ("zmm" in words) == wide or not wide, (level, kind, words)
