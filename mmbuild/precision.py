@@ -223,22 +223,32 @@ def _guard_float16(
 ) -> DataType:
     if ftype is not DataType.FLOAT16:
         return ftype
-    for t in [*node.inputs, *node.outputs]:
+    beyond = float16_overflow([*node.inputs, *node.outputs], config)
+    if beyond is None:
+        return ftype
+    name, reach = beyond
+    plan.warnings.append(
+        f"{node.node_type} {node.get_node_name()!r}: tensor {name!r} reaches {reach:.6g}, "
+        f"beyond float16's {FLOAT16_MAX:g}; the node keeps FLOAT32 (set_precision / "
+        "set_output_type to override)"
+    )
+    notes.append(f"fp16 overflow guard: {name} reaches {reach:.6g} > {FLOAT16_MAX:g}, kept FLOAT32")
+    return DataType.FLOAT32
+
+
+def float16_overflow(
+    tensors: list[ITensor], config: BuilderConfig | None
+) -> tuple[str, float] | None:
+    """The first of ``tensors`` that float16 cannot hold, as ``(tensor name, magnitude)``, or
+    None: an activation by the range the build resolves for it (:func:`resolve_range`), a
+    constant by its largest finite value. Example: a tensor calibrated to ``Range(-3.0, 1.2e5)``
+    reaches 120000 > 65504."""
+    for t in tensors:
         rng = None if _is_constant(t) else resolve_range(t, config)
         reach = _magnitude(rng) if rng is not None else _constant_reach(t)
         if reach is not None and reach > FLOAT16_MAX:
-            msg = (
-                f"{node.node_type} {node.get_node_name()!r}: tensor {t.get_tensor_name()!r} "
-                f"reaches {reach:.6g}, beyond float16's {FLOAT16_MAX:g}; the node "
-                "keeps FLOAT32 (set_precision / set_output_type to override)"
-            )
-            notes.append(
-                f"fp16 overflow guard: {t.get_tensor_name()} reaches {reach:.6g} > "
-                f"{FLOAT16_MAX:g}, kept FLOAT32"
-            )
-            plan.warnings.append(msg)
-            return DataType.FLOAT32
-    return ftype
+            return t.get_tensor_name(), reach
+    return None
 
 
 def resolve_range(t: ITensor, config: BuilderConfig | None) -> Range | None:

@@ -63,8 +63,6 @@ def agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return cos, float(np.abs(got - want).max())
 
 
-
-
 def check_fp32(key: str, batch: int) -> None:
     net, path = parse(key)
     x = model_input(key, batch)

@@ -138,7 +138,10 @@ def test_activation_parameters_and_refusals() -> None:
     with pytest.raises(mm.MMError, match="alpha must be a finite number, not 'big'"):
         leaky.set_alpha("big")  # type: ignore[arg-type]
     assert leaky.get_alpha() == 0.2
-    with pytest.raises(mm.MMError, match=r"argument 'mode': expected an mm\.IActivation .*e\.g\. mm\.IActivation\.RELU"):
+    with pytest.raises(
+        mm.MMError,
+        match=r"argument 'mode': expected an mm\.IActivation .*e\.g\. mm\.IActivation\.RELU",
+    ):
         net.add_i_activation_node(x, "relu")
     _, i = one_node([4], mm.DataType.INT32)
     with pytest.raises(mm.MMError, match="INT32; this op computes on FLOAT32 or FLOAT16"):
@@ -253,7 +256,10 @@ def test_elementwise_refusals() -> None:
     i = net.add_input(mm.DataType.INT32, mm.Dims([2, 3]))
     with pytest.raises(mm.MMError, match=r"input 1 \(b\) is INT32"):
         net.add_i_elementwise_node(a, i, mm.IElementwise.SUB)
-    with pytest.raises(mm.MMError, match=r"argument 'mode': expected an mm\.IElementwise .*e\.g\. mm\.IElementwise\.ADD"):
+    with pytest.raises(
+        mm.MMError,
+        match=r"argument 'mode': expected an mm\.IElementwise .*e\.g\. mm\.IElementwise\.ADD",
+    ):
         net.add_i_elementwise_node(a, a, "add")
     assert net.get_all_nodes_in_network() == []
     node = net.add_i_elementwise_node(a, a, mm.IElementwise.ADD)

@@ -395,9 +395,13 @@ def test_reduce_refusals() -> None:
         net.add_i_reduce_node(x, [0, 0], mm.IReduce.MAX)
     with pytest.raises(mm.MMError, match=r"axes is empty.*list\(range\(rank\)\)"):
         net.add_i_reduce_node(x, [], mm.IReduce.MEAN)
-    with pytest.raises(mm.MMError, match="argument 'axes': expected an integer or a list of integers, got str"):
+    with pytest.raises(
+        mm.MMError, match="argument 'axes': expected an integer or a list of integers, got str"
+    ):
         net.add_i_reduce_node(x, "1", mm.IReduce.MEAN)
-    with pytest.raises(mm.MMError, match=r"argument 'mode': expected an mm\.IReduce .*e\.g\. mm\.IReduce\.MEAN"):
+    with pytest.raises(
+        mm.MMError, match=r"argument 'mode': expected an mm\.IReduce .*e\.g\. mm\.IReduce\.MEAN"
+    ):
         net.add_i_reduce_node(x, 1, "mean")
     with pytest.raises(mm.MMError, match="argument 'keep_dims': expected True or False"):
         net.add_i_reduce_node(x, 1, mm.IReduce.MEAN, 1)
@@ -504,7 +508,9 @@ def test_batch_norm_shapes_and_refusals() -> None:
         net.add_i_fused_batch_norm_node(x, *p3, -1, -0.1)
     with pytest.raises(mm.MMError, match="set_epsilon: epsilon is nan"):
         node.set_epsilon(float("nan"))
-    with pytest.raises(mm.MMError, match=r"argument 'axis': expected an integer, got float \(1.0\)"):
+    with pytest.raises(
+        mm.MMError, match=r"argument 'axis': expected an integer, got float \(1.0\)"
+    ):
         net.add_i_fused_batch_norm_node(x, *p3, 1.0)
     with pytest.raises(mm.MMError, match=r"argument 'offset' is missing \(None\)"):
         net.add_i_fused_batch_norm_node(x, p3[0], p3[1], p3[2], None, -1)

@@ -1,6 +1,7 @@
 """mm.AccuracyTuner: on the sample CNN, whose int8 build misses a cosine target, the tuner meets
 it by moving the fewest nodes to float, names them, leaves user-set nodes alone, keeps within its
-trial bound, and refuses bad arguments with MMError."""
+trial bound, never gives FLOAT16 to a node whose inputs overflow it, and refuses bad arguments
+with MMError."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from sample_cnn import ImageBatches, build_cnn, sample_images
+from sample_cnn import ImageBatches, build_cnn, const, sample_images
 
 import mmbuild as mm
 from mmbuild.report import error_stats
@@ -118,6 +119,94 @@ def test_max_abs_error_target_and_a_user_metric_with_max_drop():
         net, _config(), None, [EVAL[:16], EVAL[16:]], metric=top1, max_drop=0.0
     ).tune()  # no calibration data: the ranges the first tuner wrote are reused
     assert report.target == "top1 >= 1" and report.met and report.final_metric == 1.0
+
+
+def _two_layers(scale: float) -> mm.Network:
+    """x [N, 64] -> fc1 (weights N(0, scale)) -> "hidden" [N, 32] -> fc2 -> [N, 8]: "hidden"
+    grows with ``scale`` (max |hidden| about 35 * scale on the data below)."""
+    rng = np.random.default_rng(0)
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([-1, 64]))
+    fc1 = net.add_i_inner_product_node(
+        x, const(net, rng.normal(0, scale, (32, 64))), const(net, np.zeros(32))
+    )
+    fc1.set_node_name("fc1")
+    fc1.get_output(0).set_tensor_name("hidden")
+    fc2 = net.add_i_inner_product_node(
+        fc1.get_output(0), const(net, rng.normal(0, 0.1, (8, 32))), const(net, np.zeros(8))
+    )
+    fc2.set_node_name("fc2")
+    net.mark_output(fc2.get_output(0))
+    return net
+
+
+def _tune_two_layers(
+    net: mm.Network, monkeypatch: pytest.MonkeyPatch
+) -> tuple[mm.Model, mm.TunerReport, list[dict[str, mm.DataType]]]:
+    """Tune to a cosine both nodes must leave int8 for (int8 gives 0.99987, fc1 alone in float
+    0.99994); returns the model, the report and the moves of every trial build."""
+    from mmbuild.quant.tuner import AccuracyTuner
+
+    tried: list[dict[str, mm.DataType]] = []
+    trial = AccuracyTuner._trial
+
+    def spy(self, moves, bar):  # type: ignore[no-untyped-def]
+        tried.append(dict(moves))
+        return trial(self, moves, bar)
+
+    monkeypatch.setattr(AccuracyTuner, "_trial", spy)
+    rng = np.random.default_rng(1)
+    calib = [ImageBatches(list(rng.normal(0, 1, (4, 16, 64)).astype(np.float32)))]
+    evals = [np.random.default_rng(2).normal(0, 1, (32, 64)).astype(np.float32)]
+    tuner = mm.AccuracyTuner(
+        net, _config(), calib, evals, min_cosine=0.99999,
+        algorithm=mm.QuantizationAlgorithm.LINEAR_ALGORITHM,  # ranges = the observed min / max
+    )  # fmt: skip
+    model, report = tuner.tune()
+    return model, report, tried
+
+
+def test_a_node_reading_a_tensor_beyond_fp16_moves_to_float32_never_float16(monkeypatch):
+    net = _two_layers(3000.0)
+    model, report, tried = _tune_two_layers(net, monkeypatch)
+    reach = net.find_tensor_by_name("hidden").get_dynamic_range().max
+    assert 65504 < reach < 2e5  # calibrated: fc1's output, fc2's input, overflows fp16
+    assert report.met and sorted(report.moved) == ["fc1", "fc2"]
+    rows = {r.node: r for r in report.rows}
+    # fc2 would read "hidden" in fp16 (inf): FLOAT32 in every trial, and the report says why
+    assert rows["fc2"].to_precision is mm.DataType.FLOAT32
+    assert f"FLOAT32: tensor 'hidden' reaches {reach:.6g}, beyond fp16's 65504" in rows["fc2"].why
+    assert all(t["fc2"] is mm.DataType.FLOAT32 for t in tried if "fc2" in t)
+    assert any("fc2" in t for t in tried)
+    assert _step(model, "fc2").precisions[:2] == [mm.DataType.FLOAT32] * 2
+    # fc1 reads x and weights fp16 holds; its large output stays FLOAT32 in the build
+    assert rows["fc1"].to_precision is mm.DataType.FLOAT16 and "fp16" not in rows["fc1"].why
+    assert _step(model, "fc1").precisions[:2] == [mm.DataType.FLOAT16] * 2
+    assert _step(model, "fc1").output_types[0] is mm.DataType.FLOAT32
+    assert "beyond fp16's 65504" in str(report)
+    # what the tuner avoided: fc2 in FLOAT16 gives no finite output
+    fc2 = net.find_node_by_name("fc2")
+    assert fc2.set_precision(0, mm.DataType.FLOAT16).ok()
+    assert fc2.set_precision(1, mm.DataType.FLOAT16).ok()
+    context = (
+        mm.Builder().build_model("fc2_fp16", net, _config()).create_i_engine().create_i_context()
+    )
+    inputs = context.create_inputs()
+    inputs[0].from_numpy(np.random.default_rng(2).normal(0, 1, (32, 64)).astype(np.float32))
+    outputs: list[mm.IRTTensor] = []
+    assert context.enqueue(inputs, outputs).ok()
+    assert not np.isfinite(outputs[0].asnumpy()).all()
+
+
+def test_the_same_node_gets_float16_when_its_tensors_fit(monkeypatch):
+    net = _two_layers(600.0)
+    model, report, tried = _tune_two_layers(net, monkeypatch)
+    assert net.find_tensor_by_name("hidden").get_dynamic_range().max < 65504
+    assert report.met and sorted(report.moved) == ["fc1", "fc2"]
+    assert all(r.to_precision is mm.DataType.FLOAT16 for r in report.rows)
+    assert not any("fp16" in r.why for r in report.rows)
+    assert _step(model, "fc2").precisions[:2] == [mm.DataType.FLOAT16] * 2
+    assert tried[1] == {"fc1": mm.DataType.FLOAT16, "fc2": mm.DataType.FLOAT16}
 
 
 def test_bad_arguments_raise_mmerror():

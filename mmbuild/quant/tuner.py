@@ -22,7 +22,9 @@ Steps (each trial costs one build and one run of the evaluation inputs, never a 
    rank order), and with the trials left give the moved nodes back to int8 one at a time, the
    ones with most MACs first, keeping each return after which the target still holds.
    If even the whole list in FLOAT32 misses the target, the best model tried is returned and
-   the report says the target is not met.
+   the report says the target is not met. A node whose quantizable inputs (the ones a move
+   puts in float) reach beyond fp16's 65504, by their calibrated range or a constant's values,
+   is moved to FLOAT32 even in the FLOAT16 trials, and its report row says why.
 
 Nodes with a ``set_precision`` or ``set_output_type`` of the user are never changed. The user's
 network is left as it was (the tuner's node settings are undone), except for the ranges the
@@ -47,6 +49,7 @@ from mmbuild.errors import MMError
 from mmbuild.ir.network import Network
 from mmbuild.ir.node import INode
 from mmbuild.ir.types import DataType
+from mmbuild.precision import FLOAT16_MAX, float16_overflow
 from mmbuild.quant.tuner_report import TunerReport, TunerRow
 
 if TYPE_CHECKING:
@@ -153,12 +156,19 @@ class AccuracyTuner(CamelCaseAliases):
             report.trials = self.trials
             return model, report
         order = [name for name, _ in ranking]
+        fp32_only = _float16_overflows(self.network, self.config, order)
+
+        def moves(names: list[str], ftype: DataType) -> dict[str, DataType]:
+            return {n: DataType.FLOAT32 if n in fp32_only else ftype for n in names}
+
         best = (score, model, 0, DataType.QINT8)
         found: tuple[Model, float, int, DataType] | None = None
         for ftype in (DataType.FLOAT16, DataType.FLOAT32):
             if self.trials >= self.max_trials:
                 break
-            m, s = self._trial({n: ftype for n in order}, bar)
+            if ftype is DataType.FLOAT32 and len(fp32_only) == len(order):
+                break  # the FLOAT16 trial was this one: every node had to be FLOAT32
+            m, s = self._trial(moves(order, ftype), bar)
             if self._better(s, best[0]):
                 best = (s, m, len(order), ftype)
             if self._meets(s):
@@ -170,7 +180,7 @@ class AccuracyTuner(CamelCaseAliases):
             lo = 0  # the prefix of length lo misses the target, hi meets it
             while hi - lo > 1 and self.trials < self.max_trials:
                 mid = (lo + hi) // 2
-                mm_, ms = self._trial({n: ftype for n in order[:mid]}, bar)
+                mm_, ms = self._trial(moves(order[:mid], ftype), bar)
                 if self._meets(ms):
                     hi, m, s = mid, mm_, ms
                 else:
@@ -182,12 +192,12 @@ class AccuracyTuner(CamelCaseAliases):
                 if self.trials >= self.max_trials or len(moved) == 1:
                     break
                 rest = [n for n in moved if n != name]
-                mm_, ms = self._trial({n: ftype for n in rest}, bar)
+                mm_, ms = self._trial(moves(rest, ftype), bar)
                 if self._meets(ms):
                     moved, m, s = rest, mm_, ms
             best = (s, m, len(moved), ftype)
         score, model, _, ftype = best
-        report.rows = self._rows(moved, ftype, int8_score, score, ranking)
+        report.rows = self._rows(moves(moved, ftype), int8_score, score, ranking, fp32_only)
         report.final_metric, report.met, report.trials = score, self._meets(score), self.trials
         report.int8_mac_share = _mac_share(macs, quantized, set(moved))
         if not report.met:
@@ -232,11 +242,11 @@ class AccuracyTuner(CamelCaseAliases):
 
     def _rows(
         self,
-        moved: list[str],
-        ftype: DataType,
+        moved: dict[str, DataType],
         before: float,
         after: float,
         ranking: list[tuple[str, float]],
+        fp32_only: dict[str, str],
     ) -> list[TunerRow]:
         total = sum(v for _, v in ranking) or 1.0
         share = dict(ranking)
@@ -244,16 +254,19 @@ class AccuracyTuner(CamelCaseAliases):
         qtype = DataType.QINT16 if self.config.precision_mode.startswith("qint16") else None
         rank_of = {name: i for i, (name, _) in enumerate(ranking, 1)}
         rows = []
-        for name in moved:
+        for name, ftype in moved.items():
             node = self.network.find_node_by_name(name)
+            why = f"rank {rank_of[name]} of {len(ranking)}: {share[name] / total:.0%} of the "
+            why += "int8 noise"
+            if name in fp32_only:
+                why += f"; {fp32_only[name]}"
             rows.append(
                 TunerRow(
                     name,
                     node.get_node_type(),
                     qtype or DataType.QINT8,
                     ftype,
-                    f"rank {rank_of[name]} of {len(ranking)}: {share[name] / total:.0%} of the "
-                    "int8 noise",
+                    why,
                     before,
                     after,
                     macs.get(name, 0),
@@ -458,6 +471,30 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
         noise = float(np.sum((got - want) ** 2))
         added[step.name] = noise / signal if signal > 0 else (math.inf if noise > 0 else 0.0)
     return sorted(added.items(), key=lambda kv: (-kv[1], names.index(kv[0])))
+
+
+def _float16_overflows(network: Network, config: BuilderConfig, names: list[str]) -> dict[str, str]:
+    """The nodes of ``names`` that cannot move to FLOAT16, each with the reason the report
+    gives: those with a quantizable input (the slots a move sets to float) beyond fp16's
+    largest finite value, by the range the build resolves for an activation or a constant's
+    values (``mmbuild.precision.float16_overflow``). Their outputs are left out: a move leaves
+    them in the mode's float type, which the builder keeps FLOAT32 for a range beyond fp16.
+    Example: an inner product reading a tensor calibrated to Range(-3.0, 1.2e5) gives
+    ``"FLOAT32: tensor 'fc1:0' reaches 120000, beyond fp16's 65504"``.
+
+    With a clipping range algorithm (AUTO, percentile, entropy) the calibrated range can be
+    narrower than the values seen, so a tensor whose rare outliers pass 65504 is not caught.
+    """
+    found = {}
+    for name in names:
+        node = network.find_node_by_name(name)
+        beyond = float16_overflow([node.inputs[q] for q in node.quantizable_inputs], config)
+        if beyond is not None:
+            tensor, reach = beyond
+            found[name] = (
+                f"FLOAT32: tensor {tensor!r} reaches {reach:.6g}, beyond fp16's {FLOAT16_MAX:g}"
+            )
+    return found
 
 
 def _macs(network: Network) -> dict[str, int]:

@@ -12,7 +12,8 @@
 - :mod:`.convert`: whole-array fp16/fp32 conversion, quantization and dequantization;
 - :mod:`.qcommon`: what the quantized kernels share (scales, weight quantization, epilogues);
 - the kernel entries of the table (:mod:`.all` lists them): :mod:`.conv_ops`, :mod:`.deconv_ops`,
-  :mod:`.linear_ops`, :mod:`.pointwise`, :mod:`.normalize`, :mod:`.movement`, :mod:`.window`.
+  :mod:`.linear_ops`, :mod:`.pointwise`, :mod:`.elementwise`, :mod:`.normalize`,
+  :mod:`.movement`, :mod:`.window`.
 
 Submodules are imported on use: importing this package compiles nothing.
 """

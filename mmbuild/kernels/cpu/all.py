@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 
 KERNEL_MODULES = (
-    "pointwise",  # activation, clip, elementwise, cast
+    "pointwise",  # activation, clip, cast
+    "elementwise",  # elementwise
     "normalize",  # fused_batch_norm, layer_norm, softmax, reduce
     "movement",  # reshape, squeeze, unsqueeze, permute, concat, split, slice, pad
     "window",  # maxpool2d, avgpool2d, resize

@@ -49,12 +49,12 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from mmbuild.kernels.cpu.elementwise import broadcast_geometry
 from mmbuild.kernels.cpu.pointwise import (
     COST_DIVIDE,
     COST_LIBM,
     FLOATS,
     apply_fused,
-    broadcast_geometry,
     contiguous_out,
     flat_in,
     fused_activation,
