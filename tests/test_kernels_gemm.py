@@ -106,13 +106,16 @@ def int8_problems(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     k = draw(st.integers(1, 70))
     n = draw(st.integers(1, 140))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    fill = draw(st.sampled_from(["random", "random", "extreme"]))
+    fill = draw(st.sampled_from(["random", "extreme", "small", "small extreme"]))
     lda = k + draw(st.sampled_from([0, 0, 3]))
     a_buf = rng.integers(0, 256, (m, lda), dtype=np.uint8)
     w = rng.integers(-128, 128, (k, n), dtype=np.int8)
-    if fill == "extreme":
+    if fill.startswith("small"):  # within [-64, 64]: vpmaddubsw on the levels without VNNI
+        w = rng.integers(-64, 65, (k, n), dtype=np.int8)
+    if fill.endswith("extreme"):  # the largest pair sums: 255 * 64 * 2 = 32640 for small
         a_buf[:] = 255
-        w[:] = rng.choice(np.array([-128, 127], np.int8), (k, n))
+        w[:] = rng.choice(np.array([-64, 64] if fill == "small extreme" else [-128, 127], np.int8),
+                          (k, n))  # fmt: skip
     za = draw(st.sampled_from([0, 128, 255]) | st.integers(0, 255))
     ep = draw(epilogues(n, acc_scale=float(40 * 128 * np.sqrt(k))))
     return a_buf[:, :k], za, w, ep, draw(st.sampled_from([0, 0, 5]))
@@ -124,9 +127,15 @@ def int8_problems(draw: st.DrawFn):  # type: ignore[no-untyped-def]
 def test_u8s8_matches_reference(isa: str, problem) -> None:  # type: ignore[no-untyped-def]
     a, za, w, ep, col_pad = problem
     out = output_for(ep, a.shape[0], col_pad=col_pad)
-    gemm_u8s8(a, za, pack_int8_weights(w), ep, out, isa=isa)
+    packed = pack_int8_weights(w)
+    run = bind_gemm_u8s8(a, za, packed, ep, out, isa=isa)
+    run()
     acc = (a.astype(np.int64) - za) @ w.astype(np.int64)
     assert_same_bits(out, reference_epilogue(acc, ep))
+    small = bool(np.abs(w.astype(np.int16)).max() <= 64)
+    assert packed.small == small
+    madd = features.get_level(isa).int8_dot == "madd"
+    assert run.kernel.split("/")[:2] == [f"gemm_{'u8s7' if small and madd else 'u8s8'}", isa]
 
 
 def test_u8s8_worked_example() -> None:
@@ -559,7 +568,8 @@ _COMPILE_ONLY = """
 import numba, numpy as np
 from mmbuild.kernels.cpu import features, gemm as G
 products = {
-    "u8s8": (G.bind_gemm_u8s8, np.uint8, G.pack_int8_weights(np.ones((41, 70), np.int8)), (3,)),
+    "u8s8": (G.bind_gemm_u8s8, np.uint8, G.pack_int8_weights(np.full((41, 70), 99, np.int8)), (3,)),
+    "u8s7": (G.bind_gemm_u8s8, np.uint8, G.pack_int8_weights(np.ones((41, 70), np.int8)), (3,)),
     "s16": (G.bind_gemm_s16, np.int16, G.pack_int16_weights(np.ones((41, 70), np.int16)), (3,)),
     "f32": (G.bind_gemm_f32, np.float32, G.pack_float_weights(np.ones((41, 70), np.float32)), ()),
 }
@@ -570,7 +580,7 @@ for level in LEVELS:
         sig = tuple(numba.typeof(x) for x in bound._args)
         bound._fn.compile(sig)  # compiled for the CPU named below, never run here
         asm = bound._fn.inspect_asm(sig)
-        words = [w for w in ("zmm", "vpdpbusd", "vpmaddwd", "vfmadd") if w in asm]
+        words = [w for w in ("zmm", "vpdpbusd", "vpmaddubsw", "vpmaddwd", "vfmadd") if w in asm]
         print(level, kind, bound.kernel, *words)
 """
 
@@ -602,9 +612,10 @@ def test_levels_this_cpu_lacks_compile_to_their_instructions(cpu: str, tmp_path)
     lines = {tuple(line.split()[:2]): line.split()[2:] for line in done.stdout.splitlines()}
     for level in levels:
         vnni, wide = level.endswith("vnni"), level.startswith("avx512")
-        for kind, needs in (("u8s8", "vpdpbusd" if vnni else "vpmaddwd"), ("s16", "vpmaddwd"),
+        for kind, needs in (("u8s8", "vpdpbusd" if vnni else "vpmaddwd"),
+                            ("u8s7", "vpdpbusd" if vnni else "vpmaddubsw"), ("s16", "vpmaddwd"),
                             ("f32", "vfmadd")):  # fmt: skip
             kernel, *words = lines[level, kind]
-            assert kernel == f"gemm_{kind}/{level}"
+            assert kernel == f"gemm_{'u8s8' if vnni and kind == 'u8s7' else kind}/{level}"
             assert needs in words, (level, kind, words)
             assert "zmm" in words or not wide, (level, kind, words)

@@ -25,6 +25,7 @@ from mmbuild.kernels.cpu.dot import (
     pair_single,
     pair_weights,
     pair_zero,
+    small_dot,
     vnni_bcast4,
     vnni_cols,
     vnni_dot,
@@ -199,6 +200,9 @@ DOTS = {
     "vnni": ((vnni_zero, vnni_bcast4, vnni_weights, vnni_dot, vnni_cols), "avx512_vnni", 16),
     "madd16": ((madd_zero, madd_bcast4, madd_weights, madd_dot, madd_cols), "avx512", 16),
     "madd8": ((madd_zero, madd_bcast4, madd_weights, madd_dot, madd_cols), "avx2", 8),
+    # vpmaddubsw for weights within [-64, 64], on the VNNI operand layout
+    "small16": ((vnni_zero, vnni_bcast4, vnni_weights, small_dot, vnni_cols), "avx512", 16),
+    "small8": ((vnni_zero, vnni_bcast4, vnni_weights, small_dot, vnni_cols), "avx2", 8),
 }
 
 
@@ -211,10 +215,12 @@ def test_int8_dot_products_are_exact_and_wrap(form: str) -> None:
     rng = np.random.default_rng(1)
     for groups in (1, 3, 20000):  # 20000 groups of extremes wrap int32 (80000 * 255 * 128)
         a = rng.integers(0, 256, 4 * groups, dtype=np.uint8)
-        b = rng.integers(-128, 128, (groups, lanes, 4), dtype=np.int8)
+        small = form.startswith("small")
+        b = rng.integers(-64 if small else -128, 65 if small else 128, (groups, lanes, 4),
+                         dtype=np.int8)  # fmt: skip
         if groups > 100:
             a[:] = 255
-            b[:] = -128
+            b[:] = -64 if small else -128
         out = np.empty(lanes, np.int32)
         run(a, b.reshape(-1), out)
         sums = (a.reshape(groups, 1, 4).astype(np.int64) * b).sum(axis=(0, 2))

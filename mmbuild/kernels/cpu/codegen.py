@@ -119,6 +119,10 @@ _INTEGER_PRODUCTS = {
     "u8s8": _IntegerProduct(4, "vzero_acc", "vbcast4_u8",
                             "vquad_u8(load_u8_tail(A, {p} + 4 * kg, ktail), LANES)",
                             "vweights_s8", "vdot4", "vcols({acc})"),
+    # uint8 x int8 within [-64, 64] on levels without VNNI: vpmaddubsw + vpmaddwd (see .dot)
+    "u8s7": _IntegerProduct(4, "vnni_zero", "vnni_bcast4",
+                            "vnni_quad(load_u8_tail(A, {p} + 4 * kg, ktail), LANES)",
+                            "vnni_weights", "small_dot", "vnni_cols({acc})"),
     # int16 x int16: two K rows per vpmaddwd lane, recovered as int64 sums
     "s16": _IntegerProduct(2, "pair_zero", "pair_bcast2", "pair_single(A[{p} + 2 * kg], LANES)",
                            "pair_weights", "pair_dot", "pair_cols({acc})"),
@@ -126,11 +130,13 @@ _INTEGER_PRODUCTS = {
 
 
 def int_tile_source(kind: str, mr: int, nv: int, epilogue: str) -> str:
-    """An integer micro-kernel (``kind`` ``"u8s8"`` or ``"s16"``): ``mr`` rows of A times ``nv``
+    """An integer micro-kernel (``kind`` ``"u8s8"``, ``"u8s7"`` or ``"s16"``): ``mr`` rows of A
+    times ``nv``
     vectors (``LANES`` columns each) of a packed panel.
 
     Signature ``(A, ao_0 .. ao_{mr-1}, nseg, seg_stride, kg, ktail, Bp, b_off, ldb, mr, nn,
-    n0, comp, ep_args, out, o_off, ldo)``, with ``G`` = 4 (u8s8) or 2 (s16) K rows per group.
+    n0, comp, ep_args, out, o_off, ldo)``, with ``G`` = 4 (u8s8, u8s7) or 2 (s16) K rows per
+    group.
     Row ``r`` of the A operand is ``nseg`` runs of ``G * kg + ktail`` elements, the first at
     ``A[ao_r]`` and the next ``seg_stride`` elements further on (one run for a plain GEMM, one
     per kernel row for an implicit-GEMM convolution). The weights of group ``g`` are the ``G *

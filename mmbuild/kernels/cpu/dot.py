@@ -74,6 +74,7 @@ __all__ = [
     "pair_single",
     "pair_weights",
     "pair_zero",
+    "small_dot",
     "vnni_bcast4",
     "vnni_cols",
     "vnni_dot",
@@ -84,6 +85,7 @@ __all__ = [
 
 _VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
 _PMADDWD = {32: "llvm.x86.avx512.pmaddw.d.512", 16: "llvm.x86.avx2.pmadd.wd"}
+_PMADDUBSW = {64: "llvm.x86.avx512.pmaddubs.w.512", 32: "llvm.x86.avx2.pmadd.ub.sw"}
 
 
 def _word(context, builder, sig, args):  # type: ignore[no-untyped-def]
@@ -293,6 +295,31 @@ def madd_cols(typingctx, acc):  # type: ignore[no-untyped-def]
         return builder.add(even, odd)
 
     return ty(acc), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# vpmaddubsw for weights within [-64, 64]: one int32 lane per column, as VNNI
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def small_dot(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
+    """``acc + the four u8(a) * s8(b) products of each lane`` for ``|b| <= 64``: ``vpmaddubsw``
+    sums byte pairs into int16 (at most ``255 * 64 * 2 = 32640``, so it never saturates), and
+    ``vpmaddwd`` by ones sums the two pairs of a lane into int32. Operands as for the ``vnni_*``
+    primitives, which serve as its zero, bcast4, quad, weights and cols."""
+    if not (is_vec(acc, "i32") and acc == a == b and 4 * acc.lanes in _PMADDUBSW):
+        return None
+    n = acc.lanes
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        acc_v, a_v, b_v = args
+        bytes_ty = ir.VectorType(I8, 4 * n)
+        operands = [builder.bitcast(a_v, bytes_ty), builder.bitcast(b_v, bytes_ty)]
+        pairs = call_llvm(builder, _PMADDUBSW[4 * n], ir.VectorType(I16, 2 * n), operands)
+        ones = ir.Constant(ir.VectorType(I16, 2 * n), [1] * (2 * n))
+        quads = call_llvm(builder, _PMADDWD[2 * n], ir.VectorType(I32, n), [pairs, ones])
+        return builder.add(acc_v, quads)
+
+    return acc(acc, a, b), codegen
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ __all__ = [
 
 # Multiply-accumulates below which a product runs on one thread. A parallel launch costs 1-2 us;
 # one core does about 450 G int8 MAC/s and 110 G float MAC/s here, so these are a few us of work.
-PARALLEL_MIN_MACS = {"u8s8": 1 << 21, "f32": 1 << 18, "s16": 1 << 16}
+PARALLEL_MIN_MACS = {"u8s8": 1 << 21, "u8s7": 1 << 21, "f32": 1 << 18, "s16": 1 << 16}
 PARALLEL_MIN_WEIGHT_BYTES = 1 << 18
 
 
@@ -265,6 +265,8 @@ def _bind(
         if level.simd:  # the SIMD kernels sum a * w and add -za * colsum in the epilogue
             comp = np.zeros(w.n_pad, np.int64)
             comp[: w.n] = -z * w.colsum
+    if isinstance(w, PackedInt8Weights) and w.small and level.int8_dot == "madd":
+        kind = "u8s7"  # vpmaddubsw: twice the int8 rate, exact for weights within [-64, 64]
     kernel = f"gemm_{kind}/{level.name}"
     if m == 0:
         return BoundGemm(_nothing, (), kernel)

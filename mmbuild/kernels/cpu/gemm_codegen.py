@@ -60,7 +60,7 @@ from mmbuild.kernels.cpu.vector import (
 
 __all__ = ["MC", "TILES", "Tile", "generated_kernels", "vec_store"]
 
-MC = {"u8s8": 64, "f32": 48, "s16": 32}  # rows of a work item
+MC = {"u8s8": 64, "u8s7": 64, "f32": 48, "s16": 32}  # rows of a work item
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,14 @@ TILES: dict[tuple[str, str], Tile] = {
     ("avx512_vnni", "f32"): Tile(6, 4),
     ("avx512_vnni", "s16"): Tile(4, 2),
     ("avx512", "u8s8"): Tile(4, 2),
+    ("avx512", "u8s7"): Tile(4, 4),
     ("avx512", "f32"): Tile(6, 4),
     ("avx512", "s16"): Tile(4, 2),
     ("avx_vnni", "u8s8"): Tile(4, 2),
     ("avx_vnni", "f32"): Tile(6, 2),
     ("avx_vnni", "s16"): Tile(4, 1),
     ("avx2", "u8s8"): Tile(4, 1),
+    ("avx2", "u8s7"): Tile(6, 2),
     ("avx2", "f32"): Tile(6, 2),
     ("avx2", "s16"): Tile(4, 1),
     # the portable kernels walk whole panels (four 16-column units), row by row
@@ -308,8 +310,8 @@ _COMMON = (
     "n_mb, A, lda, rows, M, nseg, seg_stride, {kargs}, Bp, n_panels, nrv_last, panel_size, za, "
     "comp, ep_args, out, ldo, N"
 )
-_KARGS = {"u8s8": "k4, ktail", "f32": "seg_len", "s16": "k2, ktail"}
-_B_STEP = {"u8s8": 4, "f32": 1, "s16": 2}  # packed elements per column in one K step
+_KARGS = {"u8s8": "k4, ktail", "u8s7": "k4, ktail", "f32": "seg_len", "s16": "k2, ktail"}
+_B_STEP = {"u8s8": 4, "u8s7": 4, "f32": 1, "s16": 2}  # packed elements per column in one K step
 
 _ITEMS = '''
 @njit({jit})
@@ -434,7 +436,8 @@ def _simd_source(lv: Level) -> list[str]:
         f"LANES = {lv.lanes}",
         "from mmbuild.kernels.cpu.vector import vbcast_f32, vfma, vload_f32, vzero_f32",
         "from mmbuild.kernels.cpu.dot import (",
-        "    pair_bcast2, pair_cols, pair_dot, pair_single, pair_weights, pair_zero,",
+        "    pair_bcast2, pair_cols, pair_dot, pair_single, pair_weights, pair_zero, small_dot,",
+        "    vnni_bcast4, vnni_cols, vnni_quad, vnni_weights, vnni_zero,",
         ")",
         "from mmbuild.kernels.cpu.dot import (",
         *[f"    {lv.int8_dot}_{d} as {g}," for d, g in zip(dot_names, generic)],
@@ -442,10 +445,12 @@ def _simd_source(lv: Level) -> list[str]:
         "",
     ]
     t8, t16, tf = (TILES[lv.name, kind] for kind in ("u8s8", "s16", "f32"))
-    for kind, tile, epilogue in (
-        ("u8s8", t8, "_vec_epilogue_i32"),
-        ("s16", t16, "_vec_epilogue_i64"),
-    ):
+    # int8 weights within [-64, 64] take vpmaddubsw where the int8 dot product is vpmaddwd
+    t7 = TILES[lv.name, "u8s7"] if lv.int8_dot == "madd" else None
+    integer = [("u8s8", t8, "_vec_epilogue_i32"), ("s16", t16, "_vec_epilogue_i64")]
+    if t7 is not None:
+        integer.append(("u8s7", t7, "_vec_epilogue_i32"))
+    for kind, tile, epilogue in integer:
         for nv in range(1, tile.vecs + 1):
             for rows in (1, tile.mr):
                 parts.append(codegen.int_tile_source(kind, rows, nv, epilogue))
@@ -457,6 +462,9 @@ def _simd_source(lv: Level) -> list[str]:
         _items_source("u8s8", lv.lanes, t8, None, _simd_tile_call(
             functools.partial(codegen.int_tile_name, "u8s8"),
             _INT8_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t8, True)),
+        *([_items_source("u8s7", lv.lanes, t7, None, _simd_tile_call(
+            functools.partial(codegen.int_tile_name, "u8s7"),
+            _INT8_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t7, True))] if t7 else []),
         _items_source("s16", lv.lanes, t16, None, _simd_tile_call(
             functools.partial(codegen.int_tile_name, "s16"),
             _INT16_ARGS + ", ldb, mr, nn, n0 + c0, comp, ep_args, out", t16, True)),

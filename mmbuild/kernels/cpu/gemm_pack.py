@@ -239,9 +239,12 @@ class _Packed:
 
 @dataclass(frozen=True, eq=False)
 class PackedInt8Weights(_Packed):
-    """int8 weights in ``vpdpbusd`` panels, plus their column sums for the zero-point term."""
+    """int8 weights in ``vpdpbusd`` panels, plus their column sums for the zero-point term and
+    whether every weight is within [-64, 64] (``small``: then ``vpmaddubsw`` cannot saturate,
+    and the levels without VNNI use it, see :func:`.dot.small_dot`)."""
 
     colsum: np.ndarray  # int32 [n]: sum_k w[k, n]
+    small: bool
 
     @property
     def k4(self) -> int:
@@ -330,6 +333,7 @@ def pack_int8_weights(w_kn: np.ndarray, *, segments: int = 1) -> PackedInt8Weigh
         n_panels=n_panels,
         nrv_last=nrv_last,
         colsum=w.astype(np.int32).sum(axis=0, dtype=np.int32),
+        small=bool(np.abs(w.astype(np.int16)).max() <= 64),
     )
 
 
