@@ -133,6 +133,7 @@ def lower_graph(
         graph.tensors[name].value = value  # the calibrator ran the reference with these
     graph.options = {
         "weight_quant_granularity": config.weight_quant_granularity,
+        "weight_quant_range": config.weight_quant_range,
         "activation_quant_algo": config.activation_quant_algo,
     }
     edges = edges if edges is not None else model_edges(network, config)

@@ -48,6 +48,7 @@ def test_defaults() -> None:
     config = BuilderConfig()
     assert config.precision_mode == "force_float32"
     assert config.weight_quant_granularity == "per_tensor"
+    assert config.weight_quant_range == "full"
     assert config.activation_quant_algo == "symmetric"
     assert config.custom_ranges == {}
     assert config.ignored_keys() == []
@@ -56,6 +57,7 @@ def test_defaults() -> None:
         "precision_config": {
             "precision_mode": "force_float32",
             "weight_quant_granularity": "per_tensor",
+            "weight_quant_range": "full",
             "activation_quant_algo": "symmetric",
             "cross_layer_equalization": False,
             "bias_correction": False,
@@ -319,7 +321,7 @@ BAD_INPUTS = [
         [
             "precision_config.precison_mode",
             "did you mean 'precision_mode'",
-            "precision_mode, weight_quant_granularity, activation_quant_algo",
+            "precision_mode, weight_quant_granularity, weight_quant_range, activation_quant_algo",
         ],
         id="misspelt-nested-key",
     ),
@@ -728,6 +730,7 @@ def test_schema_structure() -> None:
         WEIGHT_QUANT_GRANULARITIES
     )
     assert precision["properties"]["activation_quant_algo"]["enum"] == list(ACTIVATION_QUANT_ALGOS)
+    assert precision["properties"]["weight_quant_range"]["enum"] == ["full", "reduced"]
     ranges = schema["properties"]["custom_ranges"]
     assert ranges["additionalProperties"] == {"$ref": "#/$defs/CustomRange"}
     assert schema["$defs"]["CustomRange"]["required"] == ["min", "max"]
@@ -739,7 +742,7 @@ def test_every_schema_field_has_a_description() -> None:
     properties = _properties(_schema())
     # precision_config, CustomRange, the top level's own keys, "$schema" and the MagicMind keys
     magicmind = 5 + 2 + 2 + 2  # the honoured keys; LayoutConversion, InputNormalization, DimRange
-    assert len(properties) == 5 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
+    assert len(properties) == 6 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
     missing = [name for name, spec in properties if not spec.get("description")]
     assert missing == []
 

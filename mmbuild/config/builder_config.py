@@ -139,6 +139,12 @@ class BuilderConfig(CamelCaseAliases):
         return self._model.precision_config.weight_quant_granularity
 
     @property
+    def weight_quant_range(self) -> str:
+        """``precision_config.weight_quant_range``: ``'full'`` or ``'reduced'`` (int8 weights
+        within -64..64, for the vpmaddubsw kernels of CPUs without VNNI)."""
+        return self._model.precision_config.weight_quant_range
+
+    @property
     def activation_quant_algo(self) -> str:
         """``precision_config.activation_quant_algo``: ``'symmetric'`` or ``'asymmetric'``."""
         return self._model.precision_config.activation_quant_algo

@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.node import INode
 from mmbuild.ir.types import DataType, Layout
-from mmbuild.quant.params import choose_qparams, fake_quantize
+from mmbuild.quant.params import choose_qparams, fake_quantize, weight_qmax
 
 __all__ = [
     "CONFIG_KEY",
@@ -107,9 +107,11 @@ class MeanObserver:
         return self.total / self.count
 
 
-def quantized_weight(w: np.ndarray, qtype: DataType, per_axis: bool, axis: int) -> np.ndarray:
+def quantized_weight(
+    w: np.ndarray, qtype: DataType, per_axis: bool, axis: int, qmax: int | None = None
+) -> np.ndarray:
     """``W_q`` as float: the symmetric quantization of the kernels (range ``[min, max]`` per
-    tensor, or per index of ``axis``), dequantized.
+    tensor, or per index of ``axis``, onto ``[-qmax, qmax]``), dequantized.
 
     >>> quantized_weight(np.array([[0.3], [1.0]]), DataType.QINT8, False, 0).ravel()
     array([0.2992126, 1.       ], dtype=float32)
@@ -118,9 +120,10 @@ def quantized_weight(w: np.ndarray, qtype: DataType, per_axis: bool, axis: int) 
     bits = _BITS[qtype]
     if per_axis:
         others = tuple(a for a in range(w.ndim) if a != axis)
-        qp = choose_qparams(w.min(axis=others), w.max(axis=others), bits=bits, axis=axis)
+        qp = choose_qparams(w.min(axis=others), w.max(axis=others), bits=bits, axis=axis,
+                            qmax=qmax)  # fmt: skip
     else:
-        qp = choose_qparams(float(w.min()), float(w.max()), bits=bits)
+        qp = choose_qparams(float(w.min()), float(w.max()), bits=bits, qmax=qmax)
     return fake_quantize(w, qp)
 
 
@@ -139,7 +142,8 @@ def correct_biases(graph: Graph, means: dict[str, np.ndarray]) -> int:
             continue
         if any(f.endswith("/insert_bn") for f in node.fused):
             continue  # it reads the raw model input now, not the input the means are of
-        shift = _mean_error(node, np.asarray(w, np.float32), m, qtype, per_axis)
+        qmax = weight_qmax(graph.options, _BITS[qtype])
+        shift = _mean_error(node, np.asarray(w, np.float32), m, qtype, per_axis, qmax)
         if shift is None:
             continue
         bias = graph.value(node.inputs[2]) if len(node.inputs) > 2 else np.zeros(len(shift))
@@ -157,11 +161,11 @@ def correct_biases(graph: Graph, means: dict[str, np.ndarray]) -> int:
 
 
 def _mean_error(
-    node: Node, w: np.ndarray, m: np.ndarray, qtype: DataType, per_axis: bool
+    node: Node, w: np.ndarray, m: np.ndarray, qtype: DataType, per_axis: bool, qmax: int | None
 ) -> np.ndarray | None:
     """``E[err]`` per output channel (module docstring), or None when ``m`` does not fit."""
     if node.op == "inner_product":
-        dw = quantized_weight(w, qtype, per_axis, 0).astype(np.float64) - w
+        dw = quantized_weight(w, qtype, per_axis, 0, qmax).astype(np.float64) - w
         return dw @ m if m.shape == (w.shape[1],) else None
     decl = node.declaration()
     perm = decl.filter_ohwi((0, 1, 2, 3))  # type: ignore[attr-defined]
@@ -170,7 +174,7 @@ def _mean_error(
     group = int(node.attrs["group"])
     if m.shape != (kh, kw, per * group):
         return None
-    dw = quantized_weight(w_ohwi, qtype, per_axis, 0).astype(np.float64) - w_ohwi
+    dw = quantized_weight(w_ohwi, qtype, per_axis, 0, qmax).astype(np.float64) - w_ohwi
     channel = (np.arange(cout)[:, None] // (cout // group)) * per + np.arange(per)[None, :]
     taps = m[:, :, channel]  # [Kh, Kw, Cout, per]: the mean each weight multiplies
     return np.einsum("ohwi,hwoi->o", dw, taps)

@@ -47,6 +47,7 @@ Numerical decisions (see docs/quantization.md):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,21 @@ STORAGE_DTYPES: dict[int, type[np.integer]] = {8: np.int8, 16: np.int16}
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _MIN_SCALE = float(np.finfo(np.float32).tiny)
+# The largest int8 weight code under precision_config.weight_quant_range "reduced": a pair of
+# uint8 x int8 products is then at most 255 * 64 * 2 = 32640, which vpmaddubsw sums exactly.
+REDUCED_INT8_QMAX = 64
+
+
+def weight_qmax(options: Mapping[str, Any], bits: int) -> int | None:
+    """The largest weight code of ``bits``-bit weights under the build options (the graph's
+    copy of ``precision_config``): ``REDUCED_INT8_QMAX`` for int8 with ``weight_quant_range``
+    "reduced", else None (the type's own: 127 or 32767).
+
+    >>> weight_qmax({"weight_quant_range": "reduced"}, 8), weight_qmax({}, 8)
+    (64, None)
+    """
+    reduced = options.get("weight_quant_range", "full") == "reduced"
+    return REDUCED_INT8_QMAX if reduced and bits == 8 else None
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -163,14 +179,21 @@ class QuantParams:
 
 
 def choose_qparams(
-    lo: Any, hi: Any, bits: int = 8, symmetric: bool = True, axis: int | None = None
+    lo: Any,
+    hi: Any,
+    bits: int = 8,
+    symmetric: bool = True,
+    axis: int | None = None,
+    qmax: int | None = None,
 ) -> QuantParams:
     """Scale and zero point that map the float range ``[lo, hi]`` onto B-bit integers.
 
     ``lo`` and ``hi`` are floats (per tensor, ``axis=None``) or equal-length 1-D sequences, one
     entry per index of ``axis`` (per axis). They must be finite float32 values with ``lo <= hi``.
 
-    Symmetric: ``scale = max(|lo|, |hi|) / (2^(B-1) - 1)``, zero point 0.
+    Symmetric: ``scale = max(|lo|, |hi|) / (2^(B-1) - 1)``, zero point 0; ``qmax`` replaces
+    ``2^(B-1) - 1`` for a reduced range (``REDUCED_INT8_QMAX`` = 64 for int8 weights that the
+    ``vpmaddubsw`` kernels take exactly), so the codes stay within ``[-qmax, qmax]``.
     Asymmetric: the range is widened to contain 0, ``scale = (hi - lo) / (2^B - 1)`` and
     ``zero_point = -2^(B-1) - rint(lo / scale)``, clipped into ``[qmin, qmax]``.
 
@@ -191,7 +214,10 @@ def choose_qparams(
     """
     _check_bits(bits)
     lo64, hi64 = _range_arrays(lo, hi, axis)
-    qmin, qmax = qrange(bits)
+    qmin, top = qrange(bits)
+    if qmax is not None and not (symmetric and 0 < qmax <= top):
+        raise MMError(f"choose_qparams: qmax {qmax} needs symmetric and 1..{top} for {bits} bits")
+    qmax = top if qmax is None else qmax
     if symmetric:
         amax = np.maximum(np.abs(lo64), np.abs(hi64))
         scale = _store_scale(amax, qmax)

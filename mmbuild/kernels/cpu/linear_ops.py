@@ -60,6 +60,7 @@ from mmbuild.kernels.cpu.qcommon import (
     reference_epilogue,
     require_constant,
     signed_zero_point,
+    weight_qmax,
     weights_per_axis,
     widen,
 )
@@ -418,7 +419,8 @@ class _MatMulKernel(Kernel):
             value = np.asarray(t.value, np.float32)
             per_column = name == "b" and value.ndim > 1 and weights_per_axis(graph)
             axis = value.ndim - (2 if node.attrs["transpose_b"] else 1) if per_column else 0
-            q, scales = quantize_weights(value, precision, per_column, axis)
+            q, scales = quantize_weights(value, precision, per_column, axis,
+                                         weight_qmax(graph, precision))  # fmt: skip
             arrays[name] = q.reshape(value.shape)
             if per_column:
                 arrays[f"scale_{name}"] = scales

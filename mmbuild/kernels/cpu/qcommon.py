@@ -64,6 +64,7 @@ from mmbuild.kernels.cpu.gemm import (
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
 from mmbuild.kernels.table import Lowered, from_float, in_order, to_numpy
 from mmbuild.quant.params import QuantParams, choose_qparams, quantize
+from mmbuild.quant.params import weight_qmax as params_weight_qmax
 
 if TYPE_CHECKING:
     from mmbuild.graph import Graph, Node
@@ -93,6 +94,7 @@ __all__ = [
     "reference_epilogue",
     "require_constant",
     "signed_zero_point",
+    "weight_qmax",
     "weights_per_axis",
     "widen",
 ]
@@ -157,13 +159,20 @@ def weights_per_axis(graph: Graph) -> bool:
     return graph.options.get("weight_quant_granularity", "per_tensor") == "per_axis"
 
 
+def weight_qmax(graph: Graph, qtype: DataType) -> int | None:
+    """The largest weight code the config allows for ``qtype``: ``REDUCED_INT8_QMAX`` (64) for
+    int8 under ``weight_quant_range`` "reduced", else None (the type's own, 127 or 32767)."""
+    return params_weight_qmax(graph.options, _bits(qtype))
+
+
 def quantize_weights(
-    w: np.ndarray, qtype: DataType, per_axis: bool, axis: int
+    w: np.ndarray, qtype: DataType, per_axis: bool, axis: int, qmax: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric quantization of a constant weight: (int8/int16 array of ``w``'s shape, float32
     scales ``[w.shape[axis]]``, equal when ``per_axis`` is False).
 
-    The range is the values' ``[min, max]``, per tensor or per index of ``axis``.
+    The range is the values' ``[min, max]``, per tensor or per index of ``axis``, mapped onto
+    ``[-qmax, qmax]`` (by default the type's: 127 or 32767; see :func:`weight_qmax`).
 
     >>> q, s = quantize_weights(np.array([[1.0, -0.5], [0.25, 2.0]]), DataType.QINT8, True, 1)
     >>> q.tolist(), s.tolist() == [np.float32(1 / 127), np.float32(2 / 127)]
@@ -174,10 +183,11 @@ def quantize_weights(
     bits = _bits(qtype)
     if per_axis:
         others = tuple(a for a in range(w.ndim) if a != axis)
-        qp = choose_qparams(w.min(axis=others), w.max(axis=others), bits=bits, axis=axis)
+        qp = choose_qparams(w.min(axis=others), w.max(axis=others), bits=bits, axis=axis,
+                            qmax=qmax)  # fmt: skip
         scales = qp.scale
     else:
-        qp = choose_qparams(float(w.min()), float(w.max()), bits=bits)
+        qp = choose_qparams(float(w.min()), float(w.max()), bits=bits, qmax=qmax)
         scales = np.full(w.shape[axis], qp.scale, np.float32)
     return quantize(w, qp), np.ascontiguousarray(scales, np.float32)
 
@@ -195,7 +205,8 @@ def quantize_node_weights(
     given = graph.tensors[node.inputs[1]].range if len(node.inputs) > 1 else None
     try:
         if given is None:
-            return quantize_weights(w, qtype, weights_per_axis(graph), axis)
+            return quantize_weights(w, qtype, weights_per_axis(graph), axis,
+                                    weight_qmax(graph, qtype))  # fmt: skip
         w32, axis = np.asarray(w, np.float32), axis % np.ndim(w)
         lo, hi = np.asarray(given.min, np.float64), np.asarray(given.max, np.float64)
         if lo.size not in (1, w32.shape[axis]):
