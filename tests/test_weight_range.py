@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sample_cnn import ImageBatches, build_cnn, sample_images
 from test_build_run import config_for, cosine, run
+from test_equalize import calibrate, config, pair_net
 
 import mmbuild as mm
+from mmbuild.kernels.cpu.qcommon import quantize_weights
+from mmbuild.quant.bias_correction import quantized_weight
 from mmbuild.quant.params import REDUCED_INT8_QMAX, choose_qparams, quantize, weight_qmax
 
 
@@ -23,14 +26,15 @@ def test_reduced_scale_maps_the_range_onto_64_codes() -> None:
     with pytest.raises(mm.MMError, match="qmax 64 needs symmetric"):
         choose_qparams(0.0, 1.0, symmetric=False, qmax=64)
     assert weight_qmax({"weight_quant_range": "reduced"}, 16) is None
+    assert weight_qmax({"weight_quant_range": "reduced"}, 8, gemm=False) is None
 
 
 def _quantized_weights(model: mm.Model) -> dict[str, np.ndarray]:
     return {
         s.name: s.lowered.arrays["weight"]
         for s in model.data.steps
-        if s.op in ("conv", "inner_product") and s.lowered.arrays.get("weight", np.empty(0)).dtype
-        == np.int8
+        if s.op in ("conv", "inner_product")
+        and s.lowered.arrays.get("weight", np.empty(0)).dtype == np.int8
     }
 
 
@@ -58,11 +62,27 @@ def test_reduced_range_build_keeps_64_codes_and_its_accuracy(granularity: str) -
     assert not np.array_equal(results["reduced"], results["full"])
 
 
-def test_bias_correction_uses_the_reduced_codes() -> None:
-    from mmbuild.quant.bias_correction import quantized_weight
-
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_bias_correction_uses_the_kernels_reduced_codes(per_axis: bool) -> None:
     w = np.random.default_rng(3).standard_normal((5, 7)).astype(np.float32)
-    reduced = quantized_weight(w, mm.DataType.QINT8, False, 0, REDUCED_INT8_QMAX)
-    step = np.float32(np.abs(w).max() / 64)
-    np.testing.assert_array_equal(reduced, np.rint(w / step).astype(np.float32) * step)
-    assert np.abs(reduced - w).max() <= step / 2 * 1.0001
+    reduced = quantized_weight(w, mm.DataType.QINT8, per_axis, 0, REDUCED_INT8_QMAX)
+    codes, scales = quantize_weights(w, mm.DataType.QINT8, per_axis, 0, REDUCED_INT8_QMAX)
+    assert int(np.abs(codes).max()) == 64
+    np.testing.assert_array_equal(reduced, codes.astype(np.float32) * scales[:, None])
+
+
+def test_depthwise_filters_keep_the_full_range_and_bias_correction_follows() -> None:
+    """The depthwise loop is exact and as fast for -127..127, so only GEMM weights are reduced
+    (bias correction computes each node's W_q the same way)."""
+    net = pair_net(depthwise=True)
+    cfg = config(cle=False, weight_quant_range="reduced", bias_correction=True)
+    calibrate(net, cfg)
+    model = mm.Builder().build_model("dw", net, cfg)
+    weights = _quantized_weights(model)
+    steps = {s.name: s for s in model.data.steps}
+    tops = {}
+    for name, w in weights.items():
+        tops[steps[name].lowered.attrs.get("path", "gemm")] = int(np.abs(w.astype(np.int16)).max())
+    assert tops == {"gemm": 64, "depthwise": 127}, tops
+    x = np.random.default_rng(5).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    assert model.validate(x).ok(), str(model.validate(x))

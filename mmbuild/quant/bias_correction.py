@@ -142,8 +142,7 @@ def correct_biases(graph: Graph, means: dict[str, np.ndarray]) -> int:
             continue
         if any(f.endswith("/insert_bn") for f in node.fused):
             continue  # it reads the raw model input now, not the input the means are of
-        qmax = weight_qmax(graph.options, _BITS[qtype])
-        shift = _mean_error(node, np.asarray(w, np.float32), m, qtype, per_axis, qmax)
+        shift = _mean_error(node, np.asarray(w, np.float32), m, qtype, per_axis, graph.options)
         if shift is None:
             continue
         bias = graph.value(node.inputs[2]) if len(node.inputs) > 2 else np.zeros(len(shift))
@@ -161,10 +160,16 @@ def correct_biases(graph: Graph, means: dict[str, np.ndarray]) -> int:
 
 
 def _mean_error(
-    node: Node, w: np.ndarray, m: np.ndarray, qtype: DataType, per_axis: bool, qmax: int | None
+    node: Node,
+    w: np.ndarray,
+    m: np.ndarray,
+    qtype: DataType,
+    per_axis: bool,
+    options: dict[str, str],
 ) -> np.ndarray | None:
     """``E[err]`` per output channel (module docstring), or None when ``m`` does not fit."""
     if node.op == "inner_product":
+        qmax = weight_qmax(options, _BITS[qtype])
         dw = quantized_weight(w, qtype, per_axis, 0, qmax).astype(np.float64) - w
         return dw @ m if m.shape == (w.shape[1],) else None
     decl = node.declaration()
@@ -174,6 +179,8 @@ def _mean_error(
     group = int(node.attrs["group"])
     if m.shape != (kh, kw, per * group):
         return None
+    depthwise = group > 1 and per == 1  # conv_ops runs it in its own loop, not a GEMM
+    qmax = weight_qmax(options, _BITS[qtype], gemm=not depthwise)
     dw = quantized_weight(w_ohwi, qtype, per_axis, 0, qmax).astype(np.float64) - w_ohwi
     channel = (np.arange(cout)[:, None] // (cout // group)) * per + np.arange(per)[None, :]
     taps = m[:, :, channel]  # [Kh, Kw, Cout, per]: the mean each weight multiplies

@@ -64,16 +64,18 @@ _MIN_SCALE = float(np.finfo(np.float32).tiny)
 REDUCED_INT8_QMAX = 64
 
 
-def weight_qmax(options: Mapping[str, Any], bits: int) -> int | None:
+def weight_qmax(options: Mapping[str, Any], bits: int, gemm: bool = True) -> int | None:
     """The largest weight code of ``bits``-bit weights under the build options (the graph's
     copy of ``precision_config``): ``REDUCED_INT8_QMAX`` for int8 with ``weight_quant_range``
-    "reduced", else None (the type's own: 127 or 32767).
+    "reduced" where the weights feed a GEMM, else None (the type's own: 127 or 32767). A
+    depthwise conv (``gemm=False``) runs its own loop, exact and as fast for the full range, so
+    its filter keeps it.
 
     >>> weight_qmax({"weight_quant_range": "reduced"}, 8), weight_qmax({}, 8)
     (64, None)
     """
     reduced = options.get("weight_quant_range", "full") == "reduced"
-    return REDUCED_INT8_QMAX if reduced and bits == 8 else None
+    return REDUCED_INT8_QMAX if reduced and bits == 8 and gemm else None
 
 
 def qrange(bits: int) -> tuple[int, int]:

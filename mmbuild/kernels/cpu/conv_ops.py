@@ -165,7 +165,8 @@ def _depthwise_vec_rows(first, last, X, geo, W, comp, ep_args, out):  # type: ig
     epilogue into ``out`` (bytes). The last ``C % DW_LANES`` channels run in one-lane vectors.
 
     ``acc = comp[c] + sum_taps x * w``: float inputs have ``comp = 0``; QINT8 ones read the
-    uint8 input and int8 filter as they are and start from ``comp[c] = -za * sum_taps w``, so
+    uint8 input as it is and the int8 filter as float32 (widened once at bind time), and start
+    from ``comp[c] = -za * sum_taps w``, so
     every partial sum is an integer of magnitude below ``2 * taps * 255 * 128 <= 2**24`` (taps
     <= 256), exact in float32, and the result is the exact ``sum (x - za) * w``.
     Example: C = 200 runs six blocks of 32 lanes and one vector of 8.
@@ -268,6 +269,12 @@ class _ConvRunner:
                 self.carrier is None or (self.carrier == np.uint8 and taps <= 256)
             )
             self.vec_ep = ep._args
+            # QINT8 filters widened once, exactly, so that the vector loop converts only x
+            self.vec_weight = (
+                taps_w.reshape(-1).astype(np.float32)
+                if self.carrier == np.uint8
+                else self.dw_weight
+            )
             comp = np.zeros(-(-self.cout // 16) * 16, np.float32)
             if self.carrier == np.uint8:
                 comp[: self.cout] = -self.za * taps_w.astype(np.int64).sum(axis=0)
@@ -373,7 +380,7 @@ class _ConvRunner:
                     and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS)  # fmt: skip
         chunks = min(n_rows, numba.get_num_threads())
         if self.vec:
-            args: tuple[Any, ...] = (xp.reshape(-1), geo.direct, self.dw_weight, self.comp,
+            args: tuple[Any, ...] = (xp.reshape(-1), geo.direct, self.vec_weight, self.comp,
                                      self.vec_ep, out.reshape(-1).view(np.uint8))  # fmt: skip
             if parallel:
                 return partial(_depthwise_vec_parallel, n_rows, chunks, *args)
@@ -397,7 +404,7 @@ class _ConvKernel(Kernel):
         to_ohwi = node.declaration().filter_ohwi((0, 1, 2, 3))  # type: ignore[attr-defined]
         w_ohwi = np.ascontiguousarray(w.transpose(to_ohwi), np.float32)
         path = _path(int(node.attrs["group"]), w_ohwi.shape[3])
-        lowered = lower_filter(node, graph, w_ohwi, "conv", check_k=path != "depthwise")
+        lowered = lower_filter(node, graph, w_ohwi, "conv", gemm=path != "depthwise")
         lowered.attrs["path"] = path
         return lowered
 

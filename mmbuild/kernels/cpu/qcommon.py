@@ -159,10 +159,11 @@ def weights_per_axis(graph: Graph) -> bool:
     return graph.options.get("weight_quant_granularity", "per_tensor") == "per_axis"
 
 
-def weight_qmax(graph: Graph, qtype: DataType) -> int | None:
+def weight_qmax(graph: Graph, qtype: DataType, gemm: bool = True) -> int | None:
     """The largest weight code the config allows for ``qtype``: ``REDUCED_INT8_QMAX`` (64) for
-    int8 under ``weight_quant_range`` "reduced", else None (the type's own, 127 or 32767)."""
-    return params_weight_qmax(graph.options, _bits(qtype))
+    int8 weights of a GEMM under ``weight_quant_range`` "reduced", else None (the type's own,
+    127 or 32767); see :func:`mmbuild.quant.params.weight_qmax`."""
+    return params_weight_qmax(graph.options, _bits(qtype), gemm)
 
 
 def quantize_weights(
@@ -193,7 +194,7 @@ def quantize_weights(
 
 
 def quantize_node_weights(
-    graph: Graph, node: Node, w: np.ndarray, qtype: DataType, axis: int
+    graph: Graph, node: Node, w: np.ndarray, qtype: DataType, axis: int, gemm: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`quantize_weights` of ``node``'s constant weight ``w`` (input 1) with the config's
     granularity (per output channel along ``axis`` when ``per_axis``), unless the weight tensor
@@ -206,7 +207,7 @@ def quantize_node_weights(
     try:
         if given is None:
             return quantize_weights(w, qtype, weights_per_axis(graph), axis,
-                                    weight_qmax(graph, qtype))  # fmt: skip
+                                    weight_qmax(graph, qtype, gemm))  # fmt: skip
         w32, axis = np.asarray(w, np.float32), axis % np.ndim(w)
         lo, hi = np.asarray(given.min, np.float64), np.asarray(given.max, np.float64)
         if lo.size not in (1, w32.shape[axis]):
@@ -265,13 +266,14 @@ def require_constant(
 
 
 def lower_filter(
-    node: Node, graph: Graph, w_ohwi: np.ndarray, what: str, check_k: bool = True
+    node: Node, graph: Graph, w_ohwi: np.ndarray, what: str, gemm: bool = True
 ) -> Lowered:
     """What a conv-like node prepares at build time from its filter ``[Cout, Kh, Kw, Cin/g]``
     (already in that layout): the bias in the node's float precision and the filter in its
     precision: quantized symmetric per tensor or per output channel with the input's
-    ``scale_a``/``za`` for QINT, fp16 bits for FLOAT16, float32 otherwise. ``check_k`` refuses
-    a QINT8 reduction too long for int32 sums (a depthwise filter has its own bound)."""
+    ``scale_a``/``za`` for QINT, fp16 bits for FLOAT16, float32 otherwise. ``gemm``: the filter
+    runs in a GEMM, which refuses a QINT8 reduction too long for int32 sums and takes the
+    config's ``weight_quant_range``; False for the depthwise loop (its own bound, full range)."""
     layout = node.attrs["layout"]
     if (layout[0].name, layout[2].name) != ("NHWC", "NHWC"):
         raise MMError(
@@ -290,10 +292,10 @@ def lower_filter(
     attrs: dict[str, Any] = {}
     if precision.is_quantized:
         scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
-        if check_k:
+        if gemm:
             check_int8_k(node, kh * kw * cin_g, precision)
         arrays["weight"], arrays["scale_w"] = quantize_node_weights(
-            graph, node, w_ohwi, precision, axis=0
+            graph, node, w_ohwi, precision, axis=0, gemm=gemm
         )
         attrs.update(scale_a=float(scale_a), za=za)
     elif precision is DataType.FLOAT16:
