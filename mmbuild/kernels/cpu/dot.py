@@ -373,18 +373,8 @@ def pair_weights(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
     return ty(arr, idx, lanes), codegen
 
 
-@intrinsic
-def pair_zero(typingctx, lanes):  # type: ignore[no-untyped-def]
-    """A zero int16 accumulator for ``lanes`` columns (two int32 lanes each, see ``pair_dot``)."""
-    n = lanes_of(lanes)
-    if n is None or 2 * n not in _PMADDWD:
-        return None
-    ty = vec("i32", 2 * n)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return ir.Constant(ty.llvm_type, None)
-
-    return ty(lanes), codegen
+# the int16 accumulator has the vpmaddwd int8 one's shape: two int32 lanes per column
+pair_zero = madd_zero
 
 
 @intrinsic
