@@ -246,18 +246,18 @@ def _bind(
         m, lda, offsets, seg_stride = rows.m, 0, rows.offsets, rows.seg_stride
     out_flat, ldo = _check_epilogue(ep, w, out, m)
     comp: np.ndarray | None = None
+    # integer kernels walk whole groups of K rows and a tail; the float ones every K row
+    k_args = (w.seg_len,) if isinstance(w, PackedFloatWeights) else (w.kwhole, w.ktail)
+    panel_size = w.k_pad * NR
     if isinstance(w, PackedInt8Weights):
         z = _check_zero_point(za, 0, 255)
-        k_args: tuple[int, ...] = (w.k4, w.ktail)
-        panel_size = w.kgroups * 4 * NR
         # the zero-point term of every column, padded to whole vectors; |za * colsum| < 2**31
         comp = np.zeros(w.n_pad, np.int32)
         comp[: w.n] = -z * w.colsum
     elif isinstance(w, PackedInt16Weights):
         z = _check_zero_point(za, -32768, 32767)
-        k_args, panel_size = (w.k2, w.ktail), w.kgroups * 2 * NR
     else:
-        z, k_args, panel_size = 0, (w.seg_len,), w.k * NR
+        z = 0
     level = features.level() if isa is None else features.check_runnable(isa)
     if isinstance(w, PackedInt16Weights):
         if not w.pairs_exact:  # a weight of -32768, or K > 131070 (see PackedInt16Weights)

@@ -383,9 +383,10 @@ def _wide_row_call(lanes: int) -> str:
     of accumulators, and a 1 x 2 tile has too few chains to cover the FMA latency; the
     multi-row tile would compute the lone row six times. Each column still sums in k order,
     so the row gets the same bits as in a multi-row tile."""
+    mc = MC["f32"]
     lines = [
-        "        if min(M, (mb + 1) * MC_ROWS) - mb * MC_ROWS == 1:",
-        "            m0 = mb * MC_ROWS",
+        f"        if min(M, (mb + 1) * {mc}) - mb * {mc} == 1:",
+        f"            m0 = mb * {mc}",
         "            ao0 = _row_offset(rows, lda, m0)",
         "            nv = width // LANES",
         "            nn = min(width, N - n0)",
@@ -410,7 +411,7 @@ def _items_source(
         scratch=f"    T = np.empty({tile.mr * NR}, np.{acc})" if acc else "", nrv=NR // 16,
         nr=NR, bstep=_B_STEP[kind], tile_cols=lanes * tile.vecs, vecs=tile.vecs, mc=MC[kind],
         mr=tile.mr, offsets=offsets, tile_call=tile_call,
-        row_block=row_block.replace("MC_ROWS", str(MC[kind])),
+        row_block=row_block,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -227,10 +227,31 @@ class _Packed:
     n_panels: int
     nrv_last: int
 
+    group: ClassVar[int] = 1  # K rows packed side by side per column: 4 int8, 2 int16, 1 float
+
     @property
     def seg_len(self) -> int:
         """K rows per segment (K itself for a plain GEMM)."""
         return self.k // self.segments
+
+    @property
+    def kwhole(self) -> int:
+        """Whole groups of ``group`` K rows per segment."""
+        return self.seg_len // self.group
+
+    @property
+    def ktail(self) -> int:
+        """K rows per segment past the whole groups (read one by one, padded with zeros)."""
+        return self.seg_len % self.group
+
+    @property
+    def kgroups(self) -> int:
+        """Groups of (zero-padded) K rows over all segments."""
+        return self.segments * -(-self.seg_len // self.group)
+
+    @property
+    def k_pad(self) -> int:
+        return self.group * self.kgroups
 
     @property
     def n_pad(self) -> int:
@@ -245,24 +266,7 @@ class PackedInt8Weights(_Packed):
 
     colsum: np.ndarray  # int32 [n]: sum_k w[k, n]
     small: bool
-
-    @property
-    def k4(self) -> int:
-        """Whole groups of four K rows per segment."""
-        return self.seg_len // 4
-
-    @property
-    def ktail(self) -> int:
-        return self.seg_len % 4
-
-    @property
-    def kgroups(self) -> int:
-        """Groups of four (zero-padded) K rows over all segments."""
-        return self.segments * -(-self.seg_len // 4)
-
-    @property
-    def k_pad(self) -> int:
-        return 4 * self.kgroups
+    group: ClassVar[int] = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,20 +278,7 @@ class PackedInt16Weights(_Packed):
 
     colsum: np.ndarray  # int64 [n]: sum_k w[k, n]
     pairs_exact: bool
-
-    @property
-    def k2(self) -> int:
-        """Whole pairs of K rows per segment."""
-        return self.seg_len // 2
-
-    @property
-    def ktail(self) -> int:
-        return self.seg_len % 2
-
-    @property
-    def kgroups(self) -> int:
-        """Pairs of (zero-padded) K rows over all segments."""
-        return self.segments * -(-self.seg_len // 2)
+    group: ClassVar[int] = 2
 
 
 @dataclass(frozen=True, eq=False)

@@ -285,22 +285,24 @@ def vbcast_f32(typingctx, arr, idx, lanes):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------------------------
 # Lane-wise operations
 # ---------------------------------------------------------------------------------------------
-def _add_int(element: str):  # type: ignore[no-untyped-def]
+def _binary(element: str, op: str):  # type: ignore[no-untyped-def]
+    """An intrinsic applying the IR builder's ``op`` lane-wise to two equal vectors."""
+
     def typer(typingctx, a, b):  # type: ignore[no-untyped-def]
         if not (is_vec(a, element) and a == b):
             return None
 
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            return builder.add(args[0], args[1])
+            return getattr(builder, op)(args[0], args[1])
 
         return a(a, b), codegen
 
     return typer
 
 
-vadd_i32 = intrinsic(_add_int("i32"))
+vadd_i32 = intrinsic(_binary("i32", "add"))
 vadd_i32.__doc__ = "Lane-wise wrapping int32 addition."
-vadd_i64 = intrinsic(_add_int("i64"))
+vadd_i64 = intrinsic(_binary("i64", "add"))
 vadd_i64.__doc__ = "Lane-wise wrapping int64 addition."
 
 
@@ -331,26 +333,13 @@ def vfma(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
     return acc(acc, a, b), codegen
 
 
-# Plain IEEE operations without fast-math flags: LLVM may not fuse or reorder them, so a vector
-# epilogue rounds exactly like the same scalar float32 code (and numpy).
-def _binary_f32(op: str):  # type: ignore[no-untyped-def]
-    def typer(typingctx, a, b):  # type: ignore[no-untyped-def]
-        if not (is_vec(a, "f32") and a == b):
-            return None
-
-        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            return getattr(builder, op)(args[0], args[1])
-
-        return a(a, b), codegen
-
-    return typer
-
-
-vadd_f32 = intrinsic(_binary_f32("fadd"))
+# The float ones are plain IEEE operations without fast-math flags: LLVM may not fuse or reorder
+# them, so a vector epilogue rounds exactly like the same scalar float32 code (and numpy).
+vadd_f32 = intrinsic(_binary("f32", "fadd"))
 vadd_f32.__doc__ = "Lane-wise float32 ``a + b``."
-vmul_f32 = intrinsic(_binary_f32("fmul"))
+vmul_f32 = intrinsic(_binary("f32", "fmul"))
 vmul_f32.__doc__ = "Lane-wise float32 ``a * b``."
-vdiv_f32 = intrinsic(_binary_f32("fdiv"))
+vdiv_f32 = intrinsic(_binary("f32", "fdiv"))
 vdiv_f32.__doc__ = "Lane-wise float32 ``a / b``."
 
 
