@@ -265,17 +265,26 @@ def reference_outputs(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray
 
 
 def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
-    """A fused activation ``{"function": "relu" | "clip" | "leaky_relu", "lo", "hi", "alpha"}``
-    applied with comparisons exactly as the GEMM epilogue does (NaN passes, -0.0 stays)."""
+    """A fused activation (the dicts of ``mmbuild.passes.fuse``: ``relu``, ``clip`` (lo, hi),
+    ``leaky_relu`` (alpha), ``hard_sigmoid`` (alpha, beta), ``hard_swish``) applied in float32
+    exactly as the epilogues do (``mmbuild.kernels.cpu.activate``): the clamps by comparisons,
+    so NaN passes and -0.0 stays. Example: hard_swish of [-4, 1.5] is [-0, 1.125]."""
     y = np.asarray(y, dtype=np.float32)
+    f32 = np.float32
     fn = act["function"]
     if fn == "relu":
-        return np.where(y < 0, np.float32(0), y)
+        return np.where(y < 0, f32(0), y)
     if fn == "clip":
-        lo, hi = np.float32(act["lo"]), np.float32(act["hi"])
+        lo, hi = f32(act["lo"]), f32(act["hi"])
         return np.where(y < lo, lo, np.where(y > hi, hi, y))
     if fn == "leaky_relu":
-        return np.where(y < 0, y * np.float32(act["alpha"]), y)
+        return np.where(y < 0, y * f32(act["alpha"]), y)
+    if fn in ("hard_sigmoid", "hard_swish"):
+        gate = fn == "hard_swish"
+        alpha, beta = (1 / 6, 0.5) if gate else (act["alpha"], act["beta"])
+        z = y * f32(alpha) + f32(beta)
+        z = np.where(z < 0, f32(0), np.where(z > 1, f32(1), z))
+        return y * z if gate else z
     raise MMError(f"unknown fused activation {fn!r}", Code.INTERNAL)
 
 

@@ -34,6 +34,8 @@ F32, F16, Q8, Q16 = (mm.DataType.FLOAT32, mm.DataType.FLOAT16, mm.DataType.QINT8
 RELU = {"function": "relu"}
 CLIP = {"function": "clip", "lo": -0.5, "hi": 1.0}
 LEAKY = {"function": "leaky_relu", "alpha": 0.1}
+HSIGMOID = {"function": "hard_sigmoid", "alpha": 0.4, "beta": 0.5}
+HSWISH = {"function": "hard_swish"}
 
 # quantization options x the QINT node's output type x its input buffer's type
 QUANT_OPTIONS = [
@@ -113,15 +115,27 @@ def assert_float_within(got: np.ndarray, exact: np.ndarray, bound: np.ndarray, o
 
 
 def activate(y: np.ndarray, act: dict[str, Any] | None) -> np.ndarray:
-    """A fused activation in float64 (each is monotone with slope <= 1, so an error bound on
-    its input bounds its output)."""
+    """A fused activation in float64 (all but hard swish are monotone with slope <= 1, so an
+    error bound on its input bounds its output; see :func:`activated_bound`)."""
     if act is None:
         return y
     if act["function"] == "relu":
         return np.maximum(y, 0)
     if act["function"] == "clip":
         return np.clip(y, act["lo"], act["hi"])
+    if act["function"] == "hard_sigmoid":
+        return np.clip(y * act["alpha"] + act["beta"], 0, 1)
+    if act["function"] == "hard_swish":
+        return y * np.clip(y / 6 + 0.5, 0, 1)
     return np.where(y < 0, y * act["alpha"], y)
+
+
+def activated_bound(bound: np.ndarray, exact: np.ndarray, act: dict[str, Any] | None) -> Any:
+    """An error bound on the activation's input carried to its output: hard swish has slopes up
+    to 1.5, and its float32 gate ``y / 6 + 1/2`` adds a few ulps of 1/2 times ``|y|``."""
+    if act is not None and act["function"] == "hard_swish":
+        return 1.5 * bound + 2.0**-22 * np.abs(exact)
+    return bound
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +213,10 @@ CASES = {
         (1, 7, 8, 3), 5, (3, 2), stride=(2, 1), dilation=(2, 1), pads=(2, 0, 1, 3), bias=False
     ),
     "1x1-s2": Conv((2, 7, 7, 3), 4, (1, 1), stride=(2, 2)),
+    "1x1-hard-swish": Conv((2, 4, 5, 24), 40, (1, 1), act=HSWISH),
+    "3x3-s2-hard-sigmoid": Conv(
+        (1, 9, 8, 5), 12, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), act=HSIGMOID
+    ),
     "wide-70": Conv((1, 5, 6, 9), 70, (3, 3), pads=(1, 1, 1, 1), act=RELU),
     "groups2": Conv((3, 6, 6, 6), 8, (3, 3), pads=(1, 1, 1, 1), group=2, act=RELU),
     "groups3-dilated-w": Conv((1, 6, 9, 6), 6, (2, 3), dilation=(1, 2), pads=(0, 1, 2, 2), group=3),
@@ -209,6 +227,9 @@ CASES = {
         (1, 8, 7, 4), 8, (3, 3), dilation=(2, 2), pads=(1, 2, 2, 1), group=4, bias=False
     ),
     "depthwise-unpadded": Conv((1, 5, 5, 3), 3, (2, 2), group=3, act=LEAKY),
+    "depthwise-hard-swish": Conv(
+        (2, 6, 7, 16), 16, (3, 3), pads=(1, 1, 1, 1), group=16, act=HSWISH
+    ),
     # stride 1 along W: runs of 128 // C pixels (here 2 and a last run of 1), dilated along W
     "depthwise-runs-s21": Conv(
         (2, 6, 9, 48), 48, (5, 5), stride=(2, 1), dilation=(1, 2), pads=(2, 4, 2, 4), group=48
@@ -236,10 +257,13 @@ def test_float_conv(conv: Conv, ftype: mm.DataType) -> None:
     exact, mag = conv.exact(used[0], used[1], used[2] if conv.bias else None)
     bound = conv.k * 2.0**-24 * mag
     for out in (got, ref):
-        assert_float_within(out, activate(exact, conv.act), bound, ftype)
+        assert_float_within(
+            out, activate(exact, conv.act), activated_bound(bound, exact, conv.act), ftype
+        )
     exact32, mag32 = conv.exact(x, w, b)
     if ftype is F16:
         bound = bound + 2.0**-10 * mag32 + (0 if b is None else 2.0**-11 * np.abs(b))
+    bound = activated_bound(bound, exact32, conv.act)
     assert_float_within(got, activate(exact32, conv.act), bound, ftype)
 
 
@@ -273,6 +297,7 @@ def test_quantized_conv(conv: Conv, qtype: mm.DataType, options) -> None:  # typ
         b = b.astype(np.float16).astype(np.float32)
     exact, mag = fake_quantized_conv(conv, qtype, (gran, algo), x_used, w, b)
     bound = 2.0**-20 * mag + (0 if b is None else 2.0**-23 * np.abs(b))
+    bound = activated_bound(bound, exact, conv.act)
     assert_float_within(got, activate(exact, conv.act), bound, out_type)
 
 

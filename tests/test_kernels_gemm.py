@@ -51,6 +51,10 @@ def reference_epilogue(acc: np.ndarray, ep: Epilogue) -> np.ndarray:
         y = np.where(y < a, a, np.where(y > b, b, y))
     elif ep.act is Activation.LEAKY_RELU:
         y = np.where(y < 0, y * a, y)
+    elif ep.act is Activation.HARD_SIGMOID:  # the node's float32 formula
+        y = np.clip(y * a + b, 0, 1)
+    elif ep.act is Activation.HARD_SWISH:
+        y = y * np.clip(y * np.float32(1 / 6) + np.float32(0.5), 0, 1)
     if ep.out_kind is OutKind.F32:
         return y
     if ep.out_kind is OutKind.F16:
@@ -82,6 +86,7 @@ def epilogues(draw: st.DrawFn, n: int, acc_scale: float, kinds=tuple(OutKind)) -
     act_a, act_b = {
         Activation.CLIP: (-0.5 * scale_a, 0.75 * scale_a),
         Activation.LEAKY_RELU: (0.125, 0.0),
+        Activation.HARD_SIGMOID: (0.5 / scale_a, 0.5),  # the whole of [0, 1] in use
     }.get(act, (0.0, 0.0))
     kind = draw(st.sampled_from(kinds))
     return Epilogue.create(
@@ -327,14 +332,25 @@ def assert_float_close(
     k = a64.shape[1]
     exact = a64 @ b64
     bound = k * 2.0**-24 * (np.abs(a64) @ np.abs(b64))
-    y = exact * ep.mult.astype(np.float64) + ep.bias.astype(np.float64)
+    t = exact * ep.mult.astype(np.float64) + ep.bias.astype(np.float64)
+    # the activation's steepest slope carries the error of its input; its own operations add a
+    # few float32 ulps
+    slope = 1.0
+    y = t
     if ep.act is Activation.RELU:
-        y = np.maximum(y, 0)
+        y = np.maximum(t, 0)
     elif ep.act is Activation.LEAKY_RELU:
-        y = np.where(y < 0, y * np.float32(ep.act_a), y)
+        y = np.where(t < 0, t * np.float32(ep.act_a), t)
     elif ep.act is Activation.CLIP:
-        y = np.clip(y, np.float32(ep.act_a), np.float32(ep.act_b))
-    tol = bound * np.abs(ep.mult) + 2.0**-22 * (np.abs(y) + np.abs(ep.bias)) + 1e-30
+        y = np.clip(t, np.float32(ep.act_a), np.float32(ep.act_b))
+    elif ep.act is Activation.HARD_SIGMOID:
+        slope = abs(float(np.float32(ep.act_a)))
+        y = np.clip(t * np.float32(ep.act_a) + np.float32(ep.act_b), 0, 1)
+    elif ep.act is Activation.HARD_SWISH:
+        slope = 1.5
+        y = t * np.clip(t / 6 + 0.5, 0, 1)
+    tol = (bound * np.abs(ep.mult) + 2.0**-22 * (np.abs(t) + np.abs(ep.bias))) * slope
+    tol = tol + 2.0**-22 * (np.abs(y) + (slope != 1.0)) + 1e-30
     got = out.view(np.float16).astype(np.float64) if kind is OutKind.F16 else out
     if kind is OutKind.F16:
         tol = tol + 2.0**-10 * np.abs(y) + 2.0**-24

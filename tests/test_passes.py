@@ -380,7 +380,22 @@ ACTIVATIONS: dict[str, tuple[Callable[[mm.Network, mm.ITensor], mm.INode], dict]
         lambda net, t: net.add_i_clip_node(t, -0.5, 0.75),
         {"function": "clip", "lo": -0.5, "hi": 0.75},
     ),
+    "hard_sigmoid": (
+        lambda net, t: _hard_sigmoid(net, t, 0.25, 0.375),
+        {"function": "hard_sigmoid", "alpha": 0.25, "beta": 0.375},
+    ),
+    "hard_swish": (
+        lambda net, t: net.add_i_activation_node(t, mm.IActivation.HARD_SWISH),
+        {"function": "hard_swish"},
+    ),
 }
+
+
+def _hard_sigmoid(net: mm.Network, t: mm.ITensor, alpha: float, beta: float) -> mm.INode:
+    node = net.add_i_activation_node(t, mm.IActivation.HARD_SIGMOID)
+    node.set_alpha(alpha)
+    node.set_beta(beta)
+    return node
 
 
 def _leaky(net: mm.Network, t: mm.ITensor, alpha: float) -> mm.INode:

@@ -339,12 +339,12 @@ def test_pipeline_turns_conv_gates_into_few_steps() -> None:
         return sum(counts.values())
 
     rewrite_keeps_numbers(g, pipeline, "fp32")
-    assert ops(g) == ["conv", "activation", "conv", "elementwise"]
-    assert g.nodes[1].attrs["mode"] is mm.IActivation.HARD_SWISH
-    gate_conv = g.nodes[2]  # the hard sigmoid went into its weights and a clip epilogue
+    assert ops(g) == ["conv", "conv", "elementwise"]
+    assert g.nodes[0].attrs["activation"] == {"function": "hard_swish"}  # the conv's epilogue
+    gate_conv = g.nodes[1]  # the hard sigmoid went into its weights and a clip epilogue
     assert gate_conv.attrs["activation"] == {"function": "clip", "lo": 0.0, "hi": 1.0}
     assert counts["fuse_hard_sigmoid"] == 1 and counts["fuse_hard_swish"] == 1
-    assert counts["fold_hard_sigmoid"] == 1
+    assert counts["fold_hard_sigmoid"] == 1 and counts["fuse_activations"] == 1
 
 
 @pytest.mark.parametrize("mode", ["force_float32", "force_float16", "qint8_mixed_float32"])
@@ -367,11 +367,9 @@ def test_fused_activations_build_and_run_close_to_the_chain(mode: str) -> None:
 
     x = np.random.default_rng(5).uniform(-4, 4, (2, 6, 5, 4)).astype(np.float32)
     model = mm.Builder().build_model("gates", make(), config(mode))
-    assert [s.op for s in model.data.steps if s.op != "cast"] == [
-        "conv",
-        "activation",
-        "activation",
-    ]
+    steps = [s for s in model.data.steps if s.op != "cast"]
+    assert [s.op for s in steps] == ["conv", "activation"]  # conv[* 2, hard swish], silu
+    assert steps[0].op_attrs["activation"] == {"function": "hard_swish"}
     context = model.create_i_engine().create_i_context()
     inputs = context.create_inputs()
     inputs[0].from_numpy(x)

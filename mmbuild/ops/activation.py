@@ -47,6 +47,9 @@ class ActivationDef:
     fn: Callable[[np.ndarray, float, float], np.ndarray]
     alpha: float | None = None  # default alpha, None when the function has none
     beta: float | None = None
+    # evaluated in float32 (the ONNX formula, as onnxruntime and the fused epilogues compute
+    # it) rather than in float64 and rounded once
+    in_float32: bool = False
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -76,13 +79,16 @@ ACTIVATIONS: dict[IActivation, ActivationDef] = {
         "x if x >= 0 else alpha * x", lambda x, a, b: np.where(x >= 0, x, a * x), alpha=0.01
     ),
     IActivation.HARD_SIGMOID: ActivationDef(
-        "max(0, min(1, alpha * x + beta))",
-        lambda x, a, b: np.clip(a * x + b, 0, 1),
+        "max(0, min(1, x * alpha + beta)) in float32",
+        lambda x, a, b: np.clip(x * np.float32(a) + np.float32(b), 0, 1),
         alpha=0.2,
         beta=0.5,
+        in_float32=True,
     ),
     IActivation.HARD_SWISH: ActivationDef(
-        "x * max(0, min(1, x / 6 + 1/2))", lambda x, a, b: x * np.clip(x / 6 + 0.5, 0, 1)
+        "x * max(0, min(1, x * (1/6) + 1/2)) in float32",
+        lambda x, a, b: x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), 0, 1),
+        in_float32=True,
     ),
     IActivation.ELU: ActivationDef(
         "x if x > 0 else alpha * (exp(x) - 1)",
@@ -154,7 +160,7 @@ class IActivationNode(INode):
 
     def reference(self, *arrays: np.ndarray) -> list[np.ndarray]:
         d = ACTIVATIONS[self.mode]
-        x = arrays[0].astype(np.float64)
+        x = arrays[0].astype(np.float32 if d.in_float32 else np.float64)
         # exp(-x) -> inf for x << 0 gives the right limit, 0; log and sqrt give -inf / NaN
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             y = d.fn(x, self.attrs["alpha"] or 0.0, self.attrs["beta"] or 0.0)

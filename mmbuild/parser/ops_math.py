@@ -172,7 +172,7 @@ def import_hard_sigmoid(ctx: NodeContext) -> list[Any]:
     return [activation(ctx, ctx.tensor(0), IActivation.HARD_SIGMOID, alpha=a, beta=b)]
 
 
-@imports("HardSwish", notes="x * max(0, min(1, x / 6 + 1/2))", since=14)
+@imports("HardSwish", notes="x * max(0, min(1, x * (1/6) + 1/2)) in float32", since=14)
 def import_hard_swish(ctx: NodeContext) -> list[Any]:
     return [activation(ctx, ctx.tensor(0), IActivation.HARD_SWISH)]
 

@@ -1,7 +1,8 @@
 """Activation fusion: an activation that only post-processes a GEMM becomes its epilogue.
 
-The fused activation is ``node.attrs["activation"]``, one of three dicts that
-``mmbuild.graph.apply_activation`` and the GEMM epilogue define with comparisons:
+The fused activation is ``node.attrs["activation"]``, one of the dicts that
+``mmbuild.graph.apply_activation`` and the epilogues (``mmbuild.kernels.cpu.activate``) compute
+in float32 with the clamps as comparisons:
 
 =========================  =================================================
 activation node            fused attribute
@@ -10,6 +11,8 @@ RELU                       ``{"function": "relu"}``
 RELU6                      ``{"function": "clip", "lo": 0.0, "hi": 6.0}``
 LEAKY_RELU (alpha)         ``{"function": "leaky_relu", "alpha": alpha}``
 clip(lo, hi)               ``{"function": "clip", "lo": lo, "hi": hi}``
+HARD_SIGMOID (alpha, beta) ``{"function": "hard_sigmoid", "alpha": a, "beta": b}``
+HARD_SWISH                 ``{"function": "hard_swish"}``
 =========================  =================================================
 
 Example: ``conv -> [-1.5, 2.0] -> relu6 -> [0.0, 2.0]`` becomes one conv with
@@ -40,12 +43,17 @@ def epilogue_activation(node: Node) -> dict[str, Any] | None:
         return {"function": "clip", "lo": 0.0, "hi": 6.0}
     if mode is IActivation.LEAKY_RELU:
         return {"function": "leaky_relu", "alpha": float(node.attrs["alpha"])}
+    if mode is IActivation.HARD_SIGMOID:
+        alpha, beta = float(node.attrs["alpha"]), float(node.attrs["beta"])
+        return {"function": "hard_sigmoid", "alpha": alpha, "beta": beta}
+    if mode is IActivation.HARD_SWISH:
+        return {"function": "hard_swish"}
     return None
 
 
 def fuse_activations(graph: Graph) -> int:
-    """Fuse RELU, RELU6, LEAKY_RELU and clip into the conv, deconv, inner product or matmul
-    that feeds them.
+    """Fuse RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH and clip into the conv, deconv,
+    inner product or matmul that feeds them.
 
     Before: ``x -> conv -> t -> relu -> y``. After: ``x -> conv[activation=relu] -> y``; the
     conv takes over ``y`` and the activation's output types and lists it in ``fused``.

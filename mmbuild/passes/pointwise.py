@@ -12,8 +12,8 @@ chain (``c`` scalar constants)                             becomes
 
 Worked example, x = 1: clip(1 + 3, 0, 6) / 6 = 4 / 6 = 0.6667 = clip(1/6 * 1 + 1/2, 0, 1), so
 1 * 0.6667 is HARD_SWISH(1) = 1 * clip(1/6 + 1/2, 0, 1). The fused node computes the formula of
-``ACTIVATIONS`` in float64 and rounds once, where the chain rounded each step: the results agree
-within a few float32 ulps (the chain's own rounding).
+``ACTIVATIONS`` (the ONNX one, ``x * (1/6) + 1/2``, in float32), where the chain added 3 and
+divided by 6: the results agree within a few float32 ulps.
 
 A rewrite fires only when every node of the chain runs in one float type (its inputs and outputs
 alike), every tensor inside the chain is read by the next node alone and is no network output,

@@ -141,8 +141,9 @@ def either(first: Check, second: Check) -> Check:
 def fused_activation(v: Any) -> str | None:
     """The fused-activation dicts of ``mmbuild.passes.fuse``."""
     want = (
-        'null, {"function": "relu"}, {"function": "clip", "lo": a, "hi": b} or '
-        '{"function": "leaky_relu", "alpha": a}'
+        'null, {"function": "relu"}, {"function": "clip", "lo": a, "hi": b}, '
+        '{"function": "leaky_relu", "alpha": a}, {"function": "hard_sigmoid", "alpha": a, '
+        '"beta": b} or {"function": "hard_swish"}'
     )
     if v is None:
         return None
@@ -150,7 +151,8 @@ def fused_activation(v: Any) -> str | None:
         return want
     fn = str(v.get("function"))
     keys = {"relu": {"function"}, "clip": {"function", "lo", "hi"},
-            "leaky_relu": {"function", "alpha"}}.get(fn)  # fmt: skip
+            "leaky_relu": {"function", "alpha"}, "hard_sigmoid": {"function", "alpha", "beta"},
+            "hard_swish": {"function"}}.get(fn)  # fmt: skip
     if keys is None or set(v) != keys:
         return want
     limit = number(finite=False)

@@ -30,8 +30,8 @@ from mmbuild.kernels.cpu.pointwise import (
     contiguous_out,
     flat_in,
     fused_activation,
+    is_identity,
     keep,
-    no_fused,
     split_call,
 )
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
@@ -188,7 +188,7 @@ def _binary_walk(post, a, b, out, shape, sa, sb, op, act, start, stop):  # type:
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _binary_range(a, b, out, shape, sa, sb, op, act, start, stop):  # type: ignore[no-untyped-def]
-    if no_fused(act):
+    if is_identity(act):
         _binary_walk(keep, a, b, out, shape, sa, sb, op, act, start, stop)
     else:
         _binary_walk(apply_fused, a, b, out, shape, sa, sb, op, act, start, stop)

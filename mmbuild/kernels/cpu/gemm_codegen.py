@@ -17,8 +17,8 @@ Each finished tile goes through the epilogue of :class:`.gemm_pack.Epilogue`: in
 ``LANES`` columns at a time, in the SIMD micro-kernels (``_vec_epilogue_*``, which take their
 width from the vector they are given), or from a scratch tile in the portable kernels
 (``_finish_tile``). Both perform the same float32 operations in the same order, so they give the
-same bits: ``y = float32(acc) * mult[n]``, ``y = y + bias[n]``, ``y < 0 -> y * slope``, clamp to
-``[lo, hi]``, store.
+same bits: ``y = float32(acc) * mult[n]``, ``y = y + bias[n]``, the fused activation of
+:mod:`.activate`, store.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from mmbuild.kernels.cpu import codegen, convert, dot, features, gemm_pack, simd, vector
+from mmbuild.kernels.cpu import activate, codegen, convert, dot, features, gemm_pack, simd, vector
+from mmbuild.kernels.cpu.activate import apply_fused, vapply_fused
 from mmbuild.kernels.cpu.convert import store_output
 from mmbuild.kernels.cpu.features import Level
 from mmbuild.kernels.cpu.gemm_pack import NR
@@ -55,7 +56,6 @@ from mmbuild.kernels.cpu.vector import (
     vstore_n_f32,
     vstore_n_i16,
     vstore_n_u8,
-    vzero_f32,
 )
 
 __all__ = ["MC", "TILES", "Tile", "generated_kernels", "vec_store"]
@@ -143,10 +143,11 @@ def _comp_row_overload(comp, n0, nn):  # type: ignore[no-untyped-def]
 def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type: ignore[no-untyped-def]
     """``T[r * ldt + j]`` -> ``out[o_off + r * ldo + j]`` for one tile, ``out`` typed.
 
-    Every activation is the same two steps, ``y < 0 -> y * slope`` then a clamp to ``[lo, hi]``
-    (see ``Epilogue``), so the loop has no branch and vectorises.
+    Every activation is the same few operations (:mod:`.activate`), so the loop has no branch
+    and vectorises.
     """
-    mult, bias, slope, lo, hi, oscale, ozp, _ = ep_args
+    mult, bias, slope, scale, shift, lo, hi, gated, oscale, ozp, _ = ep_args
+    act = (slope, scale, shift, lo, hi, gated)
     # slices, not offsets: indexing with a computed signed offset keeps numba's negative-index
     # wrap-around test in the loop, and that test stops LLVM from vectorising it
     m_row = mult[n0 : n0 + nn]
@@ -157,13 +158,7 @@ def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type:
         dst = out[o_off + r * ldo : o_off + r * ldo + nn]
         for j in range(nn):
             y = _acc_value(acc, j, c_row, j) * m_row[j]
-            y = y + b_row[j]
-            if y < 0:
-                y = y * slope
-            if y < lo:
-                y = lo
-            if y > hi:
-                y = hi
+            y = apply_fused(y + b_row[j], act)
             store_output(dst, j, y, oscale, ozp)
 
 
@@ -171,10 +166,10 @@ def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type:
 def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # type: ignore[no-untyped-def]
     """The scalar epilogue of one tile of the portable kernels, into ``out_bytes``.
 
-    The output arrives as bytes and its type (``ep_args[7]``) is chosen here, so that one
+    The output arrives as bytes and its type (``ep_args[10]``) is chosen here, so that one
     compiled driver serves every output kind.
     """
-    kind = ep_args[7]
+    kind = ep_args[10]
     if kind == 0:
         out = out_bytes.view(np.float32)
         _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
@@ -194,12 +189,8 @@ def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # t
 # accumulator vector would cost as much as the epilogue itself.
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
-    _, _, slope, lo, hi, oscale, ozp, kind = ep_args
-    y = vselect_lt(y, vzero_f32(y), vmul_f32(y, vsplat_f32(slope, y)), y)
-    vlo = vsplat_f32(lo, y)
-    vhi = vsplat_f32(hi, y)
-    y = vselect_lt(y, vlo, vlo, y)
-    y = vselect_lt(vhi, y, vhi, y)
+    _, _, slope, scale, shift, lo, hi, gated, oscale, ozp, kind = ep_args
+    y = vapply_fused(y, (slope, scale, shift, lo, hi, gated))
     if kind == 0:
         vstore_n_f32(out, o, y, count)
     elif kind == 1:
@@ -501,5 +492,14 @@ def generated_kernels(level: str) -> ModuleType:
     return codegen.load_module(
         f"gemm_kernels_{level}",
         "\n".join([doc, *_HEADER, *body]),
-        dependencies=(vector, dot, simd, convert, codegen, gemm_pack, sys.modules[__name__]),
+        dependencies=(
+            vector,
+            dot,
+            simd,
+            convert,
+            activate,
+            codegen,
+            gemm_pack,
+            sys.modules[__name__],
+        ),
     )

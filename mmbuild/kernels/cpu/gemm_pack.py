@@ -1,7 +1,8 @@
 """What a GEMM is given at build time: its fused epilogue and its weights, packed once.
 
 - :class:`Epilogue`: per output column ``n``, ``y = float32(acc) * mult[n] + bias[n]``, then the
-  activation (comparisons) and the store, in the order the :mod:`.gemm` docstring fixes, with
+  fused activation (:mod:`.activate`) and the store, in the order the :mod:`.gemm` docstring
+  fixes, with
   ``mult[n] = float32(scale_a) * float32(scale_w[n])`` rounded once here. Example: acc 1000,
   scale_a 0.02, scale_w 0.005 give mult 1.0e-4 and y 0.1; a bias of 0.25 makes it 0.35.
 - ``pack_int8_weights`` / ``pack_int16_weights`` / ``pack_float_weights``: B ``[K, N]`` in column
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mmbuild.errors import MMError
+from mmbuild.kernels.cpu.activate import Activation, activation_args
 
 __all__ = [
     "NR",
@@ -41,15 +43,6 @@ __all__ = [
 NR = 64  # columns of a packed panel: four 16-lane vectors
 _INT8_MAX_K = (2**31 - 1) // (255 * 128)  # |(a - za) * w| <= 255 * 128
 _INT16_MAX_PAIRS = 65535  # pair steps the int16 SIMD accumulator sums exactly (K <= 131070)
-
-
-class Activation(enum.IntEnum):
-    """The activation fused into an epilogue; ``act_a``/``act_b`` hold its parameters."""
-
-    NONE = 0
-    RELU = 1
-    CLIP = 2  # act_a = lo, act_b = hi; relu6 is CLIP(0, 6)
-    LEAKY_RELU = 3  # act_a = alpha
 
 
 class OutKind(enum.IntEnum):
@@ -124,17 +117,6 @@ class Epilogue:
                 raise MMError(f"Epilogue: out_scale must be finite and > 0, got {self.out_scale}")
         object.__setattr__(self, "act", act)
         object.__setattr__(self, "out_kind", kind)
-        # The kernels apply every activation as ``y < 0 -> y * slope`` and a clamp to [lo, hi];
-        # the unused parts are identities (a slope of 1 and infinite bounds change no value).
-        slope: float = 1.0
-        lo: float = -np.inf
-        hi: float = np.inf
-        if act is Activation.RELU:
-            lo = 0.0
-        elif act is Activation.CLIP:
-            lo, hi = self.act_a, self.act_b
-        elif act is Activation.LEAKY_RELU:
-            slope = self.act_a
         # mult and bias padded to whole 16-lane vectors for the SIMD epilogue's loads
         n_pad = -(-self.n // 16) * 16
         mult = np.zeros(n_pad, np.float32)
@@ -142,8 +124,9 @@ class Epilogue:
         mult[: self.n] = self.mult
         bias[: self.n] = self.bias
         f32 = np.float32
-        args = (mult, bias, f32(slope), f32(lo), f32(hi), f32(self.out_scale), f32(self.out_zp),
-                np.int64(kind))  # fmt: skip
+        # flat: a parallel region cannot take a tuple inside a tuple
+        args = (mult, bias, *activation_args(act, self.act_a, self.act_b), f32(self.out_scale),
+                f32(self.out_zp), np.int64(kind))  # fmt: skip
         object.__setattr__(self, "_args", args)
 
     @property

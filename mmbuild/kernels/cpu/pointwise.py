@@ -11,11 +11,13 @@ threads; each element is computed the same way either way.
 
 Arithmetic, and how close each kernel is to the reference of its precision:
 
-- ``activation``: the piecewise functions (RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH,
-  clip) in float64, as the reference (``ACTIVATIONS`` of ``mmbuild.ops.activation``), then
-  rounded to float32: bit-exact. They compare exactly as numpy does (``maximum`` returns its
-  second operand on ties, so RELU(-0.0) is +0.0; ``clip`` keeps x on ties, so RELU6(-0.0) is
-  -0.0; NaN passes). The smooth ones (SIGMOID, TANH, GELU, SILU, ELU) in float32 with the
+- ``activation``: the piecewise functions (RELU, RELU6, LEAKY_RELU, clip) in float64, as the
+  reference (``ACTIVATIONS`` of ``mmbuild.ops.activation``), then rounded to float32:
+  bit-exact. They compare exactly as numpy does (``maximum`` returns its second operand on ties,
+  so RELU(-0.0) is +0.0; ``clip`` keeps x on ties, so RELU6(-0.0) is -0.0; NaN passes).
+  HARD_SIGMOID and HARD_SWISH in float32, as their reference and the ONNX formula
+  (``x * alpha + beta``, the operations of a fused activation, :mod:`.activate`): bit-exact.
+  The smooth ones (SIGMOID, TANH, GELU, SILU, ELU) in float32 with the
   polynomials of :mod:`.fastmath`, within its stated ulps of the float64 reference (1 to 7
   float32 ulps; fp16 outputs within one fp16 ulp). Each function has a loop of its own, which
   LLVM vectorises. Worked through: GELU(1.0) = 0.5 * (1 + erf(0.70710677)), exactly
@@ -51,6 +53,15 @@ from numba.np.numpy_support import as_dtype
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.activate import (
+    HARD_SWISH_ALPHA,
+    HARD_SWISH_BETA,
+    Activation,
+    ActivationArgs,
+    activation_args,
+    apply_fused,
+    is_identity,
+)
 from mmbuild.kernels.cpu.fastmath import elu32, gelu32, sigmoid32, silu32, tanh32
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
 from mmbuild.kernels.table import (
@@ -76,8 +87,8 @@ __all__ = [
     "contiguous_out",
     "flat_in",
     "fused_activation",
+    "is_identity",
     "keep",
-    "no_fused",
     "split_call",
 ]
 
@@ -92,8 +103,6 @@ COST_DIVIDE = 4  # float64 divisions and square roots per element
 COST_LIBM = 32  # a scalar libm call (exp, tanh, erf) per element
 COST_POLY = 8  # a float32 polynomial and an exponent (mmbuild.kernels.cpu.fastmath) per element
 CHUNK = 1 << 14  # elements per parallel work item
-
-FusedArgs = tuple[np.float32, np.float32, np.float32]  # (slope, lo, hi): see apply_fused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,37 +138,13 @@ def split_call(
     return in_order([])
 
 
-def fused_activation(step: Step) -> FusedArgs:
-    """The step's fused activation as ``(slope, lo, hi)`` for :func:`apply_fused`: none is
-    ``(1, -inf, inf)``, relu ``(1, 0, inf)``, clip ``(1, lo, hi)``, leaky relu
-    ``(alpha, -inf, inf)``."""
-    act = step.op_attrs.get("activation")
-    f32, inf = np.float32, np.float32(np.inf)
-    if act is None:
-        return (f32(1), -inf, inf)
-    fn = act.get("function")
-    if fn == "relu":
-        return (f32(1), f32(0), inf)
-    if fn == "clip":
-        return (f32(1), f32(act.get("lo", 0.0)), f32(act.get("hi", 0.0)))
-    if fn == "leaky_relu":
-        return (f32(act.get("alpha", 0.0)), -inf, inf)
-    raise MMError(f"step {step.name!r}: unknown fused activation {fn!r}", Code.INTERNAL)
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def apply_fused(y, act):  # type: ignore[no-untyped-def]
-    """``graph.apply_activation`` on one float32 value: ``y * slope`` where ``y < 0``, then
-    ``lo`` below ``lo`` and ``hi`` above ``hi`` (NaN passes, -0.0 stays: relu's 0 is the ``lo``
-    of the clamp, not a product). The same three selects for every activation, so a loop that
-    applies it vectorises (a switch on the activation per element would not).
-
-    Example: relu ``(1, 0, inf)`` sends -2 to -2 * 1 = -2, then below lo to 0.0.
-    """
-    slope, lo, hi = act
-    if y < 0:
-        y = y * slope
-    return lo if y < lo else (hi if y > hi else y)
+def fused_activation(step: Step) -> ActivationArgs:
+    """The step's fused activation as the six numbers of :mod:`.activate` for
+    :func:`apply_fused` (the identity when it has none)."""
+    try:
+        return activation_args(*Activation.of(step.op_attrs.get("activation")))
+    except MMError as e:
+        raise MMError(f"step {step.name!r}: {e}", Code.INTERNAL) from None
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -168,18 +153,11 @@ def keep(y, act):  # type: ignore[no-untyped-def]
     return y
 
 
-@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def no_fused(act):  # type: ignore[no-untyped-def]
-    """Whether ``act`` is the identity ``(1, -inf, inf)``: loops then take :func:`keep` as
-    their ``post`` in place of :func:`apply_fused`, whose three selects cost a loop that does
-    little else up to three times its time (float64 relu, measured)."""
-    return act[0] == 1 and act[1] == -np.inf and act[2] == np.inf
-
-
 # ---------------------------------------------------------------------------------------------
 # activation and clip
 # ---------------------------------------------------------------------------------------------
-# Codes: the piecewise functions first (float64, exact), then the smooth ones (float32
+# Codes: the piecewise functions first (float64, or float32 as their reference), then the smooth
+# ones (float32
 # polynomials); each has a loop of its own, which LLVM vectorises.
 _RELU, _RELU6, _LEAKY, _HSIGMOID, _HSWISH, _CLIP, _SIGMOID, _TANH, _GELU, _SILU, _ELU = range(11)
 _EXP, _LOG, _SQRT, _ERF, _SOFTPLUS, _MISH = range(11, 17)
@@ -228,16 +206,6 @@ def _leaky_relu(x, a, b, code):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _hard_sigmoid(x, a, b, code):  # type: ignore[no-untyped-def]
-    return _clip64(a * x + b, 0.0, 1.0)
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _hard_swish(x, a, b, code):  # type: ignore[no-untyped-def]
-    return x * _clip64(x / 6.0 + 0.5, 0.0, 1.0)
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _clip(x, a, b, code):  # type: ignore[no-untyped-def]
     return _clip64(x, a, b)
 
@@ -246,6 +214,21 @@ def _clip(x, a, b, code):  # type: ignore[no-untyped-def]
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _sigmoid(x, a):  # type: ignore[no-untyped-def]
     return sigmoid32(x)
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _hard_sigmoid(x, ab):  # type: ignore[no-untyped-def]
+    # the fused activation's operations (mmbuild.kernels.cpu.activate), as the reference
+    z = x * ab[0] + ab[1]
+    return np.float32(0) if z < 0 else (np.float32(1) if z > 1 else z)
+
+
+_HSWISH_AB = (np.float32(HARD_SWISH_ALPHA), np.float32(HARD_SWISH_BETA))
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _hard_swish(x, ab):  # type: ignore[no-untyped-def]
+    return x * _hard_sigmoid(x, ab)
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
@@ -312,9 +295,9 @@ def _unary_loops(post, xs, ys, code, a, b, act):  # type: ignore[no-untyped-def]
     elif code == _LEAKY:
         _map(_leaky_relu, post, xs, ys, a, b, code, act)
     elif code == _HSIGMOID:
-        _map(_hard_sigmoid, post, xs, ys, a, b, code, act)
+        _map32(_hard_sigmoid, post, xs, ys, (np.float32(a), np.float32(b)), act)
     elif code == _HSWISH:
-        _map(_hard_swish, post, xs, ys, a, b, code, act)
+        _map32(_hard_swish, post, xs, ys, _HSWISH_AB, act)
     elif code == _CLIP:
         _map(_clip, post, xs, ys, a, b, code, act)
     elif code == _SIGMOID:
@@ -334,7 +317,7 @@ def _unary_loops(post, xs, ys, code, a, b, act):  # type: ignore[no-untyped-def]
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _unary_range(x, out, code, a, b, act, start, stop):  # type: ignore[no-untyped-def]
     xs, ys = x[start:stop], out[start:stop]
-    if no_fused(act):
+    if is_identity(act):
         _unary_loops(keep, xs, ys, code, a, b, act)
     else:
         _unary_loops(apply_fused, xs, ys, code, a, b, act)

@@ -44,6 +44,7 @@ from numba.extending import overload
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.activate import activation_args, apply_fused
 from mmbuild.kernels.cpu.convert import store_output
 from mmbuild.kernels.cpu.gemm import (
     Activation,
@@ -307,17 +308,7 @@ def lower_filter(
 
 def epilogue_activation(attrs: Mapping[str, Any]) -> tuple[Activation, float, float]:
     """A node's fused activation (``attrs["activation"]``) as the epilogue's (act, a, b)."""
-    act = attrs.get("activation")
-    if act is None:
-        return Activation.NONE, 0.0, 0.0
-    fn = act["function"]
-    if fn == "relu":
-        return Activation.RELU, 0.0, 0.0
-    if fn == "clip":
-        return Activation.CLIP, float(act["lo"]), float(act["hi"])
-    if fn == "leaky_relu":
-        return Activation.LEAKY_RELU, float(act["alpha"]), 0.0
-    raise MMError(f"unknown fused activation {fn!r}", Code.INTERNAL)
+    return Activation.of(attrs.get("activation"))
 
 
 def out_kind(dtype: DataType) -> OutKind:
@@ -345,17 +336,10 @@ def make_epilogue(
 
 
 def direct_epilogue_args(ep: Epilogue) -> tuple[Any, ...]:
-    """``(mult, bias, slope, lo, hi)`` for :func:`epilogue_store`: every activation as
-    ``y < 0 -> y * slope`` then a clamp to ``[lo, hi]``, as the GEMM kernels apply it."""
-    slope, lo, hi = 1.0, -np.inf, np.inf
-    if ep.act is Activation.RELU:
-        lo = 0.0
-    elif ep.act is Activation.CLIP:
-        lo, hi = ep.act_a, ep.act_b
-    elif ep.act is Activation.LEAKY_RELU:
-        slope = ep.act_a
-    f32 = np.float32
-    return ep.mult, ep.bias, f32(slope), f32(lo), f32(hi)
+    """``(mult, bias, *activation)`` for :func:`epilogue_store`, the activation as the six
+    numbers of :mod:`.activate` that the GEMM kernels apply (flat: a parallel region cannot
+    take a tuple inside a tuple)."""
+    return ep.mult, ep.bias, *activation_args(ep.act, ep.act_a, ep.act_b)
 
 
 Packed = PackedInt8Weights | PackedInt16Weights | PackedFloatWeights
@@ -450,16 +434,9 @@ def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
     """Column ``n``'s epilogue of accumulator ``acc`` into ``out[idx]`` (``ep`` from
     :func:`direct_epilogue_args`): ``float32(acc) * mult[n] + bias[n]``, the activation by
     comparisons (NaN passes, -0.0 stays), the store rounding to fp16 where ``out`` is."""
-    mult, bias, slope, lo, hi = ep
+    mult, bias, slope, scale, shift, lo, hi, gated = ep
     y = np.float32(acc) * mult[n]
-    y = y + bias[n]
-    if y < 0:
-        y = y * slope
-    if y < lo:
-        y = lo
-    if y > hi:
-        y = hi
-    store_f32(out, idx, y)
+    store_f32(out, idx, apply_fused(y + bias[n], (slope, scale, shift, lo, hi, gated)))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
