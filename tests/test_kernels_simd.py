@@ -175,11 +175,13 @@ def _tail(arr, i, n):  # type: ignore[no-untyped-def]
     return load_u8_tail(arr, i, n)
 
 
-def test_load_u8_tail_reads_only_n_bytes() -> None:
-    arr = np.array([1, 2, 3, 0xFF], np.uint8)
-    assert _tail(arr, 0, 0) == 0
-    assert _tail(arr, 0, 3) == 0x030201
-    assert _tail(arr[:3], 1, 2) == 0x0302
+def test_load_u8_tail_reads_whole_words_inside_and_n_bytes_at_the_end() -> None:
+    arr = np.array([1, 2, 3, 0xFF, 7, 9], np.uint8)
+    # inside the array: four bytes in one load (the ones past n meet zero weights)
+    assert _tail(arr, 0, 3) == 0xFF030201 and _tail(arr, 2, 1) == 0x0907FF03
+    # at its end: only the n bytes, never past them
+    assert _tail(arr, 4, 2) == 0x0907 and _tail(arr, 3, 2) == 0x07FF
+    assert _tail(arr[:3], 1, 2) == 0x0302 and _tail(arr[:0], 0, 0) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,11 +204,18 @@ def _store_f32_overload(arr, i, v):  # type: ignore[no-untyped-def]
 
 @njit
 def load_u8_tail(arr, i, n):  # type: ignore[no-untyped-def]
-    """The ``n < 4`` bytes at ``arr[i:i+n]`` as a little-endian integer, upper bytes zero.
+    """The ``n < 4`` bytes at ``arr[i:i+n]`` as the low bytes of a little-endian integer.
 
-    The K tail of an int8 dot product: it never reads past ``arr[i+n-1]``, and the zero bytes
-    meet the zero padding of the packed weights.
+    The K tail of an int8 dot product, whose upper bytes meet the zero padding of the packed
+    weights: where the array goes on (any tail but the array's last), all four bytes
+    ``arr[i:i+4]`` in one load, the ones past the tail whatever the array holds (an integer
+    times a zero weight adds nothing); at the array's end the ``n`` bytes alone, upper bytes
+    zero, so that it never reads past ``arr[i+n-1]``. Example: bytes (7, 9, 200, 1) and n = 2
+    give 0x01c80907 (then multiplied by weights (w0, w1, 0, 0)), or 0x0907 at the end.
     """
+    if i + 4 <= arr.size:
+        return (np.int64(arr[i]) | np.int64(arr[i + 1]) << 8 | np.int64(arr[i + 2]) << 16
+                | np.int64(arr[i + 3]) << 24)  # fmt: skip
     word = np.int64(0)
     for q in range(n):
         word |= np.int64(arr[i + q]) << (8 * q)
