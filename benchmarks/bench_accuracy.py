@@ -3,7 +3,8 @@ side with onnxruntime's own ``quantize_static``.
 
     python benchmarks/bench_accuracy.py [--models ocr_cls,ocr_det,wakeword_embedding]
         [--granularity per_axis,per_tensor] [--algorithms linear,entropy,percentile]
-        [--cle off,on] [--bias-correction off,on] [--weight-range full,reduced] [--no-ort]
+        [--cle off,on] [--bias-correction off,on] [--weight-range full,reduced]
+        [--activations static,dynamic] [--no-ort]
 
 Calibration and evaluation batches are scikit-image sample images (``tests/onnx_models.py``),
 disjoint crops. For each model and method: the cosine of the output against onnxruntime fp32 over
@@ -13,8 +14,9 @@ for the wake-word model. mmbuild runs ``force_float16`` and ``qint8_mixed_float1
 per-axis (``--granularity``) weights and the LINEAR, ENTROPY and PERCENTILE (99.99) range
 algorithms (``--algorithms``), without and with ``cross_layer_equalization`` (``--cle``; the
 number of equalised pairs is printed per model) and ``bias_correction``
-(``--bias-correction``), with full or reduced (-64..64, ``--weight-range``) int8 weight codes;
-onnxruntime runs the QDQ model of ``quantize_static`` (per-channel int8 weights, int8 activations) with
+(``--bias-correction``), with full or reduced (-64..64, ``--weight-range``) int8 weight codes,
+and with dynamic activations (``--activations dynamic``: ``activation_quant_mode`` "dynamic",
+no calibration, one run per granularity and weight range); onnxruntime runs the QDQ model of ``quantize_static`` (per-channel int8 weights, int8 activations) with
 MinMax, Entropy and Percentile calibration.
 """
 
@@ -69,6 +71,7 @@ def mmbuild_run(
     cle: bool = False,
     bias_correction: bool = False,
     weight_range: str = "full",
+    activations: str = "static",
 ) -> Any:
     net = mm.Network()
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
@@ -79,6 +82,7 @@ def mmbuild_run(
         "cross_layer_equalization": cle,
         "bias_correction": bias_correction,
         "weight_quant_range": weight_range,
+        "activation_quant_mode": activations,
     }
     config.parse_from_string(json.dumps({"precision_config": precision}))
     if algo is not None:
@@ -142,6 +146,7 @@ def main() -> int:
     parser.add_argument("--cle", default="off", help="cross_layer_equalization: off and/or on")
     parser.add_argument("--bias-correction", default="off", help="off and/or on")
     parser.add_argument("--weight-range", default="full", help="full and/or reduced")
+    parser.add_argument("--activations", default="static", help="static and/or dynamic")
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
     args = parser.parse_args()
     q = mm.QuantizationAlgorithm
@@ -158,13 +163,20 @@ def main() -> int:
             ]
             print(f"{key}: {equalized_pairs(key)} pair(s) for cross_layer_equalization")
             for g in args.granularity.split(","):
-                for a in algorithms:
+                for a in algorithms if "static" in args.activations.split(",") else ():
                     for cle, bc, wr in ((c, b, w) for c in cles for b in bcs
                                         for w in args.weight_range.split(",")):  # fmt: skip
                         label = f"mmbuild qint8_mixed_float16 {g} {a.name.split('_')[0]}"
                         label += (" CLE" if cle else "") + (" BC" if bc else "")
                         label += " reduced" if wr == "reduced" else ""
                         fn_args = (key, "qint8_mixed_float16", a, x, g, cle, bc, wr)
+                        runs.append((label, mmbuild_run, fn_args))
+                if "dynamic" in args.activations.split(","):
+                    for wr in args.weight_range.split(","):
+                        label = f"mmbuild qint8_mixed_float16 {g} dynamic"
+                        label += " reduced" if wr == "reduced" else ""
+                        fn_args = (key, "qint8_mixed_float16", None, x, g, False, False, wr,
+                                   "dynamic")  # fmt: skip
                         runs.append((label, mmbuild_run, fn_args))
             for m in () if args.no_ort else ("MinMax", "Entropy", "Percentile"):
                 label = f"onnxruntime quantize_static QDQ per-channel {m}"

@@ -6,7 +6,9 @@ onnxruntime int8 (the QDQ model of ``quantize_static``), interleaved in one proc
 
 A mode may carry ``:reduced`` (``qint8_mixed_float16:reduced``): the build then sets
 ``precision_config.weight_quant_range`` to "reduced" (int8 weight codes -64..64, which the
-vpmaddubsw GEMM of CPUs without VNNI takes).
+vpmaddubsw GEMM of CPUs without VNNI takes); and ``:dynamic``
+(``qint8_mixed_float16:dynamic``, ``qint8_mixed_float16:reduced:dynamic``):
+``precision_config.activation_quant_mode`` "dynamic", built without calibration.
 
 Each model is fetched from the wheel that ships it (``tests/onnx_models.py``), calibrated on
 scikit-image sample images (mmbuild with its default LINEAR ranges and per-axis weights;
@@ -85,11 +87,16 @@ def mmbuild_context(key: str, mode: str, shape: tuple[int, ...]) -> mm.Context:
     assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
     net.get_input(0).set_dimension(mm.Dims([-1, *shape[1:]]))
     config = mm.BuilderConfig()
-    mode, _, weight_range = mode.partition(":")
+    mode, *flags = mode.split(":")
+    unknown = set(flags) - {"reduced", "dynamic"}
+    if unknown:
+        raise SystemExit(f"mode {mode}: unknown suffix {sorted(unknown)}; use :reduced, :dynamic")
+    dynamic = "dynamic" in flags
     precision = {"precision_mode": mode, "weight_quant_granularity": "per_axis",
-                 "weight_quant_range": weight_range or "full"}  # fmt: skip
+                 "weight_quant_range": "reduced" if "reduced" in flags else "full",
+                 "activation_quant_mode": "dynamic" if dynamic else "static"}  # fmt: skip
     config.parse_from_string(json.dumps({"precision_config": precision}))
-    if mode.startswith("qint"):
+    if mode.startswith("qint") and not dynamic:
         data = ImageBatches([model_input(key, b, k) for b, k in CALIBRATION])
         assert mm.Calibrator([data]).calibrate(net, config).ok()
     model = mm.Builder().build_model(f"{key}_{mode}", net, config)

@@ -135,6 +135,7 @@ def lower_graph(
         "weight_quant_granularity": config.weight_quant_granularity,
         "weight_quant_range": config.weight_quant_range,
         "activation_quant_algo": config.activation_quant_algo,
+        "activation_quant_mode": config.activation_quant_mode,
     }
     edges = edges if edges is not None else model_edges(network, config)
     apply_model_edges(graph, edges)
@@ -166,6 +167,10 @@ def _input_means(network: Network) -> dict[str, np.ndarray]:
     return means
 
 
+#: The layer report's note on a step whose input 0 is quantized at each run.
+DYNAMIC_NOTE = "input 0 quantized dynamically (scale from each run's max |x|)"
+
+
 def lower_steps(graph: Graph) -> list[Step]:
     """One step per node: its kernel from the table and what the kernel prepared."""
     steps = []
@@ -174,6 +179,9 @@ def lower_steps(graph: Graph) -> list[Step]:
             _check_cast_types(graph, node)
         kernel = find_kernel(node)
         lowered = kernel.lower(node, graph)
+        notes = list(node.notes)
+        if lowered.attrs.get("dynamic"):
+            notes.append(DYNAMIC_NOTE)
         steps.append(
             Step(
                 name=node.name,
@@ -185,7 +193,7 @@ def lower_steps(graph: Graph) -> list[Step]:
                 precisions=list(node.precisions),
                 output_types=list(node.output_types),
                 lowered=lowered,
-                notes=list(node.notes),
+                notes=notes,
                 fused=list(node.fused),
             )
         )

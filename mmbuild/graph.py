@@ -100,12 +100,14 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     # the config's quantization choices: weight_quant_granularity ("per_tensor" | "per_axis"),
-    # weight_quant_range ("full" | "reduced"), activation_quant_algo ("symmetric" | "asymmetric")
+    # weight_quant_range ("full" | "reduced"), activation_quant_algo ("symmetric" | "asymmetric"),
+    # activation_quant_mode ("static" | "dynamic")
     options: dict[str, str] = field(
         default_factory=lambda: {
             "weight_quant_granularity": "per_tensor",
             "weight_quant_range": "full",
             "activation_quant_algo": "symmetric",
+            "activation_quant_mode": "static",
         }
     )
 

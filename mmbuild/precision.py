@@ -155,7 +155,11 @@ def _plan_node(
         outputs[o] = dtype
     for i, dtype in enumerate(inputs):
         t = node.inputs[i]
-        if dtype.is_quantized and not _is_constant(t):
+        if (
+            dtype.is_quantized
+            and not _is_constant(t)
+            and not quantized_at_run_time(node, i, config)
+        ):
             plan.ranges[t.get_tensor_name()] = _resolve_range(node, i, t, dtype, config)
     return NodePrecision(tuple(inputs), tuple(outputs), tuple(notes))
 
@@ -249,6 +253,29 @@ def float16_overflow(
         if reach is not None and reach > FLOAT16_MAX:
             return t.get_tensor_name(), reach
     return None
+
+
+#: The ops whose input 0 ``activation_quant_mode: "dynamic"`` quantizes at each run (a matmul
+#: only when its right operand is a constant without batch dimensions and ``a`` is not
+#: transposed: the kernels' packed path).
+DYNAMIC_OPS = ("conv", "deconv", "inner_product", "matmul")
+
+
+def quantized_at_run_time(node: INode, i: int, config: BuilderConfig | None) -> bool:
+    """Whether ``node``'s input ``i`` takes its scale from each run's values (no range needed).
+
+    Example: under ``{"precision_config": {"activation_quant_mode": "dynamic"}}`` a conv's input
+    0 is; its filter (a constant) and an add's inputs are not."""
+    if config is None or config.activation_quant_mode != "dynamic" or i != 0:
+        return False
+    if node.op != "matmul":
+        return node.op in DYNAMIC_OPS
+    a, b = node.inputs[0], node.inputs[1]
+    if not _is_constant(b):
+        return False
+    b_dims = np.shape(b.get_producer().attrs["value"])  # type: ignore[union-attr]
+    batch = int(np.prod(b_dims[:-2], dtype=np.int64))
+    return batch == 1 and not (node.attrs["transpose_a"] and len(a.get_dimension().get_dims()) >= 2)
 
 
 def resolve_range(t: ITensor, config: BuilderConfig | None) -> Range | None:

@@ -50,6 +50,7 @@ def test_defaults() -> None:
     assert config.weight_quant_granularity == "per_tensor"
     assert config.weight_quant_range == "full"
     assert config.activation_quant_algo == "symmetric"
+    assert config.activation_quant_mode == "static"
     assert config.custom_ranges == {}
     assert config.ignored_keys() == []
     assert isinstance(config.model, BuilderConfigModel)
@@ -59,6 +60,7 @@ def test_defaults() -> None:
             "weight_quant_granularity": "per_tensor",
             "weight_quant_range": "full",
             "activation_quant_algo": "symmetric",
+            "activation_quant_mode": "static",
             "cross_layer_equalization": False,
             "bias_correction": False,
         },
@@ -742,7 +744,7 @@ def test_every_schema_field_has_a_description() -> None:
     properties = _properties(_schema())
     # precision_config, CustomRange, the top level's own keys, "$schema" and the MagicMind keys
     magicmind = 5 + 2 + 2 + 2  # the honoured keys; LayoutConversion, InputNormalization, DimRange
-    assert len(properties) == 6 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
+    assert len(properties) == 7 + 2 + 2 + 1 + magicmind + len(IGNORED_KEYS)
     missing = [name for name, spec in properties if not spec.get("description")]
     assert missing == []
 

@@ -150,6 +150,13 @@ class BuilderConfig(CamelCaseAliases):
         return self._model.precision_config.activation_quant_algo
 
     @property
+    def activation_quant_mode(self) -> str:
+        """``precision_config.activation_quant_mode``: ``'static'`` (ranges from calibration)
+        or ``'dynamic'`` (the inputs of conv, deconv, inner product and matmul with a constant
+        weight quantized from each run's values)."""
+        return self._model.precision_config.activation_quant_mode
+
+    @property
     def cross_layer_equalization(self) -> bool:
         """``precision_config.cross_layer_equalization``: equalise conv pairs before quantizing."""
         return self._model.precision_config.cross_layer_equalization

@@ -38,6 +38,7 @@ PrecisionMode = Literal[
 WeightQuantGranularity = Literal["per_tensor", "per_axis"]
 WeightQuantRange = Literal["full", "reduced"]
 ActivationQuantAlgo = Literal["symmetric", "asymmetric"]
+ActivationQuantMode = Literal["static", "dynamic"]
 
 PRECISION_MODES: tuple[str, ...] = get_args(PrecisionMode)
 WEIGHT_QUANT_GRANULARITIES: tuple[str, ...] = get_args(WeightQuantGranularity)
@@ -98,6 +99,17 @@ class PrecisionConfig(_Strict):
         description=(
             "symmetric: zero point 0, scale from max(|min|, |max|). asymmetric: the range is "
             "widened to contain 0 and mapped onto the whole integer range with a zero point."
+        ),
+    )
+    activation_quant_mode: ActivationQuantMode = Field(
+        default="static",
+        description=(
+            "static: every quantized input has its range from calibration, set_dynamic_range or "
+            "custom_ranges. dynamic: the first input of a conv, deconv, inner product, or matmul "
+            "with a constant weight is quantized at each run, symmetrically, with the scale "
+            "max|x| / 127 (32767 for int16) of that run's values, and needs no range; other "
+            "quantized inputs stay static. No calibration is needed for a network of such nodes; "
+            "each run pays one pass over those inputs for their maximum."
         ),
     )
     cross_layer_equalization: bool = Field(

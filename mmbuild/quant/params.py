@@ -234,6 +234,20 @@ def choose_qparams(
     return QuantParams(scale=scale, zero_point=zero_point, bits=bits, axis=axis)
 
 
+def dynamic_scale(amax: float, bits: int = 8) -> np.float32:
+    """The symmetric scale of a tensor whose largest finite magnitude is ``amax``: the scale of
+    ``choose_qparams(-amax, amax, bits)``, for one number known only at run time (a dynamically
+    quantized input, ``precision_config.activation_quant_mode: "dynamic"``), without building
+    arrays.
+
+    >>> dynamic_scale(2.54), dynamic_scale(0.0), dynamic_scale(1.0, bits=16)
+    (np.float32(0.02), np.float32(1.0), np.float32(3.051851e-05))
+    """
+    if amax == 0.0:
+        return np.float32(1.0)
+    return np.float32(max(float(amax) / qrange(bits)[1], _MIN_SCALE))
+
+
 def quantize(x: Any, qp: QuantParams) -> np.ndarray:
     """``clip(rint(x / scale) + zero_point, qmin, qmax)`` as int8 (8 bits) or int16 (16 bits).
 

@@ -286,6 +286,16 @@ def _activation_qparams(stored: Stored, precision: DataType, name: str = "a") ->
     stored.attrs[f"z{name}"] = _zero_point(precision)
 
 
+def _input_quantization(stored: Stored, facts: StepFacts) -> None:
+    """``qcommon.input_quantization``: ``scale_a`` and ``za``, or for a dynamic input
+    (``activation_quant_mode: "dynamic"``) ``dynamic`` true and ``za`` the carried zero."""
+    if facts.step.lowered.attrs.get("dynamic") is None:
+        _activation_qparams(stored, facts.precision)
+        return
+    stored.attrs["dynamic"] = one_of(True)
+    stored.attrs["za"] = one_of(128 if facts.precision is DataType.QINT8 else 0)
+
+
 def _filter(stored: Stored, facts: StepFacts, ohwi: tuple[int, ...]) -> None:
     """``lower_filter``: bias float32 [Cout]; weight [Cout, Kh, Kw, Cin/g] in the precision;
     ``scale_w`` [Cout] and the input's qparams when quantized."""
@@ -294,7 +304,7 @@ def _filter(stored: Stored, facts: StepFacts, ohwi: tuple[int, ...]) -> None:
     stored.arrays["weight"] = ArraySpec(weight_dtype(facts.precision), ohwi)
     if facts.precision in _QTYPES:
         stored.arrays["scale_w"] = ArraySpec(_F32, (cout,), positive=True)
-        _activation_qparams(stored, facts.precision)
+        _input_quantization(stored, facts)
 
 
 def _constant_dims(facts: StepFacts, index: int, what: str, rank: int | None) -> tuple[int, ...]:
@@ -337,7 +347,7 @@ def _packed(stored: Stored, facts: StepFacts, k: int, n: int) -> None:
     stored.arrays["weight"] = ArraySpec(weight_dtype(facts.precision), (k, n))
     if facts.precision in _QTYPES:
         stored.arrays["scale_w"] = ArraySpec(_F32, (n,), positive=True)
-        _activation_qparams(stored, facts.precision)
+        _input_quantization(stored, facts)
 
 
 def _inner_product_stores(facts: StepFacts) -> Stored:

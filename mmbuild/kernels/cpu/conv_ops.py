@@ -42,7 +42,8 @@ from numba import njit, prange
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.cpu.gemm import ImplicitRows
+from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
+from mmbuild.kernels.cpu.gemm import Epilogue, ImplicitRows
 from mmbuild.kernels.cpu.gemm_codegen import vec_store
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
@@ -252,14 +253,17 @@ class _ConvRunner:
         self.carrier = carrier_dtype(precision) if self.quantized else None
         self.scale_a = np.float32(attrs.get("scale_a", 1.0))
         self.za = int(attrs.get("za", 0))
-        scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
-        bias = arrays["bias"]
-        out_type = step.output_types[0]
+        self.dynamic = DynamicInput(precision, self.za) if attrs.get("dynamic") else None
         self.depthwise = _path(self.group, self.cin_g) == "depthwise"
+        scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
+        self._ep_inputs = (step.op_attrs, step.output_types[0], arrays["bias"])
+        # one epilogue per GEMM (one per group; one for the depthwise loop) with its scale_w
+        n_eps = 1 if self.depthwise else self.group
+        cols = self.cout // n_eps
+        self.scale_w = [np.ascontiguousarray(scale_w[g * cols : (g + 1) * cols])
+                        for g in range(n_eps)]  # fmt: skip
+        self.eps = self._epilogues()
         if self.depthwise:
-            ep = make_epilogue(self.cout, step.op_attrs, out_type, scale_a=self.scale_a,
-                               scale_w=scale_w, bias=bias)  # fmt: skip
-            self.ep_args = direct_epilogue_args(ep)
             taps_w = np.ascontiguousarray(w.reshape(self.cout, -1).T)  # [KH*KW, Cout]
             self.dw_weight = taps_w.reshape(-1)
             # the vector loop: one output channel per input channel, float or QINT8 (exact in
@@ -268,7 +272,6 @@ class _ConvRunner:
             self.vec = self.cout == self.group and (
                 self.carrier is None or (self.carrier == np.uint8 and taps <= 256)
             )
-            self.vec_ep = ep._args
             # QINT8 filters widened once, exactly, so that the vector loop converts only x
             self.vec_weight = (
                 taps_w.reshape(-1).astype(np.float32)
@@ -289,18 +292,26 @@ class _ConvRunner:
                                     _depthwise_vec_parallel)  # fmt: skip
         else:
             cog = self.cout // self.group
-            self.packed, self.eps = [], []
+            self.packed = []
             for g in range(self.group):
-                cols = slice(g * cog, (g + 1) * cog)
-                w_kn = w[cols].transpose(1, 2, 3, 0).reshape(-1, cog)
+                w_kn = w[g * cog : (g + 1) * cog].transpose(1, 2, 3, 0).reshape(-1, cog)
                 self.packed.append(pack_weights(w_kn, segments=self.kh))
-                self.eps.append(make_epilogue(cog, step.op_attrs, out_type, scale_a=self.scale_a,
-                                              scale_w=scale_w[cols], bias=bias[cols]))  # fmt: skip
             a_dtype = self.carrier if self.carrier is not None else np.float32
             fns = (gemm_dispatcher(self.packed[0], self.eps[0], a_dtype),)
+        if self.dynamic is not None:
+            fns = (*fns, *DYNAMIC_FNS)
         self.fns = (*PREPARE_FNS, *fns)
         self._shapes: dict[tuple[int, ...], _Geometry] = {}
         self._lock = threading.Lock()
+
+    def _epilogues(self) -> list[Epilogue]:
+        """The epilogue of each GEMM (or of the depthwise loop), with the static scale_a (a
+        dynamic input rescales its prepared step's own copies at each run)."""
+        attrs, out_type, bias = self._ep_inputs
+        cols = self.cout // len(self.scale_w)
+        return [make_epilogue(cols, attrs, out_type, scale_a=self.scale_a, scale_w=sw,
+                              bias=bias[g * cols : (g + 1) * cols])
+                for g, sw in enumerate(self.scale_w)]  # fmt: skip
 
     def geometry(self, shape: tuple[int, ...]) -> _Geometry:
         with self._lock:
@@ -350,16 +361,22 @@ class _ConvRunner:
         buf = None
         if geo.buffer is not None:
             buf = np.empty(geo.buffer, self.carrier if self.carrier is not None else x.dtype)
+        eps, calls, qparams = self.eps, [], None
+        if self.dynamic is not None:  # this step's own epilogues, rescaled at each run
+            eps = self._epilogues()
+            qparams, choose_scale = self.dynamic.bind(x, list(zip(eps, self.scale_w)))
+            calls.append(choose_scale)
         if self.depthwise:
-            calls = [] if buf is None else [self._bind_prepare(x, buf, geo, 0, x.shape[3])]
-            return in_order([*calls, self._bind_depthwise(x if buf is None else buf, geo, out)])
+            if buf is not None:
+                calls.append(self._bind_prepare(x, buf, geo, 0, x.shape[3], qparams))
+            calls.append(self._bind_depthwise(x if buf is None else buf, geo, out, eps[0]))
+            return in_order(calls)
         cog = self.cout // self.group
         out2 = out.reshape(-1, self.cout)
-        calls = []
-        for g, (w, ep) in enumerate(zip(self.packed, self.eps)):
+        for g, (w, ep) in enumerate(zip(self.packed, eps)):
             a = x
             if buf is not None:
-                calls.append(self._bind_prepare(x, buf, geo, g * self.cin_g, self.cin_g))
+                calls.append(self._bind_prepare(x, buf, geo, g * self.cin_g, self.cin_g, qparams))
                 a = buf
             if geo.rows is None:
                 a = a.reshape(-1, a.shape[-1])
@@ -367,13 +384,19 @@ class _ConvRunner:
         return in_order(calls)
 
     def _bind_prepare(
-        self, x: np.ndarray, buf: np.ndarray, geo: _Geometry, c0: int, cg: int
+        self,
+        x: np.ndarray,
+        buf: np.ndarray,
+        geo: _Geometry,
+        c0: int,
+        cg: int,
+        qparams: np.ndarray | None,
     ) -> Callable[[], None]:
         return bind_prepare_input(x, buf, pads=geo.pads, scale=self.scale_a, zero_point=self.za,
-                                  channels=(c0, cg), taps=geo.taps)  # fmt: skip
+                                  channels=(c0, cg), taps=geo.taps, qparams=qparams)  # fmt: skip
 
     def _bind_depthwise(
-        self, xp: np.ndarray, geo: _Geometry, out: np.ndarray
+        self, xp: np.ndarray, geo: _Geometry, out: np.ndarray, ep: Epilogue
     ) -> Callable[[], None]:
         n_rows = out.shape[0] * out.shape[1]
         parallel = (numba.get_num_threads() > 1 and n_rows > 1
@@ -381,13 +404,13 @@ class _ConvRunner:
         chunks = min(n_rows, numba.get_num_threads())
         if self.vec:
             args: tuple[Any, ...] = (xp.reshape(-1), geo.direct, self.vec_weight, self.comp,
-                                     self.vec_ep, out.reshape(-1).view(np.uint8))  # fmt: skip
+                                     ep._args, out.reshape(-1).view(np.uint8))  # fmt: skip
             if parallel:
                 return partial(_depthwise_vec_parallel, n_rows, chunks, *args)
             return partial(_depthwise_vec_rows, 0, n_rows, *args)
         za = self.acc_proto.dtype.type(self.za)
-        args = (xp.reshape(-1), za, geo.direct, self.dw_weight, self.ep_args, out.reshape(-1),
-                self.acc_proto)  # fmt: skip
+        args = (xp.reshape(-1), za, geo.direct, self.dw_weight, direct_epilogue_args(ep),
+                out.reshape(-1), self.acc_proto)  # fmt: skip
         if parallel:
             return partial(_depthwise_parallel, n_rows, chunks, *args)
         return partial(_depthwise_rows, 0, n_rows, *args)
@@ -424,9 +447,10 @@ class _ConvKernel(Kernel):
         a = step.op_attrs
         precision = node.compute_precision
         if precision.is_quantized:
-            xq = quantize_input_reference(x, attrs["scale_a"], attrs["za"], precision)
+            scale_a = input_scale_reference(attrs, x, precision)
+            xq = quantize_input_reference(x, scale_a, attrs["za"], precision)
             acc = conv2d_nhwc(xq, w.astype(np.int64), a["stride"], pads, a["dilation"], a["group"])
-            mult = np.float32(attrs["scale_a"]) * arrays["scale_w"]
+            mult = np.float32(scale_a) * arrays["scale_w"]
         else:
             wf = to_numpy(w, _F.FLOAT16 if w.dtype == np.uint16 else _F.FLOAT32)
             acc = conv2d_nhwc(_float64(x), wf.astype(np.float64), a["stride"], pads,

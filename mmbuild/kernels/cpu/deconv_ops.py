@@ -43,6 +43,8 @@ from numba import njit, prange
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
+from mmbuild.kernels.cpu.gemm import Epilogue
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     bind_prepare_input,
@@ -191,16 +193,22 @@ class _DeconvRunner:
             if w.dtype == np.uint16:
                 w = w.view(np.float16)  # widened exactly below
         self.za = acc_type(attrs.get("za", 0))
+        self.dynamic = DynamicInput(precision, int(self.za)) if attrs.get("dynamic") else None
         # [Cin, KH, KW, Og] -> [KH, KW, Cin, Og]: a tap's filter rows are contiguous
         w_k = _swap_channels(w, self.group).transpose(1, 2, 0, 3)
         self.weight = np.ascontiguousarray(w_k, acc_type).reshape(-1)
-        scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
-        ep = make_epilogue(self.cout, step.op_attrs, step.output_types[0], scale_a=self.scale_a,
-                           scale_w=scale_w, bias=arrays["bias"])  # fmt: skip
-        self.ep_args = direct_epilogue_args(ep)
+        self.scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
+        self._ep_inputs = (step.op_attrs, step.output_types[0], arrays["bias"])
+        self.ep = self._epilogue()
         # quantized and fp16 inputs are converted first (see ``run``)
         converts = precision is not _F.FLOAT32
-        self.fns = (_deconv_rows, _deconv_parallel, *(PREPARE_FNS if converts else ()))
+        self.fns = (_deconv_rows, _deconv_parallel, *(PREPARE_FNS if converts else ()),
+                    *(DYNAMIC_FNS if self.dynamic is not None else ()))  # fmt: skip
+
+    def _epilogue(self) -> Epilogue:
+        attrs, out_type, bias = self._ep_inputs
+        return make_epilogue(self.cout, attrs, out_type, scale_a=self.scale_a,
+                             scale_w=self.scale_w, bias=bias)  # fmt: skip
 
     def geometry(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """``geo`` of :func:`_deconv_rows` for an input of ``shape``."""
@@ -226,14 +234,20 @@ class _DeconvRunner:
         if out.size == 0:
             return in_order([])
         xs = np.ascontiguousarray(x)
-        calls = []
+        ep, calls, qparams = self.ep, [], None
+        if self.dynamic is not None:  # this step's own epilogue, rescaled at each run
+            ep = self._epilogue()
+            qparams, choose_scale = self.dynamic.bind(xs, [(ep, self.scale_w)])
+            calls.append(choose_scale)
         if self.carrier is not None or xs.dtype == np.uint16:
             dtype = self.carrier if self.carrier is not None else np.float32
             src, xs = xs, np.empty(x.shape, dtype)
-            calls.append(bind_prepare_input(src, xs, scale=self.scale_a, zero_point=int(self.za)))
+            calls.append(bind_prepare_input(src, xs, scale=self.scale_a, zero_point=int(self.za),
+                                            qparams=qparams))  # fmt: skip
         n_rows = x.shape[0] * ho
         macs = out.size * self.cg * -(-self.kh // self.stride[0]) * -(-self.kw // self.stride[1])
-        args = (xs.reshape(-1), self.za, geo, self.weight, self.ep_args, out.reshape(-1))
+        args = (xs.reshape(-1), self.za, geo, self.weight, direct_epilogue_args(ep),
+                out.reshape(-1))  # fmt: skip
         threads = numba.get_num_threads()
         if threads > 1 and n_rows > 1 and macs >= PARALLEL_MIN_MACS:
             calls.append(partial(_deconv_parallel, n_rows, min(n_rows, 4 * threads), *args))
@@ -273,9 +287,10 @@ class _DeconvKernel(Kernel):
         window = (a["stride"], pads, a["dilation"], group, decl.output_padding())  # type: ignore[attr-defined]
         precision = node.compute_precision
         if precision.is_quantized:
-            xq = quantize_input_reference(x, attrs["scale_a"], attrs["za"], precision)
+            scale_a = input_scale_reference(attrs, x, precision)
+            xq = quantize_input_reference(x, scale_a, attrs["za"], precision)
             acc = deconv2d_nhwc(xq, _swap_channels(w.astype(np.int64), group), *window)
-            mult = np.float32(attrs["scale_a"]) * arrays["scale_w"]
+            mult = np.float32(scale_a) * arrays["scale_w"]
         else:
             xf, wf = (
                 to_numpy(v, _F.FLOAT16 if v.dtype == np.uint16 else _F.FLOAT32) for v in (x, w)

@@ -133,6 +133,14 @@ class Epilogue:
     def n(self) -> int:
         return int(self.mult.size)
 
+    def rescale(self, scale_a: Any, scale_w: np.ndarray) -> None:
+        """``mult = float32(scale_a) * scale_w`` in place, in the arrays that bound kernels
+        read: the scale of a dynamically quantized input, known only when a run starts.
+        Example: scale_a 0.02 and scale_w [0.005] make mult [1.0e-4] for the next call."""
+        mult = np.float32(scale_a) * scale_w
+        self.mult[:] = mult
+        self._args[0][: self.n] = mult
+
     @classmethod
     def create(
         cls,

@@ -41,6 +41,8 @@ from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.node import TensorSpec
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
+from mmbuild.kernels.cpu.gemm import Epilogue
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     activation_qparams,
@@ -52,6 +54,7 @@ from mmbuild.kernels.cpu.qcommon import (
     epilogue_store,
     float_bias,
     gemm_dispatcher,
+    input_quantization,
     make_epilogue,
     pack_weights,
     quantize_input_reference,
@@ -107,12 +110,11 @@ def _lower_packed(
     arrays = {"bias": float_bias(bias, out_type, n)}
     attrs: dict[str, Any] = {"path": path}
     if precision.is_quantized:
-        scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
+        attrs.update(input_quantization(graph, node, precision))
         check_int8_k(node, k, precision)
         arrays["weight"], arrays["scale_w"] = quantize_node_weights(
             graph, node, w_kn, precision, axis=1
         )
-        attrs.update(scale_a=float(scale_a), za=za)
     else:
         arrays["weight"] = _float_weight(w_kn, precision)
     return Lowered(attrs, arrays)
@@ -126,23 +128,34 @@ def _bind_packed(step: Step) -> Runner:
     precision = step.node().compute_precision
     carrier = carrier_dtype(precision) if precision.is_quantized else None
     scale_a, za = np.float32(attrs.get("scale_a", 1.0)), int(attrs.get("za", 0))
+    dynamic = DynamicInput(precision, za) if attrs.get("dynamic") else None
     packed = pack_weights(weight)
-    ep = make_epilogue(n, step.op_attrs, step.output_types[0], scale_a=scale_a,
-                       scale_w=arrays.get("scale_w", 1.0), bias=arrays["bias"])  # fmt: skip
+    scale_w = np.ascontiguousarray(np.broadcast_to(arrays.get("scale_w", 1.0), (n,)), np.float32)
+
+    def epilogue() -> Epilogue:
+        return make_epilogue(n, step.op_attrs, step.output_types[0], scale_a=scale_a,
+                             scale_w=scale_w, bias=arrays["bias"])  # fmt: skip
+
+    shared = epilogue()
 
     def prepare(inputs: Buffers, outputs: Buffers) -> Callable[[], None]:
         x, out = inputs[0], outputs[0]
         if x.size == 0:
             return in_order([])
         a = x.reshape(-1, k)
-        calls = []
+        ep, calls, qparams = shared, [], None
+        if dynamic is not None:  # this step's own epilogue, rescaled at each run
+            ep = epilogue()
+            qparams, choose_scale = dynamic.bind(x, [(ep, scale_w)])
+            calls.append(choose_scale)
         if carrier is not None:
-            a, quantize = bind_quantize_flat(a, scale_a, za, carrier)
+            a, quantize = bind_quantize_flat(a, scale_a, za, carrier, qparams)
             calls.append(quantize)
         return in_order([*calls, bind_gemm(a, za, packed, ep, out.reshape(a.shape[0], n))])
 
     a_dtype = carrier if carrier is not None else np.float32
-    return Runner.from_prepare(prepare, (*PREPARE_FNS, gemm_dispatcher(packed, ep, a_dtype)))
+    fns = (*PREPARE_FNS, gemm_dispatcher(packed, shared, a_dtype))
+    return Runner.from_prepare(prepare, (*fns, *(DYNAMIC_FNS if dynamic is not None else ())))
 
 
 def _reference_packed(step: Step, inputs: Buffers, out_shape: tuple[int, ...]) -> np.ndarray:
@@ -153,9 +166,10 @@ def _reference_packed(step: Step, inputs: Buffers, out_shape: tuple[int, ...]) -
     k, n = weight.shape
     precision = step.node().compute_precision
     if precision.is_quantized:
-        a = quantize_input_reference(inputs[0], attrs["scale_a"], attrs["za"], precision)
+        scale_a = input_scale_reference(attrs, inputs[0], precision)
+        a = quantize_input_reference(inputs[0], scale_a, attrs["za"], precision)
         acc = a.reshape(-1, k) @ weight.astype(np.int64)
-        mult = np.float32(attrs["scale_a"]) * arrays["scale_w"]
+        mult = np.float32(scale_a) * arrays["scale_w"]
     else:
         acc = _as_float(inputs[0]).reshape(-1, k) @ _as_float(weight)
         mult = np.ones(n, np.float32)

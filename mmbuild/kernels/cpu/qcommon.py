@@ -86,6 +86,7 @@ __all__ = [
     "epilogue_store",
     "float_bias",
     "gemm_dispatcher",
+    "input_quantization",
     "make_epilogue",
     "out_kind",
     "pack_weights",
@@ -153,6 +154,16 @@ def activation_qparams(graph: Graph, tensor: str, qtype: DataType, node: Node) -
         raise MMError(f"{where}: its range cannot be quantized: {exc}") from None
     zp = int(qp.zero_point)
     return np.float32(qp.scale), zp + 128 if _bits(qtype) == 8 else zp
+
+
+def input_quantization(graph: Graph, node: Node, qtype: DataType) -> dict[str, Any]:
+    """How ``node`` quantizes its input 0, as lowered attributes: ``{"scale_a", "za"}`` from
+    its range (:func:`activation_qparams`), or under ``activation_quant_mode: "dynamic"``
+    ``{"dynamic": True, "za": 0 carried}``, the scale chosen at each run (:mod:`.dynamic`)."""
+    if graph.options.get("activation_quant_mode", "static") == "dynamic":
+        return {"dynamic": True, "za": 128 if _bits(qtype) == 8 else 0}
+    scale_a, za = activation_qparams(graph, node.inputs[0], qtype, node)
+    return {"scale_a": float(scale_a), "za": za}
 
 
 def weights_per_axis(graph: Graph) -> bool:
@@ -272,9 +283,10 @@ def lower_filter(
     """What a conv-like node prepares at build time from its filter ``[Cout, Kh, Kw, Cin/g]``
     (already in that layout): the bias in the node's float precision and the filter in its
     precision: quantized symmetric per tensor or per output channel with the input's
-    ``scale_a``/``za`` for QINT, fp16 bits for FLOAT16, float32 otherwise. ``gemm``: the filter
-    runs in a GEMM, which refuses a QINT8 reduction too long for int32 sums and takes the
-    config's ``weight_quant_range``; False for the depthwise loop (its own bound, full range)."""
+    quantization (:func:`input_quantization`) for QINT, fp16 bits for FLOAT16, float32
+    otherwise. ``gemm``: the filter runs in a GEMM, which refuses a QINT8 reduction too long
+    for int32 sums and takes the config's ``weight_quant_range``; False for the depthwise loop
+    (its own bound, full range)."""
     layout = node.attrs["layout"]
     if (layout[0].name, layout[2].name) != ("NHWC", "NHWC"):
         raise MMError(
@@ -292,13 +304,12 @@ def lower_filter(
     arrays = {"bias": float_bias(bias, node.output_types[0], cout)}
     attrs: dict[str, Any] = {}
     if precision.is_quantized:
-        scale_a, za = activation_qparams(graph, node.inputs[0], precision, node)
+        attrs.update(input_quantization(graph, node, precision))
         if gemm:
             check_int8_k(node, kh * kw * cin_g, precision)
         arrays["weight"], arrays["scale_w"] = quantize_node_weights(
             graph, node, w_ohwi, precision, axis=0, gemm=gemm
         )
-        attrs.update(scale_a=float(scale_a), za=za)
     elif precision is DataType.FLOAT16:
         arrays["weight"] = w_ohwi.astype(np.float16).view(np.uint16)
     else:
@@ -440,10 +451,11 @@ def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
-def _prepare_rows(first, last, src, geo, dst, scale, zp):  # type: ignore[no-untyped-def]
+def _prepare_rows(first, last, src, geo, dst, qp):  # type: ignore[no-untyped-def]
     """Rows ``[first, last)`` (``b * hp + y``) of :func:`bind_prepare_input`; ``geo`` holds
-    ``h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw``."""
+    ``h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw``, ``qp`` the float32 scale and zero point."""
     h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw = geo
+    scale, zp = qp[0], qp[1]
     row = wd * kw * cg
     # slices, not computed offsets: numba then knows the indices are non-negative, drops its
     # wrap-around test, and LLVM vectorises the channel loops (the conversion, the division and
@@ -486,10 +498,9 @@ def _fill_zero(d, scale, zp):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _prepare_parallel(n_rows, n_chunks, src, geo, dst, scale, zp):  # type: ignore[no-untyped-def]
+def _prepare_parallel(n_rows, n_chunks, src, geo, dst, qp):  # type: ignore[no-untyped-def]
     for t in prange(n_chunks):
-        _prepare_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, src, geo, dst,
-                      scale, zp)  # fmt: skip
+        _prepare_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, src, geo, dst, qp)
 
 
 #: The dispatchers :func:`bind_prepare_input` runs (for ``Runner.fns``).
@@ -505,6 +516,7 @@ def bind_prepare_input(
     zero_point: int = 0,
     channels: tuple[int, int] | None = None,
     taps: tuple[int, int, int] = (1, 1, 1),
+    qparams: np.ndarray | None = None,
 ) -> Callable[[], None]:
     """Fill ``dst [N, Hp, Wd, KW * Cg]`` from the NHWC input ``src [N, H, W, C]`` (float32 or
     fp16 bits): ``dst[b, y, x, j, c] = convert(src[b, y - pt, x * sw + j * dw - pl, c0 + c])``,
@@ -515,6 +527,8 @@ def bind_prepare_input(
     ``taps = (KW, sw, dw)`` lays each output column's kernel taps side by side (the default
     ``(1, 1, 1)`` is a plain padded copy with ``Wd`` columns). ``dst`` is uint8 or int16
     (quantized with ``scale`` and the carried ``zero_point``) or float32 / fp16 bits (copied).
+    ``qparams``, a float32 array ``[scale, zero_point]`` that replaces both, is read at every
+    call: a dynamically quantized input (:class:`DynamicInput`) rewrites its scale between runs.
     Example: a [1, 2, 2, 1] input, ``pads=(1, 1)`` and a [1, 4, 4, 1] ``dst`` is the input
     framed by a ring of converted zeros.
     """
@@ -528,25 +542,28 @@ def bind_prepare_input(
         )
     geo = (h, w, c, c0, cg, pads[0], pads[1], hp, wd, kw, sw, dw)
     s, d = src.reshape(-1), dst.reshape(-1)
-    sc, z = np.float32(scale), np.float32(zero_point)
+    qp = np.array([scale, zero_point], np.float32) if qparams is None else qparams
+    if qp.dtype != np.float32 or qp.shape != (2,):
+        raise MMError(f"bind_prepare_input: qparams must be float32 [2], not {qp!r}", Code.INTERNAL)
     rows = n * hp
     if d.size >= PARALLEL_MIN_ELEMENTS and rows > 1:
-        return partial(_prepare_parallel, rows, min(rows, 64), s, geo, d, sc, z)
-    return partial(_prepare_rows, 0, rows, s, geo, d, sc, z)
+        return partial(_prepare_parallel, rows, min(rows, 64), s, geo, d, qp)
+    return partial(_prepare_rows, 0, rows, s, geo, d, qp)
 
 
 def bind_quantize_flat(
-    x: np.ndarray, scale: Any, za: int, dtype: Any
+    x: np.ndarray, scale: Any, za: int, dtype: Any, qparams: np.ndarray | None = None
 ) -> tuple[np.ndarray, Callable[[], None]]:
     """A new ``dtype`` (uint8 or int16) array of ``x``'s shape and the call that fills it with
-    ``x`` (float32 or fp16 bits) quantized, rows split over the threads when large."""
+    ``x`` (float32 or fp16 bits) quantized, rows split over the threads when large
+    (``qparams`` as for :func:`bind_prepare_input`)."""
     cols = x.shape[-1] if x.ndim else 1
     rows = x.size // cols if cols else 0
     out = np.empty(x.shape, dtype)
     if not out.size:
         return out, in_order([])  # nothing to fill
     call = bind_prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols),
-                              scale=scale, zero_point=za)  # fmt: skip
+                              scale=scale, zero_point=za, qparams=qparams)  # fmt: skip
     return out, call
 
 
