@@ -82,7 +82,12 @@ def finite_abs_max(x: np.ndarray) -> float:
     >>> finite_abs_max(np.array([0.5, -2.5, np.nan, -np.inf], np.float32))
     2.5
     """
-    bits, mask, inf, ftype = _bits_view(x)
+    return _abs_max(_bits_view(x))
+
+
+def _abs_max(view: tuple[np.ndarray, Any, Any, Any]) -> float:
+    """The largest finite magnitude of a :func:`_bits_view`, as a float."""
+    bits, mask, inf, ftype = view
     top = _max_magnitude_bits(bits, mask, inf)
     return float(np.array(top, bits.dtype).view(ftype))
 
@@ -119,13 +124,10 @@ class DynamicInput:
         self, x: np.ndarray, epilogues: Sequence[tuple[Epilogue, np.ndarray]]
     ) -> tuple[np.ndarray, Callable[[], None]]:
         qparams = np.array([1.0, self.za], np.float32)
-        bits, mask, inf, ftype = _bits_view(x)
-        bits_dtype, bits_of = bits.dtype, self.bits
+        view, bits_of = _bits_view(x), self.bits
 
         def choose_scale() -> None:
-            top = _max_magnitude_bits(bits, mask, inf)
-            amax = float(np.array(top, bits_dtype).view(ftype))
-            scale = dynamic_scale(amax, bits_of)
+            scale = dynamic_scale(_abs_max(view), bits_of)
             qparams[0] = scale
             for ep, scale_w in epilogues:
                 ep.rescale(scale, scale_w)
