@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "mmbuild" / "numba"))
@@ -26,14 +27,13 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture(params=_runnable_levels())
-def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test once per instruction-set level this CPU can run (``portable`` always): the
     kernels bound during the test take that level instead of the process's best."""
     from mmbuild.kernels.cpu import features
 
-    level = features.check_runnable(request.param)
-    monkeypatch.setattr(features, "level", lambda: level)
-    return str(request.param)
+    with features.using_level(request.param):
+        yield str(request.param)
 
 
 def pytest_terminal_summary(terminalreporter: object) -> None:

@@ -373,14 +373,14 @@ def test_quantized_runner_takes_any_batch_and_threads() -> None:
     assert not errors
 
 
-def test_every_level_gives_the_same_int8_bits(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_every_level_gives_the_same_int8_bits() -> None:
     conv = CASES["wide-70"]
     case, x, _, _ = conv.case(Q8, F32, ("per_axis", "asymmetric"))
     inputs = input_buffers(case, [x], F32)
     results = {}
     for name in features.runnable_levels():
-        monkeypatch.setattr(features, "level", lambda name=name: features.get_level(name))
-        results[name], ref = run_both(case, inputs)
+        with features.using_level(name):
+            results[name], ref = run_both(case, inputs)
         assert np.array_equal(results[name].view(np.uint32), ref.view(np.uint32)), name
 
 

@@ -35,8 +35,10 @@ Example: on an AMD EPYC of the Zen 3 generation ``level().name`` is ``"avx2"`` a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -137,10 +139,34 @@ def check_runnable(name: str) -> Level:
     return lv
 
 
-@functools.cache
+_chosen: list[Level] = []  # the levels of the open `using_level` blocks, innermost last
+
+
 def level() -> Level:
-    """The level of this process: ``MMBUILD_ISA``, else ``portable`` under ``MMBUILD_PORTABLE``,
-    else the best level the CPU runs."""
+    """The level kernels bind at: the innermost :func:`using_level` block's, else the process's
+    (``MMBUILD_ISA``, else ``portable`` under ``MMBUILD_PORTABLE``, else the best level the CPU
+    runs)."""
+    return _chosen[-1] if _chosen else _process_level()
+
+
+@contextlib.contextmanager
+def using_level(name: str) -> Iterator[Level]:
+    """Kernels bound inside the block take level ``name`` (refused with an MMError if this CPU
+    cannot run it), so that one process can build and compare several levels; a kernel keeps
+    the level it was bound at after the block. Process-wide, not per thread.
+
+    Example: ``with using_level("avx2"): ctx.run([x])`` binds the plan's GEMMs with 8-lane
+    ``vpmaddwd`` kernels on an AVX-512 CPU, and later runs of ``ctx`` at that shape reuse them.
+    """
+    _chosen.append(check_runnable(name))
+    try:
+        yield _chosen[-1]
+    finally:
+        _chosen.pop()
+
+
+@functools.cache
+def _process_level() -> Level:
     forced = os.environ.get(ISA_ENV, "").strip().lower()
     if forced:
         try:
