@@ -16,8 +16,9 @@ algorithms (``--algorithms``), without and with ``cross_layer_equalization`` (``
 number of equalised pairs is printed per model) and ``bias_correction``
 (``--bias-correction``), with full or reduced (-64..64, ``--weight-range``) int8 weight codes,
 and with dynamic activations (``--activations dynamic``: ``activation_quant_mode`` "dynamic",
-no calibration, one run per granularity and weight range); onnxruntime runs the QDQ model of ``quantize_static`` (per-channel int8 weights, int8 activations) with
-MinMax, Entropy and Percentile calibration.
+no calibration, one run per granularity and weight range); onnxruntime runs the QDQ model of
+``quantize_static`` (per-channel int8 weights, int8 activations) with MinMax,
+Entropy and Percentile calibration.
 """
 
 from __future__ import annotations
