@@ -230,12 +230,18 @@ CASES = {
     "depthwise-hard-swish": Conv(
         (2, 6, 7, 16), 16, (3, 3), pads=(1, 1, 1, 1), group=16, act=HSWISH
     ),
-    # stride 1 along W: runs of 128 // C pixels (here 2 and a last run of 1), dilated along W
-    "depthwise-runs-s21": Conv(
+    # a 5x5 dilated along W, whose pads leave one pixel with every column inside
+    "depthwise-dilated-s21": Conv(
         (2, 6, 9, 48), 48, (5, 5), stride=(2, 1), dilation=(1, 2), pads=(2, 4, 2, 4), group=48
     ),
-    # more channels than one run holds: one pixel per run
     "depthwise-wide-200": Conv((1, 3, 4, 200), 200, (3, 3), pads=(1, 1, 1, 1), group=200),
+    # strips of 8 pixels (1..8, 9..16; 0 and 17..20 alone), channels in every vector width:
+    # 16 + 8 + 3 lanes on AVX-512, 3 x 8 + 3 on AVX2
+    "depthwise-strips-27": Conv((2, 5, 21, 27), 27, (3, 3), pads=(1, 1, 1, 1), group=27, act=RELU),
+    # strips at stride 2 and dilation 2 along W, asymmetric pads: output columns 2..17 in two
+    "depthwise-strips-s2-d2": Conv(
+        (1, 9, 40, 24), 24, (3, 5), stride=(2, 2), dilation=(1, 2), pads=(1, 0, 4, 3), group=24
+    ),
 }
 CASE_PARAMS = [pytest.param(c, id=k) for k, c in CASES.items()]
 

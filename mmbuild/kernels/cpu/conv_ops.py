@@ -12,9 +12,9 @@ Three paths, chosen from the filter (same epilogue arithmetic, so the same bits,
   (or copied, for a padded float conv) into a buffer padded with the zero point; a dilation along
   W puts each output column's taps side by side first. A 1x1, stride 1, unpadded conv is a plain
   GEMM over ``[N*H*W, Cin]``.
-- depthwise (``Cin/group == 1``, any channel multiplier): a direct loop over the padded NHWC
-  input, accumulating each output pixel's channels in a vector (int64 for quantized inputs: the
-  contract's int32 sums whenever those fit, which they do for any filter of under 65794 taps).
+- depthwise (``Cin/group == 1``, any channel multiplier): a direct loop (:mod:`.depthwise`)
+  accumulating each output pixel's channels in vectors as wide as the level's registers, over
+  the float input as it is or the quantized input's padded buffer.
 - other groups: one GEMM per group on that group's channels, written into its output columns.
 
 Lowering converts the filter to OHWI and stores it canonically (``weight``: int8/int16
@@ -37,21 +37,20 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import njit, prange
 
 from mmbuild.errors import Code, MMError
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu import features
+from mmbuild.kernels.cpu.depthwise import DW_LANES, general_loops, vector_loops
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue, ImplicitRows
-from mmbuild.kernels.cpu.gemm_codegen import vec_store
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     bind_gemm,
     bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
-    epilogue_store,
     gemm_dispatcher,
     lower_filter,
     make_epilogue,
@@ -59,9 +58,7 @@ from mmbuild.kernels.cpu.qcommon import (
     quantize_input_reference,
     reference_epilogue,
     require_constant,
-    widen_as,
 )
-from mmbuild.kernels.cpu.vector import vadd_f32, vfma, vload_f32, vmul_f32
 from mmbuild.kernels.table import (
     Buffers,
     Kernel,
@@ -78,9 +75,6 @@ __all__ = ["ConvFloat", "ConvQuantized"]
 
 #: Multiply-accumulates of a depthwise conv above which its rows are split over the threads.
 DIRECT_PARALLEL_MIN_MACS = 1 << 18
-#: Channels per vector of the depthwise vector loop: the AVX2 width, which every level runs
-#: (AVX-512 executes it as is; the portable level as pairs of SSE vectors).
-DW_LANES = 8
 
 _F = DataType
 
@@ -89,135 +83,6 @@ def _path(group: int, cin_g: int) -> str:
     if group == 1:
         return "gemm"
     return "depthwise" if cin_g == 1 else "grouped"
-
-
-# ---------------------------------------------------------------------------------------------
-# The depthwise loop
-# ---------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", boundscheck=False)
-def _depthwise_rows(first, last, X, za, geo, W, ep, out, proto):  # type: ignore[no-untyped-def]
-    """Output rows ``[first, last)`` (``b * Ho + yo``) of a depthwise conv, any channel
-    multiplier (the general loop; :func:`_depthwise_vec_rows` runs the usual case).
-
-    ``X`` is the padded NHWC input ``[N, Hp, Wp, C]`` (flat), ``W`` the filter ``[KH*KW, Cout]``
-    with ``o = c * mult + m``; ``geo`` holds ``Hp, Wp, C, mult, KH, KW, sh, sw, dh, dw, Ho, Wo``.
-    The accumulator has ``proto``'s dtype (int32 for QINT8, int64 for QINT16, float32 for float
-    inputs) and sums the taps in (i, j) order.
-    """
-    hp, wp, c, mult, kh, kw, sh, sw, dh, dw, ho, wo = geo
-    cout = c * mult
-    acc = np.empty_like(proto)
-    for r in range(first, last):
-        b = r // ho
-        yo = r - b * ho
-        for xo in range(wo):
-            acc[:] = 0
-            for i in range(kh):
-                x_row = (b * hp + yo * sh + i * dh) * wp + xo * sw
-                for j in range(kw):
-                    xb = (x_row + j * dw) * c
-                    wb = (i * kw + j) * cout
-                    # slices, not offsets: a computed signed index keeps numba's wrap-around
-                    # test in the loop, which stops LLVM from vectorising it
-                    xs = X[xb : xb + c]
-                    ws = W[wb : wb + cout]
-                    for ci in range(c):
-                        xv = widen_as(xs, ci, acc) - za
-                        for m in range(mult):
-                            o = ci * mult + m
-                            acc[o] += xv * widen_as(ws, o, acc)
-            ob = (r * wo + xo) * cout
-            dst = out[ob : ob + cout]
-            for o in range(cout):
-                epilogue_store(acc[o], o, ep, dst, o)
-
-
-@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _depthwise_parallel(n_rows, n_chunks, X, za, geo, W, ep, out, proto):  # type: ignore[no-untyped-def]
-    for t in prange(n_chunks):
-        _depthwise_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, za, geo, W, ep,
-                        out, proto)  # fmt: skip
-
-
-@njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _taps_fma(acc, X, xb, W, wb, kh, kw, row_x, dw_x, c):  # type: ignore[no-untyped-def]
-    """``acc + sum over taps (i, j) of X[xb + i*row_x + j*dw_x ..] * W[wb + (i*kw + j)*c ..]``
-    on one vector of ``acc``'s width, one fused multiply-add per tap."""
-    for i in range(kh):
-        for j in range(kw):
-            acc = vfma(acc, vload_f32(X, xb + i * row_x + j * dw_x, acc),
-                       vload_f32(W, wb + (i * kw + j) * c, acc))  # fmt: skip
-    return acc
-
-
-@njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _dw_store(acc, n, out, o, ep_args, count):  # type: ignore[no-untyped-def]
-    """The GEMM epilogue of channels ``n ..`` (``count``, the width of ``acc``) into ``out``
-    at element ``o``: ``acc * mult + bias``, the activation, the output type."""
-    y = vmul_f32(acc, vload_f32(ep_args[0], n, acc))
-    vec_store(vadd_f32(y, vload_f32(ep_args[1], n, acc)), out, o, count, ep_args)
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False)
-def _depthwise_vec_rows(first, last, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
-    """Output rows ``[first, last)`` of a depthwise conv with one output channel per input
-    channel, accumulated in float32 vector registers: ``DW_LANES`` channels per vector, four
-    vectors at a time, each tap one fused multiply-add per vector; then the GEMM's vector
-    epilogue into ``out`` (bytes). The last ``C % DW_LANES`` channels run in one-lane vectors.
-
-    ``acc = comp[c] + sum_taps x * w``: float inputs have ``comp = 0``; QINT8 ones read the
-    uint8 input as it is and the int8 filter as float32 (widened once at bind time), and start
-    from ``comp[c] = -za * sum_taps w``, so
-    every partial sum is an integer of magnitude below ``2 * taps * 255 * 128 <= 2**24`` (taps
-    <= 256), exact in float32, and the result is the exact ``sum (x - za) * w``.
-    Example: C = 200 runs six blocks of 32 lanes and one vector of 8.
-    """
-    hp, wp, c, _, kh, kw, sh, sw, dh, dw, ho, wo = geo
-    row_x, dw_x, block = dh * wp * c, dw * c, 4 * DW_LANES
-    cv = c - c % DW_LANES
-    for r in range(first, last):
-        b = r // ho
-        yo = r - b * ho
-        for xo in range(wo):
-            x0 = ((b * hp + yo * sh) * wp + xo * sw) * c
-            ob = (r * wo + xo) * c
-            c0 = 0
-            while c0 + block <= cv:  # four accumulators in flight
-                a0 = vload_f32(comp, c0, DW_LANES)
-                a1 = vload_f32(comp, c0 + DW_LANES, DW_LANES)
-                a2 = vload_f32(comp, c0 + 2 * DW_LANES, DW_LANES)
-                a3 = vload_f32(comp, c0 + 3 * DW_LANES, DW_LANES)
-                for i in range(kh):
-                    for j in range(kw):
-                        xi = x0 + i * row_x + j * dw_x + c0
-                        wi = (i * kw + j) * c + c0
-                        a0 = vfma(a0, vload_f32(X, xi, a0), vload_f32(W, wi, a0))
-                        a1 = vfma(a1, vload_f32(X, xi + DW_LANES, a1),
-                                  vload_f32(W, wi + DW_LANES, a1))  # fmt: skip
-                        a2 = vfma(a2, vload_f32(X, xi + 2 * DW_LANES, a2),
-                                  vload_f32(W, wi + 2 * DW_LANES, a2))  # fmt: skip
-                        a3 = vfma(a3, vload_f32(X, xi + 3 * DW_LANES, a3),
-                                  vload_f32(W, wi + 3 * DW_LANES, a3))  # fmt: skip
-                _dw_store(a0, c0, out, ob + c0, ep_args, DW_LANES)
-                _dw_store(a1, c0 + DW_LANES, out, ob + c0 + DW_LANES, ep_args, DW_LANES)
-                _dw_store(a2, c0 + 2 * DW_LANES, out, ob + c0 + 2 * DW_LANES, ep_args, DW_LANES)
-                _dw_store(a3, c0 + 3 * DW_LANES, out, ob + c0 + 3 * DW_LANES, ep_args, DW_LANES)
-                c0 += block
-            while c0 < cv:
-                a = _taps_fma(vload_f32(comp, c0, DW_LANES), X, x0 + c0, W, c0, kh, kw, row_x,
-                              dw_x, c)  # fmt: skip
-                _dw_store(a, c0, out, ob + c0, ep_args, DW_LANES)
-                c0 += DW_LANES
-            for ci in range(cv, c):
-                a = _taps_fma(vload_f32(comp, ci, 1), X, x0 + ci, W, ci, kh, kw, row_x, dw_x, c)
-                _dw_store(a, ci, out, ob + ci, ep_args, 1)
-
-
-@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _depthwise_vec_parallel(n_rows, n_chunks, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
-    for t in prange(n_chunks):
-        _depthwise_vec_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, geo, W,
-                            comp, ep_args, out)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +132,7 @@ class _ConvRunner:
             taps_w = np.ascontiguousarray(w.reshape(self.cout, -1).T)  # [KH*KW, Cout]
             self.dw_weight = taps_w.reshape(-1)
             # the vector loop: one output channel per input channel, float or QINT8 (exact in
-            # float32 up to 256 taps, see _depthwise_vec_rows)
+            # float32 up to 256 taps, see .depthwise)
             taps = self.kh * self.kw
             self.vec = self.cout == self.group and (
                 self.carrier is None or (self.carrier == np.uint8 and taps <= 256)
@@ -288,8 +153,7 @@ class _ConvRunner:
             if self.carrier == np.uint8:
                 acc_dtype = np.int32
             self.acc_proto = np.zeros(self.cout, acc_dtype)
-            fns: tuple[Any, ...] = (_depthwise_rows, _depthwise_parallel, _depthwise_vec_rows,
-                                    _depthwise_vec_parallel)  # fmt: skip
+            fns: tuple[Any, ...] = (*general_loops(), *vector_loops(self._lanes()))
         else:
             cog = self.cout // self.group
             self.packed = []
@@ -334,7 +198,9 @@ class _ConvRunner:
         out_shape = (n, ho, wo, self.cout)
         padded = any((pt, pb, pl, pr))
         if self.depthwise:
-            buffer = (n, hp, wp, c) if padded or self.quantized else None
+            # the vector loop reads a float input as it is, borders and all
+            copy = self.quantized or (padded and not self.vec)
+            buffer = (n, hp, wp, c) if copy else None
             direct = (hp, wp, c, self.cout // c, kh, kw, sh, sw, dh, dw, ho, wo)
             return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, direct)
         if dw > 1 and kw > 1:
@@ -403,17 +269,27 @@ class _ConvRunner:
                     and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS)  # fmt: skip
         chunks = min(n_rows, numba.get_num_threads())
         if self.vec:
-            args: tuple[Any, ...] = (xp.reshape(-1), geo.direct, self.vec_weight, self.comp,
+            c, kh, kw, sh, sw, dh, dw, ho, wo = geo.direct[2:3] + geo.direct[4:]
+            # a padded buffer has every tap inside; the input as it is has the pads around it
+            pt, pl = (0, 0) if geo.buffer is not None else geo.pads
+            h, w = xp.shape[1], xp.shape[2]
+            vec_geo = (h, w, c, kh, kw, sh, sw, dh, dw, ho, wo, pt, pl)
+            args: tuple[Any, ...] = (xp.reshape(-1), vec_geo, self.vec_weight, self.comp,
                                      ep._args, out.reshape(-1).view(np.uint8))  # fmt: skip
-            if parallel:
-                return partial(_depthwise_vec_parallel, n_rows, chunks, *args)
-            return partial(_depthwise_vec_rows, 0, n_rows, *args)
-        za = self.acc_proto.dtype.type(self.za)
-        args = (xp.reshape(-1), za, geo.direct, self.dw_weight, direct_epilogue_args(ep),
-                out.reshape(-1), self.acc_proto)  # fmt: skip
+            rows, parallel_rows = vector_loops(self._lanes())
+        else:
+            za = self.acc_proto.dtype.type(self.za)
+            args = (xp.reshape(-1), za, geo.direct, self.dw_weight, direct_epilogue_args(ep),
+                    out.reshape(-1), self.acc_proto)  # fmt: skip
+            rows, parallel_rows = general_loops()
         if parallel:
-            return partial(_depthwise_parallel, n_rows, chunks, *args)
-        return partial(_depthwise_rows, 0, n_rows, *args)
+            return partial(parallel_rows, n_rows, chunks, *args)
+        return partial(rows, 0, n_rows, *args)
+
+    @staticmethod
+    def _lanes() -> int:
+        """Lanes of the depthwise vector loop at the level kernels bind at now."""
+        return features.level().lanes or DW_LANES
 
 
 # ---------------------------------------------------------------------------------------------
