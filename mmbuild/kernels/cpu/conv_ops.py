@@ -143,10 +143,7 @@ class _ConvRunner:
                 if self.carrier == np.uint8
                 else self.dw_weight
             )
-            comp = np.zeros(-(-self.cout // 16) * 16, np.float32)
-            if self.carrier == np.uint8:
-                comp[: self.cout] = -self.za * taps_w.astype(np.int64).sum(axis=0)
-            self.comp = comp
+            self.nza = np.float32(-self.za if self.carrier == np.uint8 else 0)
             # the general loop: QINT8 taps exact in int32 (|(x - za) * w| <= 255 * 128, and
             # check_int8_k keeps the tap count below overflow); QINT16 ones need int64
             acc_dtype: Any = np.float32 if self.carrier is None else np.int64
@@ -198,9 +195,11 @@ class _ConvRunner:
         out_shape = (n, ho, wo, self.cout)
         padded = any((pt, pb, pl, pr))
         if self.depthwise:
-            # the vector loop reads a float input as it is, borders and all
-            copy = self.quantized or (padded and not self.vec)
-            buffer = (n, hp, wp, c) if copy else None
+            # the vector loop reads the input (or its quantized copy) as it is, borders and all
+            if self.vec:
+                buffer = (n, h, w, c) if self.quantized else None
+            else:
+                buffer = (n, hp, wp, c) if padded or self.quantized else None
             direct = (hp, wp, c, self.cout // c, kh, kw, sh, sw, dh, dw, ho, wo)
             return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, direct)
         if dw > 1 and kw > 1:
@@ -233,8 +232,9 @@ class _ConvRunner:
             qparams, choose_scale = self.dynamic.bind(x, list(zip(eps, self.scale_w)))
             calls.append(choose_scale)
         if self.depthwise:
-            if buf is not None:
-                calls.append(self._bind_prepare(x, buf, geo, 0, x.shape[3], qparams))
+            if buf is not None:  # the vector loop's quantized copy has no pads
+                pads = (0, 0) if self.vec else geo.pads
+                calls.append(self._bind_prepare(x, buf, geo, 0, x.shape[3], qparams, pads))
             calls.append(self._bind_depthwise(x if buf is None else buf, geo, out, eps[0]))
             return in_order(calls)
         cog = self.cout // self.group
@@ -257,8 +257,10 @@ class _ConvRunner:
         c0: int,
         cg: int,
         qparams: np.ndarray | None,
+        pads: tuple[int, int] | None = None,
     ) -> Callable[[], None]:
-        return bind_prepare_input(x, buf, pads=geo.pads, scale=self.scale_a, zero_point=self.za,
+        pads = geo.pads if pads is None else pads
+        return bind_prepare_input(x, buf, pads=pads, scale=self.scale_a, zero_point=self.za,
                                   channels=(c0, cg), taps=geo.taps, qparams=qparams)  # fmt: skip
 
     def _bind_depthwise(
@@ -270,11 +272,9 @@ class _ConvRunner:
         chunks = min(n_rows, numba.get_num_threads())
         if self.vec:
             c, kh, kw, sh, sw, dh, dw, ho, wo = geo.direct[2:3] + geo.direct[4:]
-            # a padded buffer has every tap inside; the input as it is has the pads around it
-            pt, pl = (0, 0) if geo.buffer is not None else geo.pads
             h, w = xp.shape[1], xp.shape[2]
-            vec_geo = (h, w, c, kh, kw, sh, sw, dh, dw, ho, wo, pt, pl)
-            args: tuple[Any, ...] = (xp.reshape(-1), vec_geo, self.vec_weight, self.comp,
+            vec_geo = (h, w, c, kh, kw, sh, sw, dh, dw, ho, wo, *geo.pads)
+            args: tuple[Any, ...] = (xp.reshape(-1), vec_geo, self.vec_weight, self.nza,
                                      ep._args, out.reshape(-1).view(np.uint8))  # fmt: skip
             rows, parallel_rows = vector_loops(self._lanes())
         else:

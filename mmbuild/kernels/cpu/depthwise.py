@@ -13,12 +13,13 @@ Two loops, with the same epilogue arithmetic (so the same bits):
   :data:`STRIP` pixels whose taps all lie inside the input along W: eight accumulators per
   channel vector, the tap's weight vector loaded once for the eight. The pixels at the left and
   right borders, and those left over, run one at a time over the taps inside the input, and the
-  rows at the top and bottom skip the filter rows outside it, so a float input is read as it
-  is, without a padded copy. A QINT8 input is read from the padded buffer its quantization
-  writes (every tap inside), the uint8 values as they are, and ``acc`` starts from
-  ``comp[o] = -za * sum_taps w``: every partial sum is an integer below
-  ``2 * taps * 255 * 128 <= 2**24`` in magnitude, exact in float32, so the result is the exact
-  ``sum (x - za) * w``.
+  rows at the top and bottom skip the filter rows outside it, so the input is read as it is,
+  without a padded copy. A QINT8 input (the uint8 buffer its quantization writes, unpadded) is
+  summed as it is, with the weights of the taps visited beside it:
+  ``acc = sum x * w - za * sum w``, the exact ``sum (x - za) * w`` over the taps inside (those
+  outside hold the zero point and add nothing): every partial sum is an integer below
+  ``taps * 255 * 128 <= 2**23`` in magnitude (taps <= 256), and the last one below ``2**24``,
+  all exact in float32.
 - :func:`_depthwise_rows` (``general_loops``), any multiplier and QINT16: a scalar loop over a
   padded input.
 
@@ -36,7 +37,7 @@ from numba import njit, prange
 
 from mmbuild.kernels.cpu.gemm_codegen import vec_store
 from mmbuild.kernels.cpu.qcommon import epilogue_store, widen_as
-from mmbuild.kernels.cpu.vector import vadd_f32, vfma, vload_f32, vmul_f32, vzero_f32
+from mmbuild.kernels.cpu.vector import vadd_f32, vfma, vload_f32, vmul_f32, vsplat_f32, vzero_f32
 
 __all__ = ["DW_LANES", "STRIP", "general_loops", "tap_range", "vector_loops"]
 
@@ -70,20 +71,22 @@ def _store(acc, n, out, o, ep_args, count):  # type: ignore[no-untyped-def]
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _strip(X, W, comp, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignore[no-untyped-def]
+def _strip(X, W, nza, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignore[no-untyped-def]
     """Channels ``[cc, c1)``, in vectors of ``step`` lanes (``z``'s width), of :data:`STRIP`
     output pixels at ``out[ob ..]`` whose taps start at ``X[xb ..]``, over filter rows
     ``[i0, i1)`` and every column; ``g = (i0, i1, kw, row_x, dw_x, px, c)`` with the input's
-    offsets from one filter row, one filter column and one output pixel to the next. Returns
-    the first channel not done."""
+    offsets from one filter row, one filter column and one output pixel to the next. ``nza``
+    is minus the input's zero point (0 for a float input): ``acc = sum x * w + nza * sum w``
+    over the taps visited. Returns the first channel not done."""
     i0, i1, kw, row_x, dw_x, px, c = g
     while cc + step <= c1:
-        a0 = vload_f32(comp, cc, z)
-        a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+        a0 = vzero_f32(z)
+        a1, a2, a3, a4, a5, a6, a7, ws = a0, a0, a0, a0, a0, a0, a0, a0
         for i in range(i0, i1):
             for j in range(kw):
                 wv = vload_f32(W, (i * kw + j) * c + cc, z)
                 xi = xb + i * row_x + j * dw_x + cc
+                ws = vadd_f32(ws, wv)
                 a0 = vfma(a0, vload_f32(X, xi, z), wv)
                 a1 = vfma(a1, vload_f32(X, xi + px, z), wv)
                 a2 = vfma(a2, vload_f32(X, xi + 2 * px, z), wv)
@@ -92,6 +95,10 @@ def _strip(X, W, comp, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignor
                 a5 = vfma(a5, vload_f32(X, xi + 5 * px, z), wv)
                 a6 = vfma(a6, vload_f32(X, xi + 6 * px, z), wv)
                 a7 = vfma(a7, vload_f32(X, xi + 7 * px, z), wv)
+        if nza != 0:
+            zs = vmul_f32(ws, vsplat_f32(nza, z))
+            a0, a1, a2, a3 = vadd_f32(a0, zs), vadd_f32(a1, zs), vadd_f32(a2, zs), vadd_f32(a3, zs)
+            a4, a5, a6, a7 = vadd_f32(a4, zs), vadd_f32(a5, zs), vadd_f32(a6, zs), vadd_f32(a7, zs)
         o = ob + cc
         _store(a0, cc, out, o, ep_args, step)
         _store(a1, cc, out, o + c, ep_args, step)
@@ -106,28 +113,31 @@ def _strip(X, W, comp, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignor
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _pixel(X, W, comp, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignore[no-untyped-def]
+def _pixel(X, W, nza, ep_args, out, xb, ob, cc, c1, z, step, g):  # type: ignore[no-untyped-def]
     """As :func:`_strip` for one output pixel over filter rows ``[i0, i1)`` and columns
     ``[j0, j1)``: ``g = (i0, i1, j0, j1, kw, row_x, dw_x, c)``."""
     i0, i1, j0, j1, kw, row_x, dw_x, c = g
     while cc + step <= c1:
-        a = vload_f32(comp, cc, z)
+        a = vzero_f32(z)
+        ws = a
         for i in range(i0, i1):
             for j in range(j0, j1):
-                xi = xb + i * row_x + j * dw_x + cc
-                a = vfma(a, vload_f32(X, xi, z), vload_f32(W, (i * kw + j) * c + cc, z))
+                wv = vload_f32(W, (i * kw + j) * c + cc, z)
+                ws = vadd_f32(ws, wv)
+                a = vfma(a, vload_f32(X, xb + i * row_x + j * dw_x + cc, z), wv)
+        if nza != 0:
+            a = vadd_f32(a, vmul_f32(ws, vsplat_f32(nza, z)))
         _store(a, cc, out, ob + cc, ep_args, step)
         cc += step
     return cc
 
 
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
-def _vector_rows(first, last, X, geo, W, comp, ep_args, out, z, lanes):  # type: ignore[no-untyped-def]
+def _vector_rows(first, last, X, geo, W, nza, ep_args, out, z, lanes):  # type: ignore[no-untyped-def]
     """Output rows ``[first, last)`` (``b * Ho + yo``) of the vector loop, channel vectors as
     wide as ``z`` (``lanes``). ``X`` is the NHWC input ``[N, H, W, C]`` (flat; float32, fp16
-    bits or uint8), ``W`` the float32 or fp16 filter ``[KH*KW, C]``, ``comp`` the accumulators'
-    start per channel, ``out`` bytes; ``geo`` holds ``H, W, C, KH, KW, sh, sw, dh, dw, Ho, Wo,
-    pt, pl``."""
+    bits, or uint8 with zero point ``-nza``), ``W`` the filter ``[KH*KW, C]`` (float32 or fp16
+    bits), ``out`` bytes; ``geo`` holds ``H, W, C, KH, KW, sh, sw, dh, dw, Ho, Wo, pt, pl``."""
     h, w, c, kh, kw, sh, sw, dh, dw, ho, wo, pt, pl = geo
     row_x, dw_x, px = dh * w * c, dw * c, sw * c
     c_wide, c_narrow = c - c % lanes, c - c % DW_LANES
@@ -145,34 +155,34 @@ def _vector_rows(first, last, X, geo, W, comp, ep_args, out, z, lanes):  # type:
             xb, ob = ((b * h + y0) * w + x0) * c, (r * wo + xo) * c
             if xa <= xo and xo + STRIP <= xz:
                 g = (i0, i1, kw, row_x, dw_x, px, c)
-                cc = _strip(X, W, comp, ep_args, out, xb, ob, 0, c_wide, z, lanes, g)
-                cc = _strip(X, W, comp, ep_args, out, xb, ob, cc, c_narrow, z8, DW_LANES, g)
-                _strip(X, W, comp, ep_args, out, xb, ob, cc, c, z1, 1, g)
+                cc = _strip(X, W, nza, ep_args, out, xb, ob, 0, c_wide, z, lanes, g)
+                cc = _strip(X, W, nza, ep_args, out, xb, ob, cc, c_narrow, z8, DW_LANES, g)
+                _strip(X, W, nza, ep_args, out, xb, ob, cc, c, z1, 1, g)
                 xo += STRIP
             else:
                 j0, j1 = tap_range(x0, dw, kw, w)
                 gp = (i0, i1, j0, j1, kw, row_x, dw_x, c)
-                cc = _pixel(X, W, comp, ep_args, out, xb, ob, 0, c_wide, z, lanes, gp)
-                cc = _pixel(X, W, comp, ep_args, out, xb, ob, cc, c_narrow, z8, DW_LANES, gp)
-                _pixel(X, W, comp, ep_args, out, xb, ob, cc, c, z1, 1, gp)
+                cc = _pixel(X, W, nza, ep_args, out, xb, ob, 0, c_wide, z, lanes, gp)
+                cc = _pixel(X, W, nza, ep_args, out, xb, ob, cc, c_narrow, z8, DW_LANES, gp)
+                _pixel(X, W, nza, ep_args, out, xb, ob, cc, c, z1, 1, gp)
                 xo += 1
 
 
 @functools.cache
 def vector_loops(lanes: int) -> tuple[Any, Any]:
     """``(rows, parallel)`` of the vector loop with ``lanes``-wide channel vectors:
-    ``rows(first, last, X, geo, W, comp, ep_args, out)`` runs output rows ``[first, last)``
+    ``rows(first, last, X, geo, W, nza, ep_args, out)`` runs output rows ``[first, last)``
     (see :func:`_vector_rows`), ``parallel(n_rows, n_chunks, ...)`` all ``n_rows`` of them in
     ``n_chunks`` parallel chunks. Example: ``vector_loops(16)`` on AVX-512."""
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
-    def rows(first, last, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
-        _vector_rows(first, last, X, geo, W, comp, ep_args, out, vzero_f32(lanes), lanes)
+    def rows(first, last, X, geo, W, nza, ep_args, out):  # type: ignore[no-untyped-def]
+        _vector_rows(first, last, X, geo, W, nza, ep_args, out, vzero_f32(lanes), lanes)
 
     @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-    def parallel(n_rows, n_chunks, X, geo, W, comp, ep_args, out):  # type: ignore[no-untyped-def]
+    def parallel(n_rows, n_chunks, X, geo, W, nza, ep_args, out):  # type: ignore[no-untyped-def]
         for t in prange(n_chunks):
-            _vector_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, geo, W, comp,
+            _vector_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, geo, W, nza,
                          ep_args, out, vzero_f32(lanes), lanes)  # fmt: skip
 
     return rows, parallel
