@@ -54,6 +54,10 @@ _ADD, _SUB, _MUL, _DIV, _MAX, _MIN = (
 )
 
 
+#: Rows shorter than this (elements) go several at a time against a tiled broadcast row.
+SHORT_ROW = 64
+
+
 # One function per operation, each as numpy's float32 ufunc; ``_binary_run`` picks one before
 # its loops, so that each loop holds one operation and LLVM vectorises it (a switch on the
 # operation inside the loop kept every elementwise step scalar).
@@ -114,10 +118,40 @@ def _binary_loops(fn, post, a, ia, ja, b, ib, jb, ys, act):  # type: ignore[no-u
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _tiled(x, ix, n, k):  # type: ignore[no-untyped-def]
+    """``k`` copies of the row ``x[ix : ix + n]`` side by side, as float32."""
+    tile = np.empty(k * n, np.float32)
+    for j in range(k * n):
+        tile[j] = load_f32(x, ix + j % n)
+    return tile
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _binary_rows(fn, post, a, ia, ja, ra, b, ib, jb, rb, ys, n, act):  # type: ignore[no-untyped-def]
-    """``ys.size // n`` rows of ``n`` elements; row ``r`` starts at ``ia + r*ra``, ``ib + r*rb``."""
-    for r in range(ys.size // n):
-        _binary_loops(fn, post, a, ia + r * ra, ja, b, ib + r * rb, jb, ys[r * n : (r + 1) * n],
+    """``ys.size // n`` rows of ``n`` elements; row ``r`` starts at ``ia + r*ra``, ``ib + r*rb``.
+
+    Rows shorter than :data:`SHORT_ROW` of a contiguous operand against one broadcast row (the
+    channel scale of a squeeze-excitation block, ``[H*W, C] * [1, C]`` with C = 8) go ``k`` rows
+    at a time against ``k`` copies of the broadcast row, so that each loop is long enough for
+    SIMD lanes: ``k = ceil(SHORT_ROW / n)``."""
+    rows = ys.size // n
+    r = 0
+    if rows > 1 and n < SHORT_ROW and ja == 1 and jb == 1:
+        k = (SHORT_ROW + n - 1) // n
+        if rb == 0 and ra == n:
+            tile = _tiled(b, ib, n, k)
+            while r + k <= rows:
+                _binary_loops(fn, post, a, ia + r * n, 1, tile, 0, 1, ys[r * n : (r + k) * n],
+                              act)  # fmt: skip
+                r += k
+        elif ra == 0 and rb == n:
+            tile = _tiled(a, ia, n, k)
+            while r + k <= rows:
+                _binary_loops(fn, post, tile, 0, 1, b, ib + r * n, 1, ys[r * n : (r + k) * n],
+                              act)  # fmt: skip
+                r += k
+    for i in range(r, rows):
+        _binary_loops(fn, post, a, ia + i * ra, ja, b, ib + i * rb, jb, ys[i * n : (i + 1) * n],
                       act)  # fmt: skip
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from mmbuild.kernels.cpu.elementwise import broadcast_geometry
+from mmbuild.kernels.cpu.elementwise import SHORT_ROW, broadcast_geometry
 from mmbuild.kernels.cpu.pointwise import (
     COST_DIVIDE,
     COST_LIBM,
@@ -351,10 +351,47 @@ def _combine(mode, acc, v):  # type: ignore[no-untyped-def]
     return acc + v
 
 
+@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
+def _accumulate_rows(mode, xs, accs, rows, inner):  # type: ignore[no-untyped-def]
+    """Combine ``rows`` contiguous rows of ``inner`` elements of ``xs`` into ``accs``
+    (float64, ``inner``). Rows shorter than ``SHORT_ROW`` go ``k = ceil(SHORT_ROW / inner)`` at a
+    time into a tile of ``k`` accumulators per element, folded into ``accs`` at the end, so that
+    each loop is long enough for SIMD lanes (the global average pool of an NHWC tensor with 8
+    channels reduces rows of 8)."""
+    k = max(1, min(rows, (SHORT_ROW + inner - 1) // inner))
+    width = k * inner
+    tile = np.empty(width, np.float64)
+    for j in range(width):  # the sums start from accs and zeros, max / min from accs
+        tile[j] = accs[j % inner] if mode > _MEAN or j < inner else 0.0
+    r = 0
+    while r + k <= rows:
+        xt = xs[r * inner : r * inner + width]
+        if mode <= _MEAN:  # the mode chosen outside the loop, which then vectorises
+            for j in range(width):
+                tile[j] += np.float64(load_f32(xt, j))
+        else:
+            for j in range(width):
+                tile[j] = _combine(mode, tile[j], np.float64(load_f32(xt, j)))
+        r += k
+    for j in range(inner, width):  # fold the tile
+        if mode <= _MEAN:
+            tile[j % inner] += tile[j]
+        else:
+            tile[j % inner] = _combine(mode, tile[j % inner], tile[j])
+    for j in range(inner):
+        accs[j] = tile[j]
+    for i in range(r, rows):  # the rows left over
+        xt = xs[i * inner : (i + 1) * inner]
+        for j in range(inner):
+            accs[j] = _combine(mode, accs[j], np.float64(load_f32(xt, j)))
+
+
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _reduce(x, out, shape, so, mode, count, act):  # type: ignore[no-untyped-def]
     """Walk ``x`` (merged ``shape``) in memory order; ``so`` is the output stride of each
-    dimension, 0 along the reduced ones. ``count`` is the number of inputs per output."""
+    dimension, 0 along the reduced ones. ``count`` is the number of inputs per output. Runs
+    kept whole (output stride 1) along a reduced dimension go as one block of rows
+    (:func:`_accumulate_rows`)."""
     acc = np.empty(out.size, np.float64)
     acc[:] = 0.0 if mode <= _MEAN else (-np.inf if mode == _MAX else np.inf)
     nd = shape.size
@@ -362,8 +399,10 @@ def _reduce(x, out, shape, so, mode, count, act):  # type: ignore[no-untyped-def
     inner, step = shape[last], so[last]
     idx = np.zeros(nd, np.int64)
     oi = 0
-    for pos in range(0, x.size if inner > 0 else 0, max(inner, 1)):
+    pos = 0
+    while pos < x.size and inner > 0:
         xs = x[pos : pos + inner]
+        rows = 1
         if step == 0:  # the run is reduced into acc[oi]
             if mode <= _MEAN:
                 acc[oi] += pairwise_sum(xs, 0.0, False)
@@ -373,16 +412,18 @@ def _reduce(x, out, shape, so, mode, count, act):  # type: ignore[no-untyped-def
                     v = _combine(mode, v, np.float64(load_f32(xs, j)))
                 acc[oi] = v
         else:  # the run is kept: one accumulator per element (its output stride is 1)
-            accs = acc[oi : oi + inner]
-            if mode <= _MEAN:  # the mode chosen outside the loop, which then vectorises
-                for j in range(inner):
-                    accs[j] += np.float64(load_f32(xs, j))
-            else:
-                for j in range(inner):
-                    accs[j] = _combine(mode, accs[j], np.float64(load_f32(xs, j)))
-        d = last
-        idx[d] = inner
-        oi += inner * step
+            if nd > 1 and so[last - 1] == 0:  # ... and so are the next rows out
+                rows = shape[last - 1] - idx[last - 1]
+            _accumulate_rows(mode, x[pos : pos + rows * inner], acc[oi : oi + inner], rows,
+                             inner)  # fmt: skip
+        pos += rows * inner
+        if rows > 1:  # whole rows: step along the next dimension out
+            d = last - 1
+            idx[d] += rows
+        else:
+            d = last
+            idx[d] = inner
+            oi += inner * step
         while d > 0 and idx[d] == shape[d]:  # carry into the next dimension out
             oi -= shape[d] * so[d]
             idx[d] = 0
