@@ -293,6 +293,7 @@ def test_pad_reflect_golden() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_parallel_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(movement, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(movement, "PARALLEL_MIN_GATHER", 1)
     monkeypatch.setattr(movement, "_CHUNK", 7)  # many chunks, and a ragged last one
     x = sample([3, 20, 9], np.float32)
     check_exact(lambda net, xs: net.add_i_reshape_node(xs[0], [-1]), [x])

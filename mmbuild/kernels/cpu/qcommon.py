@@ -103,8 +103,10 @@ __all__ = [
 
 #: The largest K of a QINT8 GEMM: |(a - za) * w| <= 255 * 128 summed K times must fit int32.
 INT8_MAX_K = (2**31 - 1) // (255 * 128)
-#: Elements of a prepared input above which :func:`bind_prepare_input` splits the rows over threads.
-PARALLEL_MIN_ELEMENTS = 1 << 20
+#: Elements of a prepared input above which :func:`bind_prepare_input` splits the rows over
+#: threads. Quantizing float32 to uint8 on an AVX-512 Xeon, 2 threads: 16K elements take 8.5 us
+#: serial and 6.6 us split, 4K elements 2.5 us and 3.7 us.
+PARALLEL_MIN_ELEMENTS = 1 << 14
 
 _BITS = {DataType.QINT8: 8, DataType.QINT16: 16}
 
