@@ -71,6 +71,10 @@ GEOMS = [
                       act=RELU), id="same-dilated-grouped-relu"),
     pytest.param(Geom((3, 2, 3, 8), (2, 2), 3, 4, (2, 2), mode=IPaddingMode.VALID),
                  id="valid-batch3"),
+    # stride = kernel, no pads: one GEMM of patches, laid out by a copy
+    pytest.param(Geom((2, 3, 5, 6), (2, 2), 5, stride=(2, 2), act=RELU), id="patches-2x2-relu"),
+    pytest.param(Geom((1, 4, 3, 7), (2, 3), 1, stride=(2, 3), mode=IPaddingMode.SAME),
+                 id="patches-2x3-same-one-channel"),
 ]  # fmt: skip
 
 # weight granularity, activation algorithm, the node's output type, the input buffer's type

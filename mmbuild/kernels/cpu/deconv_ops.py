@@ -18,6 +18,14 @@ filter is converted to, as ``[KH, KW, Cin, Og]``, when the step is bound. Rows o
 (``b * Ho + yo``) are split over the threads for large steps; batch and spatial sizes are read
 from each run's input.
 
+A deconv whose taps never overlap and leave no gaps (stride equal to the kernel, no pads,
+dilation or output padding, one group: the 2x2, stride 2 upsampling of a U-Net or DBNet neck)
+is one GEMM instead: each input pixel times ``W [Cin, KH*KW*Cout]`` gives its ``KH x KW``
+output patch, with the epilogue's ``mult`` and ``bias`` repeated per tap, into a buffer
+``[N*H*W, KH*KW*Cout]`` that one copy lays out as the output (row ``b*H + y`` of the patches'
+filter row ``i`` is output row ``b*Ho + y*KH + i``). Every output element then has one tap, so
+its sum, epilogue and bits are the gather loop's for the quantized kinds.
+
 Lowering stores the filter per output channel, ``[Cout, KH, KW, Cg]`` (``weight``: int8 / int16
 quantized symmetrically per tensor or per output channel, float32, or fp16 bits for FLOAT16
 nodes), with ``scale_w`` and the float ``bias``.
@@ -45,14 +53,18 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue
+from mmbuild.kernels.cpu.movement import bind_copy_box
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
+    bind_gemm,
     bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
     epilogue_store,
+    gemm_dispatcher,
     lower_filter,
     make_epilogue,
+    pack_weights,
     quantize_input_reference,
     reference_epilogue,
     require_constant,
@@ -202,13 +214,26 @@ class _DeconvRunner:
         self.ep = self._epilogue()
         # quantized and fp16 inputs are converted first (see ``run``)
         converts = precision is not _F.FLOAT32
-        self.fns = (_deconv_rows, _deconv_parallel, *(PREPARE_FNS if converts else ()),
+        fns: tuple[Any, ...] = (_deconv_rows, _deconv_parallel)
+        self.patch_gemm: tuple[Any, Epilogue] | None = None
+        if self.stride == (self.kh, self.kw) and self.dilation == (1, 1) and self.group == 1:
+            w_kn = arrays["weight"].transpose(3, 1, 2, 0).reshape(self.cg, -1)  # [Cin, (i, j, o)]
+            packed, patch_ep = pack_weights(w_kn), self._epilogue(self.kh * self.kw)
+            self.patch_gemm = (packed, patch_ep)
+            a_dtype = self.carrier if self.carrier is not None else np.float32
+            fns = (*fns, gemm_dispatcher(packed, patch_ep, a_dtype))
+        self.fns = (*fns, *(PREPARE_FNS if converts else ()),
                     *(DYNAMIC_FNS if self.dynamic is not None else ()))  # fmt: skip
 
-    def _epilogue(self) -> Epilogue:
+    def _epilogue(self, taps: int = 1) -> Epilogue:
+        """The epilogue of the gather loop, or (``taps = KH*KW``) of the patch GEMM, whose
+        columns repeat the output channels once per tap."""
         attrs, out_type, bias = self._ep_inputs
-        return make_epilogue(self.cout, attrs, out_type, scale_a=self.scale_a,
-                             scale_w=self.scale_w, bias=bias)  # fmt: skip
+        return make_epilogue(self.cout * taps, attrs, out_type, scale_a=self.scale_a,
+                             scale_w=self._scale_w(taps), bias=np.tile(bias, taps))  # fmt: skip
+
+    def _scale_w(self, taps: int) -> np.ndarray:
+        return np.tile(np.broadcast_to(self.scale_w, (self.cout,)), taps)
 
     def geometry(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """``geo`` of :func:`_deconv_rows` for an input of ``shape``."""
@@ -234,11 +259,17 @@ class _DeconvRunner:
         if out.size == 0:
             return in_order([])
         xs = np.ascontiguousarray(x)
-        ep, calls, qparams = self.ep, [], None
+        pads = self.decl.pads_for(x.shape[1], x.shape[2], self.kh, self.kw)  # type: ignore[attr-defined]
+        patches = (self.patch_gemm is not None and not any(pads)
+                   and not any(self.decl.output_padding()))  # type: ignore[attr-defined]  # fmt: skip
+        taps = self.kh * self.kw if patches else 1
+        ep, calls, qparams = self.patch_gemm[1] if patches else self.ep, [], None  # type: ignore[index]
         if self.dynamic is not None:  # this step's own epilogue, rescaled at each run
-            ep = self._epilogue()
-            qparams, choose_scale = self.dynamic.bind(xs, [(ep, self.scale_w)])
+            ep = self._epilogue(taps)
+            qparams, choose_scale = self.dynamic.bind(xs, [(ep, self._scale_w(taps))])
             calls.append(choose_scale)
+        if patches:
+            return self._bind_patches(xs, out, ep, calls, qparams)
         if self.carrier is not None or xs.dtype == np.uint16:
             dtype = self.carrier if self.carrier is not None else np.float32
             src, xs = xs, np.empty(x.shape, dtype)
@@ -253,6 +284,32 @@ class _DeconvRunner:
             calls.append(partial(_deconv_parallel, n_rows, min(n_rows, 4 * threads), *args))
         else:
             calls.append(partial(_deconv_rows, 0, n_rows, *args))
+        return in_order(calls)
+
+    def _bind_patches(
+        self,
+        xs: np.ndarray,
+        out: np.ndarray,
+        ep: Epilogue,
+        calls: list[Callable[[], None]],
+        qparams: np.ndarray | None,
+    ) -> Callable[[], None]:
+        """The patch GEMM into ``[N*H*W, KH*KW*Cout]`` and the copy into ``out``."""
+        n, h, w, cin = xs.shape
+        kh, kw, cout = self.kh, self.kw, self.cout
+        a = xs
+        if self.carrier is not None:
+            a = np.empty(xs.shape, self.carrier)
+            calls.append(bind_prepare_input(xs, a, scale=self.scale_a, zero_point=int(self.za),
+                                            qparams=qparams))  # fmt: skip
+        patches = np.empty((n * h * w, kh * kw * cout), out.dtype)
+        packed = self.patch_gemm[0]  # type: ignore[index]
+        calls.append(bind_gemm(a.reshape(-1, cin), int(self.za), packed, ep, patches))
+        # patches [N*H, W, KH, KW*Cout] -> out [N*H, KH, W, KW*Cout]
+        run = kw * cout
+        calls.append(bind_copy_box(patches.reshape(-1), [w * kh * run, run, kh * run, 1], 0,
+                                   out.reshape(-1), [kh * w * run, w * run, run, 1], 0,
+                                   (n * h, kh, w, run)))  # fmt: skip
         return in_order(calls)
 
 
