@@ -202,6 +202,28 @@ def test_cancel_permutes_composition_order() -> None:
     assert g.nodes[0].fused == ["permute_0"]
 
 
+def test_cancel_permutes_undoes_a_permute_read_by_several_inverses() -> None:
+    """x -> to_nchw -> t; t -> to_nhwc -> relu, t -> to_nhwc -> tanh: both inverses take x (and
+    go), and to_nchw with them. With a third reader t -> (0, 1, 3, 2), that reader, left alone
+    on t, composes with to_nchw into one permute of x."""
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 3, 4, 5]))
+    t = net.add_i_permute_node(x, [0, 3, 1, 2]).get_output(0)
+    for act in (mm.IActivation.RELU, mm.IActivation.TANH):
+        back = net.add_i_permute_node(t, [0, 2, 3, 1]).get_output(0)
+        net.mark_output(net.add_i_activation_node(back, act).get_output(0))
+    g = Graph.from_network(net)
+    assert rewrite_keeps_numbers(g, cancel_permutes) == 4  # 2 merges, 2 identities dropped
+    assert ops(g) == ["activation", "activation"]
+    assert all(n.inputs == ["input_0"] for n in g.nodes)
+    other = net.add_i_permute_node(t, [0, 1, 3, 2]).get_output(0)
+    net.mark_output(net.add_i_activation_node(other, mm.IActivation.EXP).get_output(0))
+    g = Graph.from_network(net)
+    assert rewrite_keeps_numbers(g, cancel_permutes) == 5
+    assert sorted(ops(g)) == ["activation"] * 3 + ["permute"]
+    assert permutes(g) == [(0, 3, 2, 1)] and len(g.consumers("input_0")) == 3
+
+
 def test_identity_permute_on_a_network_output_hands_the_output_to_its_producer() -> None:
     net = mm.Network()
     x = net.add_input(F32, mm.Dims([2, 3]))

@@ -70,6 +70,8 @@ def cancel_permutes(graph: Graph) -> int:
 
     Merge. Before: ``x -> p1(0, 3, 1, 2) -> t -> p2(0, 2, 3, 1) -> y``, ``t`` read by ``p2``
     alone. After: ``x -> p2(0, 1, 2, 3) -> y`` (``p2`` takes ``p1``'s input and precision).
+    A ``t`` read by others too merges into a ``p2`` that composes to the identity (see
+    ``_merge_into``).
     Identity. Before: ``x -> p(0, 1, 2, 3) -> y -> conv``. After: ``x -> conv``. When ``y`` is a
     network output its name must stay: the producer of ``x`` writes ``y`` directly if ``x`` is
     private to ``p``; otherwise ``p`` stays (a copy). Permutes that convert between types (an
@@ -124,16 +126,25 @@ def _pure_move(graph: Graph, p: Node) -> bool:
 
 
 def _merge_into(graph: Graph, p2: Node) -> bool:
+    """Compose ``p2`` with the permute ``p1`` it reads. A ``p1`` read by others too merges only
+    into a ``p2`` that then undoes it (the identity, dropped next, not a network output): after
+    a squeeze of NHWC through a residual add, ``add -> to_nchw`` read by two ``to_nhwc``
+    permutes, each reader takes the add's output and ``to_nchw`` goes with the last."""
     t = p2.inputs[0]
     p1 = graph.producer(t)
-    if p1 is None or p1.op != "permute" or not graph.is_private(t) or not _pure_move(graph, p1):
+    if p1 is None or p1.op != "permute" or not _pure_move(graph, p1):
         return False
     p1_perm, p2_perm = p1.attrs["perm"], p2.attrs["perm"]
-    p2.attrs["perm"] = tuple(p1_perm[i] for i in p2_perm)
+    perm = tuple(p1_perm[i] for i in p2_perm)
+    shared = not graph.is_private(t)
+    if shared and (perm != tuple(range(len(perm))) or p2.outputs[0] in graph.outputs):
+        return False
+    p2.attrs["perm"] = perm
     p2.inputs, p2.precisions = list(p1.inputs), list(p1.precisions)
     p2.fused += [p1.name, *p1.fused]
-    graph.remove(p1)
-    del graph.tensors[t]
+    if not graph.consumers(t) and t not in graph.outputs:
+        graph.remove(p1)
+        del graph.tensors[t]
     return True
 
 
