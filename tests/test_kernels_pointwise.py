@@ -151,7 +151,7 @@ BROADCASTS = [
     ((2, 3, 1, 2, 1, 2, 3, 2), (4, 2, 1, 2, 1, 2)),  # rank 8
     ((0, 3), (1, 3)),
     ((1, 1), (1, 1)),
-    # short rows against one broadcast row (a channel scale): tiled 8 rows at a time, 6 left
+    # short rows against one broadcast row (a channel scale): tiled 32 rows at a time, 6 left
     ((2, 70, 8), (2, 1, 8)),
 ]
 

@@ -54,8 +54,10 @@ _ADD, _SUB, _MUL, _DIV, _MAX, _MIN = (
 )
 
 
-#: Rows shorter than this (elements) go several at a time against a tiled broadcast row.
-SHORT_ROW = 64
+#: Rows shorter than this (elements) go several at a time against a tiled broadcast row: the
+#: squeeze-excitation scale of a [1, 40, 56, 96] fp16 tensor took 0.13 ms in rows of 96 and
+#: 0.03 ms three rows at a time (AVX-512 Xeon, 2 threads).
+SHORT_ROW = 256
 
 
 # One function per operation, each as numpy's float32 ufunc; ``_binary_run`` picks one before
