@@ -53,7 +53,6 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue
-from mmbuild.kernels.cpu.movement import bind_copy_box
 from mmbuild.kernels.cpu.qcommon import (
     PREPARE_FNS,
     bind_gemm,
@@ -86,6 +85,8 @@ __all__ = ["DeconvFloat", "DeconvQuantized"]
 
 #: Multiply-accumulates of a deconv above which its output rows are split over the threads.
 PARALLEL_MIN_MACS = 1 << 18
+#: Output elements above which the patch GEMM's result is laid out on all threads.
+LAY_OUT_PARALLEL_MIN = 1 << 15
 
 _F = DataType
 
@@ -167,6 +168,27 @@ def _deconv_parallel(n_rows, n_chunks, X, za, geo, W, ep, out):  # type: ignore[
         _deconv_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, X, za, geo, W, ep, out)
 
 
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def _lay_out_rows(first, last, patches, out, kh, w, run):  # type: ignore[no-untyped-def]
+    """Input rows ``[first, last)`` (``b * H + y``) of the patch GEMM's result ``[N*H, W, KH,
+    run]`` (flat) into the output ``[N*H, KH, W, run]`` (flat), ``run = KW * Cout``."""
+    for r in range(first, last):
+        for i in range(kh):
+            o = (r * kh + i) * w * run
+            for x in range(w):
+                s = ((r * w + x) * kh + i) * run
+                src, dst = patches[s : s + run], out[o + x * run : o + (x + 1) * run]
+                for k in range(run):
+                    dst[k] = src[k]
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _lay_out_parallel(n_rows, n_chunks, patches, out, kh, w, run):  # type: ignore[no-untyped-def]
+    for t in prange(n_chunks):
+        _lay_out_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, patches, out, kh, w,
+                      run)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Binding
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +243,12 @@ class _DeconvRunner:
             packed, patch_ep = pack_weights(w_kn), self._epilogue(self.kh * self.kw)
             self.patch_gemm = (packed, patch_ep)
             a_dtype = self.carrier if self.carrier is not None else np.float32
-            fns = (*fns, gemm_dispatcher(packed, patch_ep, a_dtype))
+            fns = (
+                *fns,
+                gemm_dispatcher(packed, patch_ep, a_dtype),
+                _lay_out_rows,
+                _lay_out_parallel,
+            )
         self.fns = (*fns, *(PREPARE_FNS if converts else ()),
                     *(DYNAMIC_FNS if self.dynamic is not None else ()))  # fmt: skip
 
@@ -306,10 +333,12 @@ class _DeconvRunner:
         packed = self.patch_gemm[0]  # type: ignore[index]
         calls.append(bind_gemm(a.reshape(-1, cin), int(self.za), packed, ep, patches))
         # patches [N*H, W, KH, KW*Cout] -> out [N*H, KH, W, KW*Cout]
-        run = kw * cout
-        calls.append(bind_copy_box(patches.reshape(-1), [w * kh * run, run, kh * run, 1], 0,
-                                   out.reshape(-1), [kh * w * run, w * run, run, 1], 0,
-                                   (n * h, kh, w, run)))  # fmt: skip
+        args = (patches.reshape(-1), out.reshape(-1), kh, w, kw * cout)
+        threads = numba.get_num_threads()
+        if threads > 1 and n * h > 1 and out.size >= LAY_OUT_PARALLEL_MIN:
+            calls.append(partial(_lay_out_parallel, n * h, min(n * h, 4 * threads), *args))
+        else:
+            calls.append(partial(_lay_out_rows, 0, n * h, *args))
         return in_order(calls)
 
 
