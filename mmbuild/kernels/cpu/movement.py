@@ -501,6 +501,34 @@ class SliceKernel(_Movement):
         return prepare
 
 
+def _unpadded_merged(
+    shape: Sequence[int],
+    sstr: Sequence[int],
+    out_shape: Sequence[int],
+    dstr: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The pad's ``[shape, sstr, out_shape, dstr]`` and pads with every unpadded dimension of
+    size 1 dropped and each unpadded dimension merged into the unpadded one before it when both
+    buffers walk the two as one run (at least one dimension stays). The rows of a pad then hold
+    whole runs: [1, 76, 32, 1] padded along W alone is 76 rows of 34, not 2,584 rows of 1.
+    """
+    dims: list[list[int]] = []
+    kept: list[tuple[int, int]] = []
+    for d in range(len(shape)):
+        n, s, m, t, p = shape[d], sstr[d], out_shape[d], dstr[d], pads[d]
+        if n == 1 and p == (0, 0) and (dims or d < len(shape) - 1):
+            continue
+        if dims and p == (0, 0) == kept[-1]:
+            prev = dims[-1]
+            if prev[1] == s * n and prev[3] == t * m:
+                dims[-1] = [prev[0] * n, s, prev[2] * m, t]
+                continue
+        dims.append([n, s, m, t])
+        kept.append(p)
+    return [list(col) for col in zip(*dims)], kept
+
+
 @register_kernel
 class PadKernel(_Movement):
     """pad: CONSTANT, REFLECT and EDGE over any rank, by a table gather."""
@@ -513,7 +541,6 @@ class PadKernel(_Movement):
         decl = cast(IPadNode, step.node().declaration())
         mode = np.int64(_PAD_MODES[decl.attrs["mode"]])
         pads = [(0, 0), *((int(b), int(a)) for b, a in decl.attrs["pads"])]
-        flat_pads = _i64([v for p in pads for v in p])
         dtype = self._dtype(step.precisions[0])
         value = decl.attrs["value"]
         # a float fill goes through float32 first, as the reference pads the float32 tensor
@@ -536,11 +563,12 @@ class PadKernel(_Movement):
                     f"{step.precisions[0].name} the step declares",
                     Code.INTERNAL,
                 )
-            geo = np.array([x1.shape, sstr, y1.shape, dstr], dtype=np.int64)
+            dims, kept_pads = _unpadded_merged(x1.shape, sstr, y1.shape, dstr, pads)
+            geo = np.array(dims, dtype=np.int64)
+            flat = _i64([v for p in kept_pads for v in p])
             if y.size >= PARALLEL_MIN_ELEMENTS:
-                return partial(_pad_parallel, src, dst, geo, flat_pads, mode, fill,
-                               np.int64(_CHUNK))  # fmt: skip
-            return partial(_pad_serial, src, dst, geo, flat_pads, mode, fill)
+                return partial(_pad_parallel, src, dst, geo, flat, mode, fill, np.int64(_CHUNK))
+            return partial(_pad_serial, src, dst, geo, flat, mode, fill)
 
         return prepare
 
