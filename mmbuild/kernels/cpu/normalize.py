@@ -141,29 +141,39 @@ def pairwise_sum(xs, shift, square):  # type: ignore[no-untyped-def]
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _batch_norm_rows(x, mean, var, scale, offset, out, c, inner, eps, act, first, last):  # type: ignore[no-untyped-def]
     """Rows ``[first, last)``: of ``c`` channels each when ``inner`` is 1 (channels last),
-    else of ``inner`` elements of channel ``row % c``."""
-    m = np.empty(c, np.float64)
-    den = np.empty(c, np.float64)
-    s = np.empty(c, np.float64)
-    o = np.empty(c, np.float64)
-    for k in range(c):
-        m[k] = load_f32(mean, k)
-        den[k] = math.sqrt(np.float64(load_f32(var, k)) + eps)
-        s[k] = load_f32(scale, k)
-        o[k] = load_f32(offset, k)
+    else of ``inner`` elements of channel ``row % c``. Channels-last rows shorter than
+    ``SHORT_ROW`` go ``k`` at a time against the parameters repeated ``k`` times, so that each
+    loop is long enough for SIMD lanes (the channel of element ``j`` is ``j % c``)."""
+    per = max(1, min(last - first, SHORT_ROW // max(c, 1))) if inner == 1 else 1
+    span = per * c
+    m = np.empty(span, np.float64)
+    den = np.empty(span, np.float64)
+    s = np.empty(span, np.float64)
+    o = np.empty(span, np.float64)
+    for j in range(span):
+        k = j % c
+        m[j] = load_f32(mean, k)
+        den[j] = math.sqrt(np.float64(load_f32(var, k)) + eps)
+        s[j] = load_f32(scale, k)
+        o[j] = load_f32(offset, k)
     width = c if inner == 1 else inner
-    for r in range(first, last):
-        xs, ys = x[r * width : (r + 1) * width], out[r * width : (r + 1) * width]
+    r = first
+    while r < last:
         if inner == 1:  # two loops: the channel varies along the row, or is fixed for it
-            for k in range(c):
-                y = (np.float64(load_f32(xs, k)) - m[k]) / den[k] * s[k] + o[k]
-                store_f32(ys, k, apply_fused(np.float32(y), act))
+            n = span if r + per <= last else c
+            xs, ys = x[r * c : r * c + n], out[r * c : r * c + n]
+            for j in range(n):
+                y = (np.float64(load_f32(xs, j)) - m[j]) / den[j] * s[j] + o[j]
+                store_f32(ys, j, apply_fused(np.float32(y), act))
+            r += n // c
         else:
+            xs, ys = x[r * width : (r + 1) * width], out[r * width : (r + 1) * width]
             k = r % c
             mk, dk, sk, ok = m[k], den[k], s[k], o[k]
             for j in range(inner):
                 y = (np.float64(load_f32(xs, j)) - mk) / dk * sk + ok
                 store_f32(ys, j, apply_fused(np.float32(y), act))
+            r += 1
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
