@@ -28,10 +28,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# numpy's OpenBLAS threads spin for about 0.1 s after each call, and a contender timed next shares
+# the cores with them (it doubled an mmbuild conv timed after numpy on a 2-core machine); 2**4
+# cycles makes them sleep at once, as onnxruntime's spinning is switched off (set before numpy
+# loads OpenBLAS)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numba
 import numpy as np

@@ -37,6 +37,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# numpy's OpenBLAS threads spin for about 0.1 s after each call, and a contender timed next shares
+# the cores with them (it doubled an mmbuild conv timed after numpy on a 2-core machine); 2**4
+# cycles makes them sleep at once, as onnxruntime's spinning is switched off (set before numpy
+# loads OpenBLAS)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import numpy as np
 
 SHAPES = [(512, 512, 512), (3136, 576, 64), (64, 64, 64), (1, 1024, 1000)]
