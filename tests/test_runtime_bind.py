@@ -303,3 +303,25 @@ def test_bound_steps_read_each_run_s_values(tmp_path: Any, mode: str) -> None:
     np.testing.assert_array_equal(got[1], fresh[1])
     np.testing.assert_array_equal(got[2], fresh[0])
     assert not np.array_equal(got[0], got[1])
+
+
+def test_steps_bound_again_keep_the_level_the_plan_was_bound_at() -> None:
+    """A one-matmul network binds its only step again on every run (it reads the network input
+    and writes the output): bound inside ``using_level("portable")``, later runs outside the
+    block bind it at that level too, not at the process's."""
+    from mmbuild.kernels.cpu import features
+
+    net = mm.Network()
+    x = net.add_input(mm.DataType.FLOAT32, mm.Dims([4, 8]))
+    w = np.arange(24, dtype=np.float32).reshape(8, 3) / 10
+    wt = net.add_i_const_node(mm.DataType.FLOAT32, mm.Dims(w.shape), w).get_output(0)
+    net.mark_output(net.add_i_matmul_node(x, wt).get_output(0))
+    context = mm.Builder().build_model("mm", net).create_i_engine().create_i_context()
+    xs = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    with features.using_level("portable"):
+        context.run([xs])
+    y = next(iter(context.run([xs]).values()))
+    np.testing.assert_allclose(y, xs @ w, rtol=1e-5, atol=1e-6)
+    (bound,) = context._bound.values()
+    assert bound.level == "portable" and bound.rebind
+    assert "/portable" in repr(bound.calls[bound.rebind[0]])

@@ -11,6 +11,10 @@ caller's arrays) or write a network output (fresh arrays, which the caller keeps
 again with those arrays; every other call is made as it is. Example: a chain of 1,000 RELU
 steps re-binds two steps per run (the first and the last) and calls the other 998 as they are.
 
+The steps bound again take the instruction-set level the plan was bound at (its ``level``), so
+that a context made inside ``features.using_level`` keeps that level in every run after the
+block, its first and last steps included.
+
 Several contexts may run at once: each owns its bound plans and their arenas; runners keep no
 buffer between calls (``mmbuild.kernels.table``), so sharing them is safe.
 
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmbuild.errors import Code, MMError
+from mmbuild.kernels.cpu import features
 from mmbuild.kernels.table import Runner, Step, buffer_dtype
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ class BoundPlan:
     calls: list[Callable[[], None]]
     rebind: list[int]  # calls bound again on every run: they touch a network input or output
     views_of: dict[str, list[str]]  # source tensor -> the view tensors of its bytes
+    level: str  # the instruction-set level the calls were bound at
 
     def run(
         self, arrays: Sequence[np.ndarray], keep_all: bool = False, hook: StepHook | None = None
@@ -64,12 +70,11 @@ class BoundPlan:
             if info.name not in fresh:
                 fresh[info.name] = np.empty(shapes[info.name], buffer_dtype(info.dtype))
         calls = self.calls
-        for i in self.rebind:
-            step = self.steps[i]
-            calls[i] = self.runners[i].bound(
-                [fresh[t] if t in fresh else self.buffers[t] for t in step.inputs],
-                [fresh[t] if t in fresh else self.buffers[t] for t in step.outputs],
-            )
+        if self.rebind and features.level().name != self.level:
+            with features.using_level(self.level):
+                self._rebind(fresh)
+        elif self.rebind:
+            self._rebind(fresh)
         kept: dict[str, np.ndarray] = {}
         if keep_all:
             kept.update(zip((t.name for t in data.inputs), arrays))
@@ -104,6 +109,15 @@ class BoundPlan:
             kept.update(out)
             return kept
         return out
+
+    def _rebind(self, fresh: dict[str, np.ndarray]) -> None:
+        """Bind the steps that touch a network input or output to this run's arrays."""
+        for i in self.rebind:
+            step = self.steps[i]
+            self.calls[i] = self.runners[i].bound(
+                [fresh[t] if t in fresh else self.buffers[t] for t in step.inputs],
+                [fresh[t] if t in fresh else self.buffers[t] for t in step.outputs],
+            )
 
     def _keep(self, step: Step, fresh: dict[str, np.ndarray], kept: dict[str, np.ndarray]) -> None:
         """Copy a step's outputs, and the views of them, before the arena reuses their bytes."""
@@ -143,7 +157,8 @@ def bind_plan(data: ModelData, runners: Sequence[Runner], plan: BufferPlan) -> B
         steps.append(step)
         bound_runners.append(runner)
         calls.append(call)
-    return BoundPlan(data, plan, arena, buffers, steps, bound_runners, calls, rebind, views_of)
+    return BoundPlan(data, plan, arena, buffers, steps, bound_runners, calls, rebind, views_of,
+                     features.level().name)  # fmt: skip
 
 
 def _unbound() -> None:
