@@ -4,7 +4,7 @@ side with onnxruntime's own ``quantize_static``.
     python benchmarks/bench_accuracy.py [--models ocr_cls,ocr_det,wakeword_embedding]
         [--granularity per_axis,per_tensor] [--algorithms linear,entropy,percentile]
         [--cle off,on] [--bias-correction off,on] [--weight-range full,reduced]
-        [--activations static,dynamic] [--no-ort]
+        [--activations static,dynamic] [--no-ort] [--tuner 0.999]
 
 Calibration and evaluation batches are scikit-image sample images (``tests/onnx_models.py``),
 disjoint crops. For each model and method: the cosine of the output against onnxruntime fp32 over
@@ -18,7 +18,9 @@ number of equalised pairs is printed per model) and ``bias_correction``
 and with dynamic activations (``--activations dynamic``: ``activation_quant_mode`` "dynamic",
 no calibration, one run per granularity and weight range); onnxruntime runs the QDQ model of
 ``quantize_static`` (per-channel int8 weights, int8 activations) with MinMax,
-Entropy and Percentile calibration.
+Entropy and Percentile calibration. ``--tuner C`` adds ``mm.AccuracyTuner`` (per-axis weights,
+AUTO ranges, target output cosine >= C against onnxruntime fp32 on the evaluation batch, at most
+16 trial builds) and prints its report: what it moved to float and the MACs it kept in int8.
 """
 
 from __future__ import annotations
@@ -92,13 +94,32 @@ def mmbuild_run(
         if algo is mm.QuantizationAlgorithm.PERCENTILE_ALGORITHM:
             calib.set_percentile(99.99)
         assert calib.calibrate(net, config).ok()
-    model = mm.Builder().build_model(key, net, config)
+    return run_model(mm.Builder().build_model(key, net, config), x)
+
+
+def run_model(model: mm.Model, x: np.ndarray) -> Any:
+    """The first output of ``model`` on ``x``, as the numpy array of its type."""
     ctx = model.create_i_engine().create_i_context()
     inputs = ctx.create_inputs()
     inputs[0].from_numpy(x)
     outs: list[Any] = []
     assert ctx.enqueue(inputs, outs).ok()
     return outs[0].asnumpy()
+
+
+def tuned_run(key: str, min_cosine: float, x: np.ndarray, want: np.ndarray) -> Any:
+    """The output of ``mm.AccuracyTuner``'s model on ``x``; prints the tuner's report."""
+    net = mm.Network()
+    assert mm.Parser(mm.ModelKind.kOnnx).parse(net, str(model_path(key))).ok()
+    config = mm.BuilderConfig()
+    precision = {"precision_mode": "qint8_mixed_float16", "weight_quant_granularity": "per_axis"}
+    config.parse_from_string(json.dumps({"precision_config": precision}))
+    calib = [ImageBatches([model_input(key, b, k) for b, k in CALIBRATION])]
+    tuner = mm.AccuracyTuner(net, config, calib, [x], min_cosine=min_cosine,
+                             reference=[[want]], progress=False)  # fmt: skip
+    model, report = tuner.tune()
+    print(f"{key}: AccuracyTuner\n{report}", flush=True)
+    return run_model(model, x)
 
 
 def equalized_pairs(key: str) -> int:
@@ -149,6 +170,7 @@ def main() -> int:
     parser.add_argument("--weight-range", default="full", help="full and/or reduced")
     parser.add_argument("--activations", default="static", help="static and/or dynamic")
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
+    parser.add_argument("--tuner", type=float, default=None, help="AccuracyTuner's min cosine")
     args = parser.parse_args()
     q = mm.QuantizationAlgorithm
     algorithms = [q[f"{a.upper()}_ALGORITHM"] for a in args.algorithms.split(",")]
@@ -179,6 +201,9 @@ def main() -> int:
                         fn_args = (key, "qint8_mixed_float16", None, x, g, False, False, wr,
                                    "dynamic")  # fmt: skip
                         runs.append((label, mmbuild_run, fn_args))
+            if args.tuner is not None:
+                label = f"mmbuild AccuracyTuner, cosine >= {args.tuner}"
+                runs.append((label, tuned_run, (key, args.tuner, x, want)))
             for m in () if args.no_ort else ("MinMax", "Entropy", "Percentile"):
                 label = f"onnxruntime quantize_static QDQ per-channel {m}"
                 runs.append((label, ort_quantized, (key, m, x, Path(tmp))))
