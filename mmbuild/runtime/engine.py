@@ -505,8 +505,13 @@ class Context(CamelCaseAliases):
         return Status.OK()
 
     def run(self, arrays: Sequence[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
-        """Run the plan on checked input buffers; returns the outputs by tensor name (every
-        tensor, copied out of the arena, when ``keep_all``)."""
+        """Run the plan on checked input buffers; returns the output buffers by tensor name
+        (every tensor, copied out of the arena, when ``keep_all``).
+
+        Buffers hold values as the runtime does: a FLOAT16 tensor is uint16 fp16 bits, in and
+        out (``out.view(np.float16)`` reads it); ``enqueue`` takes and gives ``IRTTensor``s,
+        whose ``asnumpy()`` is float16. Example: a ``qint8_mixed_float16`` model's output
+        comes back as uint16 from ``run`` and as float16 from ``enqueue``."""
         if _SERIAL_RUNS is None:
             return self._run(arrays, keep_all)
         with _SERIAL_RUNS:
