@@ -17,10 +17,16 @@ Steps (each trial costs one build and one run of the evaluation inputs, never a 
    compared with its float32 result ``e`` on the very inputs it received (as the error report
    does, but per step instead of from the network input): ``noise = sum (a - e)^2 / sum e^2``.
    Example: e = [1, 2], a = [1.1, 2]: noise = 0.01 / 5 = 0.002 (27 dB).
-4. Try the whole ranked list in FLOAT16, then in FLOAT32; the first that meets the target gives
-   the float type. Then bisect the length k of the ranked prefix moved (the fewest nodes in
-   rank order), and with the trials left give the moved nodes back to int8 one at a time, the
-   ones with most MACs first, keeping each return after which the target still holds.
+4. Order the ranked nodes by noise per square root of their MACs, ``noise / sqrt(macs)``, so
+   that a cheap node that adds much noise goes before a large one that adds a little more:
+   moving by noise alone moved the classifier's largest convs first (PP-OCR classifier, cosine
+   0.999: 78.9% of the MACs kept in int8; by noise per MAC 96.7%, but 13 nodes moved instead of
+   9; by noise per sqrt(MAC) 96.4% with 7). Example: noise 0.004 on 1M MACs (0.004 / 1000)
+   goes after noise 0.001 on 10K MACs (0.001 / 100).
+5. Try the whole list in FLOAT16, then in FLOAT32; the first that meets the target gives the
+   float type. Then bisect the length k of the prefix moved (the fewest nodes in that order),
+   and with the trials left give the moved nodes back to int8 one at a time, the ones with most
+   MACs first, keeping each return after which the target still holds.
    If even the whole list in FLOAT32 misses the target, the best model tried is returned and
    the report says the target is not met. A node whose quantizable inputs (the ones a move
    puts in float) reach beyond fp16's 65504, by their calibrated range or a constant's values,
@@ -155,7 +161,7 @@ class AccuracyTuner(CamelCaseAliases):
         if report.met or not ranking:
             report.trials = self.trials
             return model, report
-        order = [name for name, _ in ranking]
+        order = [name for name, _ in sorted(ranking, key=lambda r: -_per_mac(r, macs))]
         fp32_only = _float16_overflows(self.network, self.config, order)
 
         def moves(names: list[str], ftype: DataType) -> dict[str, DataType]:
@@ -524,6 +530,12 @@ def _macs(network: Network) -> dict[str, int]:
             reduction = max(a[-2] if transposed else a[-1], 1)
         macs[node.get_node_name()] = int(out * reduction)
     return macs
+
+
+def _per_mac(ranked: tuple[str, float], macs: dict[str, int]) -> float:
+    """A node's noise per square root of its MACs (step 4 of the module docstring)."""
+    name, noise = ranked
+    return noise / math.sqrt(max(macs.get(name, 1), 1))
 
 
 def _mac_share(macs: dict[str, int], quantized: list[str], moved: set[str]) -> float:
