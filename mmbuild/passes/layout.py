@@ -127,9 +127,9 @@ def _pure_move(graph: Graph, p: Node) -> bool:
 
 def _merge_into(graph: Graph, p2: Node) -> bool:
     """Compose ``p2`` with the permute ``p1`` it reads. A ``p1`` read by others too merges only
-    into a ``p2`` that then undoes it (the identity, dropped next, not a network output): after
-    a squeeze of NHWC through a residual add, ``add -> to_nchw`` read by two ``to_nhwc``
-    permutes, each reader takes the add's output and ``to_nchw`` goes with the last."""
+    into a ``p2`` that then undoes it (the identity, dropped next, not a network output): once
+    ``sink_permutes`` carries NHWC through a residual add, ``add -> to_nchw`` is read by two
+    ``to_nhwc`` permutes; each reader takes the add's output and ``to_nchw`` goes with the last."""
     t = p2.inputs[0]
     p1 = graph.producer(t)
     if p1 is None or p1.op != "permute" or not _pure_move(graph, p1):

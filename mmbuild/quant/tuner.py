@@ -161,7 +161,7 @@ class AccuracyTuner(CamelCaseAliases):
         if report.met or not ranking:
             report.trials = self.trials
             return model, report
-        order = [name for name, _ in sorted(ranking, key=lambda r: -_per_mac(r, macs))]
+        order = _move_order(ranking, macs)
         fp32_only = _float16_overflows(self.network, self.config, order)
 
         def moves(names: list[str], ftype: DataType) -> dict[str, DataType]:
@@ -536,6 +536,11 @@ def _per_mac(ranked: tuple[str, float], macs: dict[str, int]) -> float:
     """A node's noise per square root of its MACs (step 4 of the module docstring)."""
     name, noise = ranked
     return noise / math.sqrt(max(macs.get(name, 1), 1))
+
+
+def _move_order(ranking: list[tuple[str, float]], macs: dict[str, int]) -> list[str]:
+    """The ranked nodes in the order the tuner moves them: most noise per sqrt(MAC) first."""
+    return [name for name, _ in sorted(ranking, key=lambda r: -_per_mac(r, macs))]
 
 
 def _mac_share(macs: dict[str, int], quantized: list[str], moved: set[str]) -> float:

@@ -14,7 +14,8 @@ Three paths, chosen from the filter (same epilogue arithmetic, so the same bits,
   GEMM over ``[N*H*W, Cin]``.
 - depthwise (``Cin/group == 1``, any channel multiplier): a direct loop (:mod:`.depthwise`)
   accumulating each output pixel's channels in vectors as wide as the level's registers, over
-  the float input as it is or the quantized input's padded buffer.
+  the float input as it is or its quantized copy (unpadded for the vector loop, padded with
+  the zero point for the general one).
 - other groups: one GEMM per group on that group's channels, written into its output columns.
 
 Lowering converts the filter to OHWI and stores it canonically (``weight``: int8/int16
@@ -271,7 +272,7 @@ class _ConvRunner:
                     and out.size * self.kh * self.kw >= DIRECT_PARALLEL_MIN_MACS)  # fmt: skip
         chunks = min(n_rows, numba.get_num_threads())
         if self.vec:
-            c, kh, kw, sh, sw, dh, dw, ho, wo = geo.direct[2:3] + geo.direct[4:]
+            _, _, c, _, kh, kw, sh, sw, dh, dw, ho, wo = geo.direct
             h, w = xp.shape[1], xp.shape[2]
             vec_geo = (h, w, c, kh, kw, sh, sw, dh, dw, ho, wo, *geo.pads)
             args: tuple[Any, ...] = (xp.reshape(-1), vec_geo, self.vec_weight, self.nza,

@@ -287,15 +287,15 @@ class _DeconvRunner:
             return in_order([])
         xs = np.ascontiguousarray(x)
         pads = self.decl.pads_for(x.shape[1], x.shape[2], self.kh, self.kw)  # type: ignore[attr-defined]
-        patches = (self.patch_gemm is not None and not any(pads)
+        as_patches = (self.patch_gemm is not None and not any(pads)
                    and not any(self.decl.output_padding()))  # type: ignore[attr-defined]  # fmt: skip
-        taps = self.kh * self.kw if patches else 1
-        ep, calls, qparams = self.patch_gemm[1] if patches else self.ep, [], None  # type: ignore[index]
+        taps = self.kh * self.kw if as_patches else 1
+        ep, calls, qparams = self.patch_gemm[1] if as_patches else self.ep, [], None  # type: ignore[index]
         if self.dynamic is not None:  # this step's own epilogue, rescaled at each run
             ep = self._epilogue(taps)
             qparams, choose_scale = self.dynamic.bind(xs, [(ep, self._scale_w(taps))])
             calls.append(choose_scale)
-        if patches:
+        if as_patches:
             return self._bind_patches(xs, out, ep, calls, qparams)
         if self.carrier is not None or xs.dtype == np.uint16:
             dtype = self.carrier if self.carrier is not None else np.float32
