@@ -577,6 +577,7 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
     assert names == [
         "fold_constants",
         "fold_batch_norm",
+        "clamp_as_clip",
         "fuse_hard_sigmoid",
         "fuse_hard_swish",
         "fuse_silu",

@@ -13,6 +13,7 @@ from test_passes import _conv, check_graph, config, ops, rewrite_keeps_numbers, 
 import mmbuild as mm
 from mmbuild.graph import Graph
 from mmbuild.passes import (
+    clamp_as_clip,
     fold_channel_affine,
     fold_hard_sigmoid,
     fuse_hard_sigmoid,
@@ -125,6 +126,51 @@ def test_silu_either_side() -> None:
         assert rewrite_keeps_numbers(g, fuse_silu, "fp32") == 1
         (node,) = g.nodes
         assert node.attrs["mode"] is mm.IActivation.SILU and node.inputs == g.inputs
+
+
+@pytest.mark.parametrize("mode, const_first", [(E.MAX, False), (E.MAX, True), (E.MIN, False)])
+def test_max_or_min_with_a_scalar_becomes_a_clip(mode: E, const_first: bool) -> None:
+    def body(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+        c = scalar(net, 0.5, rank=2)
+        return ew(net, *((c, x) if const_first else (x, c)), mode)
+
+    g, _ = graph_of(body)
+    assert rewrite_keeps_numbers(g, clamp_as_clip) == 1
+    (clip,) = g.nodes
+    bounds = (0.5, np.inf) if mode is E.MAX else (-np.inf, 0.5)
+    assert clip.op == "clip" and (clip.attrs["lo"], clip.attrs["hi"]) == bounds
+    assert clip.inputs == g.inputs and not [t for t in g.tensors.values() if t.is_const]
+
+
+def test_max_with_zero_fuses_into_the_conv_as_a_relu_would() -> None:
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    y = ew(net, _conv_then(net, x, False, True), scalar(net, 0.0), E.MAX)
+    net.mark_output(y)
+    g = Graph.from_network(net)
+    inputs = [np.random.default_rng(3).normal(size=(2, 7, 5, 4)).astype(np.float32)]
+    before = g.run_reference(inputs)[g.outputs[0]]
+    assert before.min() == 0.0 and (before > 0).any()  # the max clamps some values, not all
+    run_passes(g)
+    assert ops(g) == ["conv"]
+    assert g.nodes[0].attrs["activation"] == {"function": "clip", "lo": 0.0, "hi": np.inf}
+    np.testing.assert_array_equal(g.run_reference(inputs)[g.outputs[0]], before)
+
+
+@pytest.mark.parametrize("case", ["vector", "nan", "two_tensors", "widening"])
+def test_max_becomes_no_clip(case: str) -> None:
+    def body(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+        other = {
+            "vector": lambda: const(net, np.zeros(5, np.float32)),
+            "nan": lambda: scalar(net, np.nan),
+            "two_tensors": lambda: ew(net, x, scalar(net, 2.0), E.MUL),
+            "widening": lambda: const(net, np.zeros((1, 1, 1, 1, 1), np.float32)),
+        }[case]()
+        return ew(net, x, other, E.MAX)
+
+    g, _ = graph_of(body)
+    before = ops(g)
+    assert clamp_as_clip(g) == 0 and ops(g) == before
 
 
 NOT_FUSED: dict[str, Callable[[mm.Network, mm.ITensor], mm.ITensor]] = {

@@ -300,6 +300,7 @@ def test_pipeline_on_an_nchw_cnn_leaves_two_permutes(batch: int) -> None:
     assert counts == {
         "fold_constants": 0,
         "fold_batch_norm": 1,
+        "clamp_as_clip": 0,
         "fuse_hard_sigmoid": 0,
         "fuse_hard_swish": 0,
         "fuse_silu": 0,

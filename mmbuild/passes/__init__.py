@@ -10,9 +10,9 @@ and lists it in ``fused``).
 
 Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
-``{"fold_constants": 0, "fold_batch_norm": 1, "fuse_hard_sigmoid": 0, "fuse_hard_swish": 0,
-"fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0, "fuse_activations": 1,
-"convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0, "fold_input_normalization": 0,
+``{"fold_constants": 0, "fold_batch_norm": 1, "clamp_as_clip": 0, "fuse_hard_sigmoid": 0,
+"fuse_hard_swish": 0, "fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0,
+"fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0, "fold_input_normalization": 0,
 "remove_dead_nodes": 0}``.
 """
 
@@ -33,13 +33,14 @@ from mmbuild.passes.fold import (
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
 from mmbuild.passes.io_rewrites import fold_input_normalization
 from mmbuild.passes.layout import cancel_permutes, convert_layout
-from mmbuild.passes.pointwise import fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
+from mmbuild.passes.pointwise import clamp_as_clip, fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
 from mmbuild.passes.sink import sink_permutes
 
 __all__ = [
     "PIPELINE",
     "Pass",
     "cancel_permutes",
+    "clamp_as_clip",
     "convert_layout",
     "epilogue_activation",
     "fold_batch_norm",
@@ -65,6 +66,8 @@ PIPELINE: tuple[Pass, ...] = (
     fold_constants,
     # before fusion: conv -> bn -> relu must lose the bn before the relu can meet the conv
     fold_batch_norm,
+    # before the fusions: a relu written max(x, 0) becomes the clip they fuse
+    clamp_as_clip,
     # before the channel folds: the "+ 3" of clip(x + 3, 0, 6) / 6 must not fold into a conv
     fuse_hard_sigmoid,
     # after fuse_hard_sigmoid, which makes the gate of x * hard_sigmoid(x)

@@ -8,6 +8,7 @@ chain (``c`` scalar constants)                             becomes
 ``x * hard_sigmoid(x)`` (alpha 1/6, beta 1/2; either side)  HARD_SWISH(x)
 ``x * clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``)              HARD_SWISH(x)
 ``x * sigmoid(x)`` (either side)                           SILU(x)
+``max(x, c)`` / ``min(x, c)`` (either side)                  clip(x, c, inf) / clip(x, -inf, c)
 =========================================================  =========================================
 
 Worked example, x = 1: clip(1 + 3, 0, 6) / 6 = 4 / 6 = 0.6667 = clip(1/6 * 1 + 1/2, 0, 1), so
@@ -23,6 +24,7 @@ keeps the name and outputs of the chain's last node and lists the others in ``fu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,9 +35,34 @@ from mmbuild.ops.activation import ACTIVATIONS, IActivation
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes._rewrite import sole_reader
 
-__all__ = ["fuse_hard_sigmoid", "fuse_hard_swish", "fuse_silu"]
+__all__ = ["clamp_as_clip", "fuse_hard_sigmoid", "fuse_hard_swish", "fuse_silu"]
 
 _MUL, _DIV, _ADD = IElementwise.MUL, IElementwise.DIV, IElementwise.ADD
+_MAX, _MIN = IElementwise.MAX, IElementwise.MIN
+
+
+def clamp_as_clip(graph: Graph) -> int:
+    """``max(x, c)`` -> ``clip(x, c, inf)`` and ``min(x, c)`` -> ``clip(x, -inf, c)``.
+
+    ONNX exports write a relu as ``Max(x, 0)``; as a clip it fuses into the conv before it.
+    Before: ``x -> elementwise(MAX, 0.0) -> y``. After: ``x -> clip(0.0, inf) -> y``. The same
+    numbers: both compare, NaN passes (``max(NaN, 0) = NaN``). Does not fire for a constant of
+    more than one value, one that widens the result, a NaN constant, or mixed types.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        found = _with_scalar(graph, node, (_MAX, _MIN))
+        if found is None or np.isnan(found[1]) or not _one_float_type(graph, [node]):
+            continue
+        x, c = found
+        lo, hi = (c, math.inf) if node.attrs["mode"] is _MAX else (-math.inf, c)
+        clip = Node(node.name, "clip", {"lo": lo, "hi": hi}, [x], list(node.outputs),
+                    [node.precisions[node.inputs.index(x)]], list(node.output_types),
+                    notes=list(node.notes), fused=list(node.fused))  # fmt: skip
+        graph.nodes[graph.nodes.index(node)] = clip
+        count += 1
+    graph.prune_tensors()
+    return count
 
 
 def fuse_hard_sigmoid(graph: Graph) -> int:
@@ -112,7 +139,7 @@ def _with_scalar(
     c = _scalar(graph, node, b, node.outputs[0])
     if c is not None:
         return a, c
-    if node.attrs["mode"] in (_MUL, _ADD):
+    if node.attrs["mode"] in (_MUL, _ADD, _MAX, _MIN):
         c = _scalar(graph, node, a, node.outputs[0])
         if c is not None:
             return b, c
