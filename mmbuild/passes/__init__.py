@@ -12,8 +12,8 @@ Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "clamp_as_clip": 0, "fuse_hard_sigmoid": 0,
 "fuse_hard_swish": 0, "fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0,
-"fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0, "fold_input_normalization": 0,
-"remove_dead_nodes": 0}``.
+"fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0,
+"fold_input_normalization": 0, "remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
