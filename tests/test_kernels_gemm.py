@@ -420,6 +420,25 @@ def test_f32_quantized_output_is_the_rounded_float_result() -> None:
     assert out[0, 0] == np.rint(np.float32(1.1) / np.float32(0.01)) + 5
 
 
+@pytest.mark.parametrize("kind", [OutKind.U8, OutKind.I16])
+def test_quantized_output_of_nan_and_infinities_is_the_zero_point_and_the_bounds(
+    isa: str, kind: OutKind
+) -> None:
+    # rows of a tile (SIMD stores) and a lone row; NaN goes to the zero point as quant.params
+    # sends it, +-inf and overflow to the type's bounds
+    specials = np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.5], np.float32)
+    a = np.stack([specials, np.zeros(6, np.float32)], axis=1)  # [6, 2]
+    w = pack_float_weights(np.array([[1.0] * 20, [0.0] * 20], np.float32))  # y = a[:, 0]
+    zp = 17 if kind is OutKind.U8 else -300
+    lo, hi = (0, 255) if kind is OutKind.U8 else (-32768, 32767)
+    ep = Epilogue.create(20, out_kind=kind, out_scale=0.25, out_zp=zp)
+    for rows in (a, a[:1]):
+        out = np.zeros((rows.shape[0], 20), kind.dtype)
+        gemm_f32(rows, w, ep, out, isa=isa)
+        want = np.array([zp, hi, lo, hi, lo, zp + 2], kind.dtype)[: rows.shape[0]]
+        assert_same_bits(out, np.repeat(want[:, None], 20, axis=1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Implicit GEMM (convolution without im2col)
 # ---------------------------------------------------------------------------------------------

@@ -201,6 +201,8 @@ def vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
         qhi = vsplat_f32(255.0 if kind == 2 else 32767.0, y)
         q = vselect_lt(q, qlo, qlo, q)
         q = vselect_lt(qhi, q, qhi, q)
+        # NaN, the one value the clamps let through, goes to the zero point (quant.params)
+        q = vselect_lt(q, vadd_f32(qhi, vsplat_f32(1.0, y)), q, vsplat_f32(ozp, y))
         if kind == 2:
             vstore_n_u8(out, o, q, count)
         else:
