@@ -16,7 +16,8 @@
    then loses the mean error of its quantized weights (:mod:`mmbuild.quant.bias_correction`);
 5. conversions: where a node's input precision differs from the float type its input arrives
    in, a ``cast`` node is inserted (shared by all readers that need the same conversion), and a
-   constant read at run time is stored in the precision of its reader;
+   constant read at run time is stored in the precision of its reader; then a quantized conv's
+   output read only by quantized convs travels as integers (:mod:`mmbuild.passes.carry`);
 6. lowering: each node is looked up in the kernel table by (op, precision) and its kernel
    prepares what it needs once (weights quantized and packed, epilogues).
 
@@ -126,6 +127,7 @@ def lower_graph(
     for (layout conversions, input normalisation), passes run and casts inserted;
     ``equalized``: the config's cross-layer equalisation, computed once by the caller."""
     from mmbuild.passes import run_passes
+    from mmbuild.passes.carry import carry_quantized
     from mmbuild.passes.io_rewrites import apply_model_edges
 
     graph = Graph.from_network(network, plan)
@@ -144,6 +146,7 @@ def lower_graph(
         # after the passes: the weights are final (batch norm folded) as the kernels take them
         correct_biases(graph, _input_means(network))
     insert_conversions(graph)
+    carry_quantized(graph)  # last: the precisions are final
     _check_outputs_produced(graph)
     return graph
 

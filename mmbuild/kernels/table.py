@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from mmbuild.graph import Graph, Node
 
 Buffers = Sequence[np.ndarray]
-# Every type a runtime buffer may hold (quantized values live inside kernels only): the
-# precisions of kernels that move or convert any data.
+# The types of the buffers that kernels moving or converting any data take (their precisions);
+# quantized tensors travel only between the quantized nodes that read them.
 BUFFER_TYPES: tuple[DataType, ...] = tuple(d for d in DataType if not d.is_quantized)
 
 
@@ -224,11 +224,20 @@ def from_float(value: np.ndarray, dtype: DataType) -> np.ndarray:
     return np.asarray(value).astype(buffer_dtype(dtype), copy=False)
 
 
+def value_type(dtype: DataType) -> DataType:
+    """The type an op's ``infer`` sees for a tensor of ``dtype``: a carried quantized tensor
+    holds real numbers (FLOAT32), every other type is itself."""
+    return DataType.FLOAT32 if dtype.is_quantized else dtype
+
+
 def buffer_dtype(dtype: DataType) -> np.dtype:
-    """The numpy dtype of a runtime buffer of ``dtype``."""
+    """The numpy dtype of a runtime buffer of ``dtype``: fp16 as uint16 bits, and a quantized
+    tensor (one that travels between quantized nodes, ``mmbuild.passes.carry``) as its carrier,
+    uint8 ``q + 128`` for QINT8 and int16 for QINT16."""
     if dtype is DataType.FLOAT16:
         return np.dtype(np.uint16)
-    if dtype.is_quantized:
-        raise MMError(f"no buffer holds {dtype.name}; quantized values live inside kernels",
-                      Code.INTERNAL)  # fmt: skip
+    if dtype is DataType.QINT8:
+        return np.dtype(np.uint8)
+    if dtype is DataType.QINT16:
+        return np.dtype(np.int16)
     return np.dtype(dtype.numpy_dtype)

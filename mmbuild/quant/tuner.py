@@ -455,8 +455,7 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     the step's output and ``e`` its float32 result on the same inputs.
     """
     from mmbuild.graph import reference_outputs
-    from mmbuild.kernels.table import to_numpy
-    from mmbuild.runtime.inspect import _context, _input_buffers
+    from mmbuild.runtime.inspect import _context, _input_buffers, float_values
 
     data = model.data
     buffers = _input_buffers(model, batch)
@@ -464,8 +463,7 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     actual.update(_context(model).run(buffers, keep_all=True))
 
     def value(t: str) -> np.ndarray:
-        raw = actual[t] if t in actual else data.constants[t]
-        return np.asarray(to_numpy(raw, data.tensors[t].dtype), np.float32)
+        return float_values(data, t, actual[t] if t in actual else data.constants[t])
 
     added = {}
     for step in data.steps:

@@ -296,6 +296,15 @@ def _input_quantization(stored: Stored, facts: StepFacts) -> None:
     stored.attrs["za"] = one_of(128 if facts.precision is DataType.QINT8 else 0)
 
 
+def _output_quantization(stored: Stored, facts: StepFacts) -> None:
+    """``qcommon.output_quantization``: ``scale_out`` and ``za_out`` of a quantized output (a
+    tensor carried to quantized readers); nothing for a float one."""
+    out_type = facts.step.output_types[0]
+    if out_type in _QTYPES:
+        stored.attrs["scale_out"] = number(positive=True)
+        stored.attrs["za_out"] = _zero_point(out_type)
+
+
 def _filter(stored: Stored, facts: StepFacts, ohwi: tuple[int, ...]) -> None:
     """``lower_filter``: bias float32 [Cout]; weight [Cout, Kh, Kw, Cin/g] in the precision;
     ``scale_w`` [Cout] and the input's qparams when quantized."""
@@ -325,6 +334,7 @@ def _conv_stores(facts: StepFacts) -> Stored:
 
     stored.attrs["path"] = one_of(_path(int(facts.step.op_attrs["group"]), ohwi[3]))
     _filter(stored, facts, ohwi)
+    _output_quantization(stored, facts)
     return stored
 
 

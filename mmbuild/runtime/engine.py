@@ -35,7 +35,7 @@ from mmbuild._aliases import CamelCaseAliases
 from mmbuild.errors import Code, MMError, Status
 from mmbuild.ir.node import INode, TensorSpec
 from mmbuild.ir.types import DataType, Dims
-from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named
+from mmbuild.kernels.table import Runner, buffer_dtype, kernel_named, value_type
 from mmbuild.runtime.bind import BoundPlan, StepHook, bind_plan
 from mmbuild.runtime.device import Device, Queue, check_device
 from mmbuild.runtime.device import EngineConfig as _EngineConfig
@@ -346,7 +346,7 @@ def plan_buffers(
     shapes: dict[str, tuple[int, ...]] = dict(zip((t.name for t in data.inputs), input_shapes))
     shapes.update({k: v.shape for k, v in data.constants.items()})
     for step, decl in zip(data.steps, declarations):
-        specs = [TensorSpec(shapes[t], data.tensors[t].dtype) for t in step.inputs]
+        specs = [TensorSpec(shapes[t], value_type(data.tensors[t].dtype)) for t in step.inputs]
         for t, spec in zip(step.outputs, decl.infer(specs)):
             shapes[t] = tuple(spec.dims)
             nbytes = _nbytes(data.tensors[t], shapes[t])

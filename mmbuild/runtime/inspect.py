@@ -22,6 +22,7 @@ import numpy as np
 from mmbuild.errors import MMError
 from mmbuild.graph import reference_outputs
 from mmbuild.ir.types import DataType
+from mmbuild.kernels.cpu.qcommon import carried_values
 from mmbuild.kernels.table import kernel_named, to_numpy
 from mmbuild.ops.registry import get_op
 from mmbuild.report import (
@@ -38,6 +39,7 @@ from mmbuild.runtime.engine import IRTTensor, input_buffers, plan_buffers
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Context, Model
+    from mmbuild.runtime.manifest import ModelData
     from mmbuild.runtime.model_file import TensorInfo
 
 # |kernel - reference| <= tol * max(1, max|reference|) for float outputs: float32 kernels sum
@@ -196,6 +198,17 @@ def float32_shadow(model: Model, buffers: Sequence[np.ndarray]) -> dict[str, np.
     return values
 
 
+def float_values(data: ModelData, name: str, buffer: np.ndarray) -> np.ndarray:
+    """Tensor ``name``'s run-time ``buffer`` as the float32 numbers it holds: fp16 bits widened,
+    and a quantized tensor (one carried between quantized nodes) dequantized with the scale and
+    zero point its producer stored it with (``scale_out``, ``za_out``)."""
+    dtype = data.tensors[name].dtype
+    if not dtype.is_quantized:
+        return np.asarray(to_numpy(buffer, dtype), np.float32)
+    attrs = next(s.lowered.attrs for s in data.steps if name in s.outputs)
+    return carried_values(buffer, attrs["scale_out"], attrs["za_out"])
+
+
 def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> ErrorReport:
     """Per step, its output in the plan against float32, worst SQNR first."""
     buffers = _input_buffers(model, inputs)
@@ -206,7 +219,7 @@ def error_report(model: Model, inputs: Sequence[np.ndarray] | np.ndarray) -> Err
         if step.op == "cast" and any(n.startswith(INSERTED) for n in step.notes):
             continue
         t = step.outputs[0]
-        got = to_numpy(actual[t], step.output_types[0])
+        got = float_values(model.data, t, actual[t])
         stats = error_stats(got, np.asarray(shadow[t], np.float32))
         rows.append(ErrorRow(step.name, get_op(step.op).node_type, stats.sqnr_db, stats.cosine,
                              stats.max_abs))  # fmt: skip

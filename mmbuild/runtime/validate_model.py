@@ -31,8 +31,17 @@ from typing import TYPE_CHECKING
 from mmbuild.errors import MMError
 from mmbuild.ir.node import TensorSpec
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.table import BUFFER_TYPES, KERNELS, KERNELS_BY_NAME, Kernel, Step, load_kernels
+from mmbuild.kernels.table import (
+    BUFFER_TYPES,
+    KERNELS,
+    KERNELS_BY_NAME,
+    Kernel,
+    Step,
+    load_kernels,
+    value_type,
+)
 from mmbuild.ops.registry import OPS
+from mmbuild.passes.carry import CARRYING_OPS
 from mmbuild.runtime.declarations import (
     FUSING_OPS,
     KERNEL_STORES,
@@ -109,7 +118,7 @@ def _step_problems(data: ModelData, step: Step, dims: dict[str, tuple[int, ...]]
     try:
         precision = node.compute_precision
         declaration = node.declaration()
-        specs = [TensorSpec(dims[t], data.tensors[t].dtype) for t in step.inputs]
+        specs = [TensorSpec(dims[t], value_type(data.tensors[t].dtype)) for t in step.inputs]
         inferred = declaration.infer(specs)
     except MMError as e:
         return [f"its op refuses its inputs and attributes: {e}"]
@@ -124,7 +133,11 @@ def _step_problems(data: ModelData, step: Step, dims: dict[str, tuple[int, ...]]
                 f"output {t!r} is declared {list(declared.dims)}; its op gives "
                 f"{list(spec.dims)} for these inputs"
             )
-        if out_type not in BUFFER_TYPES or declared.dtype is not out_type:
+        if out_type not in BUFFER_TYPES and "scale_out" not in step.lowered.attrs:
+            problems.append(
+                f"output {t!r} is {out_type.name} but the step has no scale_out to quantize it with"
+            )
+        if declared.dtype is not out_type:
             problems.append(
                 f"output {t!r} has type {declared.dtype.name} and output type {out_type.name}; "
                 "they are one buffer type"
@@ -170,10 +183,11 @@ def _kernel_problems(data: ModelData, step: Step, precision: DataType) -> list[s
             continue
         have = data.tensors[t].dtype
         if p.is_quantized:
-            if not have.is_float:
+            carried = have is p and i == 0 and step.op in CARRYING_OPS
+            if not (have.is_float or carried):
                 problems.append(
                     f"input {i} ({t!r}) is {have.name}; a {p.name} input is read from a float "
-                    "tensor"
+                    f"tensor, or as input 0 of {' / '.join(CARRYING_OPS)} carried in {p.name}"
                 )
         elif have is not p:
             problems.append(f"input {i} ({t!r}) is {have.name}; the kernel reads it as {p.name}")

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmbuild.errors import Code, MMError
-from mmbuild.kernels.table import to_numpy
 from mmbuild.ops.registry import get_op
 from mmbuild.report import ErrorReport, ErrorRow, error_stats
-from mmbuild.runtime.inspect import _input_buffers
+from mmbuild.runtime.inspect import _input_buffers, float_values
 
 if TYPE_CHECKING:
     from mmbuild.runtime.engine import Model
@@ -75,7 +74,7 @@ def onnxruntime_error_report(
         name = step.outputs[0]
         if name not in expected:
             continue
-        got = np.asarray(to_numpy(actual[name], step.output_types[0]), np.float32)
+        got = float_values(model.data, name, actual[name])
         ref = _in_layout(np.asarray(expected[name], np.float32), got.shape)
         if ref is None:
             continue

@@ -46,15 +46,16 @@ from mmbuild.kernels.cpu import features
 from mmbuild.kernels.cpu.depthwise import DW_LANES, general_loops, vector_loops
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue, ImplicitRows
+from mmbuild.kernels.cpu.prepare import PREPARE_FNS, bind_prepare_input
 from mmbuild.kernels.cpu.qcommon import (
-    PREPARE_FNS,
     bind_gemm,
-    bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
     gemm_dispatcher,
     lower_filter,
     make_epilogue,
+    out_qparams,
+    output_quantization,
     pack_weights,
     quantize_input_reference,
     reference_epilogue,
@@ -120,6 +121,7 @@ class _ConvRunner:
         self.scale_a = np.float32(attrs.get("scale_a", 1.0))
         self.za = int(attrs.get("za", 0))
         self.dynamic = DynamicInput(precision, self.za) if attrs.get("dynamic") else None
+        self.out_q = out_qparams(attrs)
         self.depthwise = _path(self.group, self.cin_g) == "depthwise"
         scale_w = arrays.get("scale_w", np.ones(self.cout, np.float32))
         self._ep_inputs = (step.op_attrs, step.output_types[0], arrays["bias"])
@@ -163,7 +165,7 @@ class _ConvRunner:
         if self.dynamic is not None:
             fns = (*fns, *DYNAMIC_FNS)
         self.fns = (*PREPARE_FNS, *fns)
-        self._shapes: dict[tuple[int, ...], _Geometry] = {}
+        self._shapes: dict[tuple[tuple[int, ...], bool], _Geometry] = {}
         self._lock = threading.Lock()
 
     def _epilogues(self) -> list[Epilogue]:
@@ -172,22 +174,26 @@ class _ConvRunner:
         attrs, out_type, bias = self._ep_inputs
         cols = self.cout // len(self.scale_w)
         return [make_epilogue(cols, attrs, out_type, scale_a=self.scale_a, scale_w=sw,
-                              bias=bias[g * cols : (g + 1) * cols])
+                              bias=bias[g * cols : (g + 1) * cols], out_q=self.out_q)
                 for g, sw in enumerate(self.scale_w)]  # fmt: skip
 
-    def geometry(self, shape: tuple[int, ...]) -> _Geometry:
+    def geometry(self, shape: tuple[int, ...], carried: bool = False) -> _Geometry:
+        key = (shape, carried)
         with self._lock:
-            geo = self._shapes.get(shape)
+            geo = self._shapes.get(key)
         if geo is None:
-            geo = self._geometry(shape)
+            geo = self._geometry(shape, carried)
             with self._lock:
                 if len(self._shapes) >= 16:
                     self._shapes.clear()
-                self._shapes[shape] = geo
+                self._shapes[key] = geo
         return geo
 
-    def _geometry(self, shape: tuple[int, ...]) -> _Geometry:
+    def _geometry(self, shape: tuple[int, ...], carried: bool) -> _Geometry:
+        """``carried``: the input arrives quantized (its producer's epilogue wrote the carrier),
+        so a copy is needed only to pad it or to take one group's channels."""
         n, h, w, c = shape
+        quantize = self.quantized and not carried
         kh, kw, cin_g = self.kh, self.kw, self.cin_g
         (sh, sw), (dh, dw) = self.stride, self.dilation
         pt, pb, pl, pr = self.decl.pads_for(h, w, kh, kw)  # type: ignore[attr-defined]
@@ -198,9 +204,9 @@ class _ConvRunner:
         if self.depthwise:
             # the vector loop reads the input (or its quantized copy) as it is, borders and all
             if self.vec:
-                buffer = (n, h, w, c) if self.quantized else None
+                buffer = (n, h, w, c) if quantize else None
             else:
-                buffer = (n, hp, wp, c) if padded or self.quantized else None
+                buffer = (n, hp, wp, c) if padded or quantize else None
             direct = (hp, wp, c, self.cout // c, kh, kw, sh, sw, dh, dw, ho, wo)
             return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, direct)
         if dw > 1 and kw > 1:
@@ -208,7 +214,7 @@ class _ConvRunner:
             # output column side by side, and convolve that with a KH x 1 kernel
             rows = ImplicitRows.conv2d_nhwc(n, hp, wo, kw * cin_g, (kh, 1), (sh, 1), (dh, 1))
             return _Geometry(out_shape, (pt, pl), (n, hp, wo, kw * cin_g), (kw, sw, dw), rows, ())
-        copy = padded or self.quantized or self.group > 1
+        copy = padded or quantize or self.group > 1
         buffer = (n, hp, wp, cin_g) if copy else None
         if kh == kw == 1 and sh == sw == 1 and not padded:
             return _Geometry(out_shape, (pt, pl), buffer, (1, 1, 1), None, ())
@@ -221,7 +227,11 @@ class _ConvRunner:
         x, out = inputs[0], outputs[0]
         if x.shape[0] == 0:
             return in_order([])
-        geo = self.geometry(tuple(x.shape))
+        carried = x.dtype == self.carrier
+        if carried and self.dynamic is not None:
+            raise MMError("conv: a carried quantized input has its scale already; it cannot be "
+                          "quantized dynamically", Code.INTERNAL)  # fmt: skip
+        geo = self.geometry(tuple(x.shape), carried)
         if tuple(out.shape) != geo.out_shape:
             raise MMError(f"conv: output buffer {out.shape} is not {geo.out_shape}", Code.INTERNAL)
         buf = None
@@ -306,6 +316,7 @@ class _ConvKernel(Kernel):
         path = _path(int(node.attrs["group"]), w_ohwi.shape[3])
         lowered = lower_filter(node, graph, w_ohwi, "conv", gemm=path != "depthwise")
         lowered.attrs["path"] = path
+        lowered.attrs.update(output_quantization(graph, node))
         return lowered
 
     def bind(self, step: Step) -> Runner:
@@ -334,7 +345,7 @@ class _ConvKernel(Kernel):
                               a["dilation"], a["group"])  # fmt: skip
             mult = np.ones(w.shape[0], np.float32)
         out = reference_epilogue(acc, mult, arrays["bias"], a.get("activation"),
-                                 step.output_types[0])  # fmt: skip
+                                 step.output_types[0], out_qparams(attrs))  # fmt: skip
         return [out]
 
 

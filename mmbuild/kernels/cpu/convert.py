@@ -35,6 +35,7 @@ from mmbuild.kernels.cpu.simd import load_f32, store_f32
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
+    "convert_element",
     "dequantize",
     "f16_to_f32",
     "f32_to_f16",
@@ -103,6 +104,36 @@ def _store_output_overload(out, i, y, scale, zero_point):  # type: ignore[no-unt
     if out.dtype == types.int16:
         return _quantizing_store(*_I16_RANGE)
     return None
+
+
+def convert_element(
+    src: np.ndarray, i: int, dst: np.ndarray, j: int, scale: float, zero_point: float
+) -> None:
+    """``dst[j] = src[i]`` converted to ``dst``'s type: :func:`store_output` of the float32
+    value (float32 or fp16 bits in ``src``), or the element as it is when both hold one type (a
+    quantized tensor that arrives already carried in uint8 or int16 with this scale and zero
+    point is copied, not quantized twice)."""
+    if src.dtype == dst.dtype:
+        dst[j] = src[i]
+        return
+    store_output(dst, j, load_f32(src, i), scale, zero_point)
+
+
+@overload(convert_element)
+def _convert_element_overload(src, i, dst, j, scale, zero_point):  # type: ignore[no-untyped-def]
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    if src.dtype == dst.dtype:
+
+        def copy(src, i, dst, j, scale, zero_point):  # type: ignore[no-untyped-def]
+            dst[j] = src[i]
+
+        return copy
+
+    def convert(src, i, dst, j, scale, zero_point):  # type: ignore[no-untyped-def]
+        store_output(dst, j, load_f32(src, i), scale, zero_point)
+
+    return convert
 
 
 # ---------------------------------------------------------------------------------------------

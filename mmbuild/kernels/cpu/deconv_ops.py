@@ -13,7 +13,7 @@ docstring), in float32, in the same order, stored as the node's float output typ
 
 One numba loop serves every precision. Its input is float32 (an fp16 input is widened once per
 run, exactly) or the uint8 / int16 carrier that a quantized input is quantized into once per
-run (``qcommon.bind_prepare_input``); its accumulator is float32, int32 or int64, the type the
+run (``prepare.bind_prepare_input``); its accumulator is float32, int32 or int64, the type the
 filter is converted to, as ``[KH, KW, Cin, Og]``, when the step is bound. Rows of the output
 (``b * Ho + yo``) are split over the threads for large steps; batch and spatial sizes are read
 from each run's input.
@@ -53,10 +53,9 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue
+from mmbuild.kernels.cpu.prepare import PREPARE_FNS, bind_prepare_input
 from mmbuild.kernels.cpu.qcommon import (
-    PREPARE_FNS,
     bind_gemm,
-    bind_prepare_input,
     carrier_dtype,
     direct_epilogue_args,
     epilogue_store,

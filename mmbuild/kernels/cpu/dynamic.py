@@ -9,7 +9,7 @@ quantizes it symmetrically with
 
 so that a zero point never changes and every zero-point term the kernels bind stays valid;
 only the scale moves, in two places: the ``[scale, zero point]`` array the input preparation
-reads (``qcommon.bind_prepare_input(qparams=...)``) and each epilogue's
+reads (``prepare.bind_prepare_input(qparams=...)``) and each epilogue's
 ``mult[n] = float32(scale) * scale_w[n]`` (``Epilogue.rescale``). NaN quantizes to the zero
 point and +-inf saturate, as in static quantization; neither takes part in the maximum.
 

@@ -43,11 +43,10 @@ from mmbuild.ir.node import TensorSpec
 from mmbuild.ir.types import DataType
 from mmbuild.kernels.cpu.dynamic import DYNAMIC_FNS, DynamicInput, input_scale_reference
 from mmbuild.kernels.cpu.gemm import Epilogue
+from mmbuild.kernels.cpu.prepare import PREPARE_FNS, bind_quantize_flat
 from mmbuild.kernels.cpu.qcommon import (
-    PREPARE_FNS,
     activation_qparams,
     bind_gemm,
-    bind_quantize_flat,
     carrier_dtype,
     check_int8_k,
     direct_epilogue_args,

@@ -11,13 +11,8 @@ Build time (numpy):
   channel, by ``quant.params`` (the weight's range is its values' ``[min, max]``).
 - :func:`float_bias`: the bias in the node's float precision (fp16-rounded, then widened).
 
-Run time (numba):
+Run time (numba; the input preparation is :mod:`.prepare`):
 
-- :func:`bind_prepare_input`: converts an NHWC input into the buffer a kernel reads: quantized (or
-  copied, for float kernels), padded with the zero point (0.0 for float), optionally one channel
-  group, optionally with each output column's ``KW`` taps side by side (for a dilation along W,
-  which the implicit GEMM cannot stride over). Quantization is ``quant.params.quantize``'s
-  arithmetic exactly: ``clip(rint(x / scale) + za)`` in float32, NaN to the zero point.
 - :func:`epilogue_store`: the GEMM epilogue (``gemm``'s docstring) for one accumulator of a
   direct loop, in the same float32 operations and order, so both paths give the same bits.
 
@@ -34,12 +29,11 @@ the activation, then the store as float32 or fp16).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from mmbuild.errors import Code, MMError
@@ -62,8 +56,8 @@ from mmbuild.kernels.cpu.gemm import (
     pack_int8_weights,
     pack_int16_weights,
 )
-from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Lowered, from_float, in_order, to_numpy
+from mmbuild.kernels.cpu.simd import load_f32
+from mmbuild.kernels.table import Lowered, from_float, to_numpy
 from mmbuild.quant.params import QuantParams, choose_qparams, quantize
 from mmbuild.quant.params import weight_qmax as params_weight_qmax
 
@@ -72,13 +66,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INT8_MAX_K",
-    "PARALLEL_MIN_ELEMENTS",
-    "PREPARE_FNS",
     "Packed",
     "activation_qparams",
     "bind_gemm",
-    "bind_prepare_input",
-    "bind_quantize_flat",
+    "carried_values",
     "carrier_dtype",
     "check_int8_k",
     "direct_epilogue_args",
@@ -89,6 +80,8 @@ __all__ = [
     "input_quantization",
     "make_epilogue",
     "out_kind",
+    "out_qparams",
+    "output_quantization",
     "pack_weights",
     "quantize_input_reference",
     "quantize_node_weights",
@@ -103,10 +96,6 @@ __all__ = [
 
 #: The largest K of a QINT8 GEMM: |(a - za) * w| <= 255 * 128 summed K times must fit int32.
 INT8_MAX_K = (2**31 - 1) // (255 * 128)
-#: Elements of a prepared input above which :func:`bind_prepare_input` splits the rows over
-#: threads. Quantizing float32 to uint8 on an AVX-512 Xeon, 2 threads: 16K elements take 8.5 us
-#: serial and 6.6 us split, 4K elements 2.5 us and 3.7 us.
-PARALLEL_MIN_ELEMENTS = 1 << 14
 
 _BITS = {DataType.QINT8: 8, DataType.QINT16: 16}
 
@@ -324,13 +313,35 @@ def epilogue_activation(attrs: Mapping[str, Any]) -> tuple[Activation, float, fl
     return Activation.of(attrs.get("activation"))
 
 
+_OUT_KINDS = {DataType.FLOAT32: OutKind.F32, DataType.FLOAT16: OutKind.F16,
+              DataType.QINT8: OutKind.U8, DataType.QINT16: OutKind.I16}  # fmt: skip
+
+
 def out_kind(dtype: DataType) -> OutKind:
-    """The epilogue store of a float output type."""
-    if dtype is DataType.FLOAT32:
-        return OutKind.F32
-    if dtype is DataType.FLOAT16:
-        return OutKind.F16
-    raise MMError(f"these kernels write FLOAT32 or FLOAT16, not {dtype.name}", Code.INTERNAL)
+    """The epilogue store of an output type: float32, fp16 bits, or a quantized output carried
+    as uint8 (QINT8) or int16 (QINT16) for the quantized nodes that read it."""
+    if dtype not in _OUT_KINDS:
+        raise MMError(f"these kernels write FLOAT32, FLOAT16, QINT8 or QINT16, not {dtype.name}",
+                      Code.INTERNAL)  # fmt: skip
+    return _OUT_KINDS[dtype]
+
+
+def output_quantization(graph: Graph, node: Node) -> dict[str, Any]:
+    """How ``node`` stores its output 0, as lowered attributes: ``{}`` for a float output; for a
+    quantized one (a tensor that travels carried to quantized readers, see
+    ``mmbuild.passes.carry``) ``{"scale_out", "za_out"}``, the scale and carried zero point its
+    readers quantize it with (:func:`activation_qparams` of the tensor)."""
+    out_type = node.output_types[0]
+    if not out_type.is_quantized:
+        return {}
+    scale, za = activation_qparams(graph, node.outputs[0], out_type, node)
+    return {"scale_out": float(scale), "za_out": za}
+
+
+def out_qparams(attrs: Mapping[str, Any]) -> tuple[np.float32, int]:
+    """``(scale_out, za_out)`` of lowered ``attrs`` (:func:`output_quantization`); (1, 0) for a
+    float output, which ignores them."""
+    return np.float32(attrs.get("scale_out", 1.0)), int(attrs.get("za_out", 0))
 
 
 def make_epilogue(
@@ -341,18 +352,22 @@ def make_epilogue(
     scale_a: float | np.floating = 1.0,
     scale_w: float | np.ndarray = 1.0,
     bias: np.ndarray | None = None,
+    out_q: tuple[Any, int] = (1.0, 0),
 ) -> Epilogue:
-    """The GEMM epilogue of a node: scales, bias, its fused activation, its output type."""
+    """The GEMM epilogue of a node: scales, bias, its fused activation, its output type (with
+    ``out_q``, the scale and carried zero point of a quantized output, :func:`out_qparams`)."""
     act, a, b = epilogue_activation(attrs)
     return Epilogue.create(n, scale_a=float(scale_a), scale_w=scale_w, bias=bias, act=act, act_a=a,
-                           act_b=b, out_kind=out_kind(out_type))  # fmt: skip
+                           act_b=b, out_kind=out_kind(out_type), out_scale=float(out_q[0]),
+                           out_zp=out_q[1])  # fmt: skip
 
 
 def direct_epilogue_args(ep: Epilogue) -> tuple[Any, ...]:
-    """``(mult, bias, *activation)`` for :func:`epilogue_store`, the activation as the six
-    numbers of :mod:`.activate` that the GEMM kernels apply (flat: a parallel region cannot
-    take a tuple inside a tuple)."""
-    return ep.mult, ep.bias, *activation_args(ep.act, ep.act_a, ep.act_b)
+    """``(mult, bias, *activation, out_scale, out_zp)`` for :func:`epilogue_store`, the
+    activation as the six numbers of :mod:`.activate` that the GEMM kernels apply (flat: a
+    parallel region cannot take a tuple inside a tuple)."""
+    act = activation_args(ep.act, ep.act_a, ep.act_b)
+    return ep.mult, ep.bias, *act, np.float32(ep.out_scale), np.float32(ep.out_zp)
 
 
 Packed = PackedInt8Weights | PackedInt16Weights | PackedFloatWeights
@@ -446,127 +461,12 @@ def _widen_overload(arr, i):  # type: ignore[no-untyped-def]
 def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
     """Column ``n``'s epilogue of accumulator ``acc`` into ``out[idx]`` (``ep`` from
     :func:`direct_epilogue_args`): ``float32(acc) * mult[n] + bias[n]``, the activation by
-    comparisons (NaN passes, -0.0 stays), the store rounding to fp16 where ``out`` is."""
-    mult, bias, slope, scale, shift, lo, hi, gated = ep
+    comparisons (NaN passes, -0.0 stays), the store in ``out``'s type (:func:`store_output`:
+    rounding to fp16, or quantizing with the output's scale and zero point)."""
+    mult, bias, slope, scale, shift, lo, hi, gated, oscale, ozp = ep
     y = np.float32(acc) * mult[n]
-    store_f32(out, idx, apply_fused(y + bias[n], (slope, scale, shift, lo, hi, gated)))
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False)
-def _prepare_rows(first, last, src, geo, dst, qp):  # type: ignore[no-untyped-def]
-    """Rows ``[first, last)`` (``b * hp + y``) of :func:`bind_prepare_input`; ``geo`` holds
-    ``h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw``, ``qp`` the float32 scale and zero point."""
-    h, w, c, c0, cg, pt, pl, hp, wd, kw, sw, dw = geo
-    scale, zp = qp[0], qp[1]
-    row = wd * kw * cg
-    # slices, not computed offsets: numba then knows the indices are non-negative, drops its
-    # wrap-around test, and LLVM vectorises the channel loops (the conversion, the division and
-    # the rounding in SIMD lanes)
-    for r in range(first, last):
-        b = r // hp
-        ys = r - b * hp - pt
-        o = r * row
-        if ys < 0 or ys >= h:
-            _fill_zero(dst[o : o + row], scale, zp)
-            continue
-        s_row = (b * h + ys) * w
-        if kw == 1 and cg == c:  # a plain padded copy: zeros, one contiguous run, zeros
-            left, inner = min(pl, wd) * c, max(min(w, wd - pl), 0) * c
-            _fill_zero(dst[o : o + left], scale, zp)
-            d, v = dst[o + left : o + left + inner], src[s_row * c : s_row * c + inner]
-            for i in range(inner):
-                store_output(d, i, load_f32(v, i), scale, zp)
-            _fill_zero(dst[o + left + inner : o + row], scale, zp)
-            continue
-        for x in range(wd):
-            for j in range(kw):
-                xs = x * sw + j * dw - pl
-                d = dst[o : o + cg]
-                if xs < 0 or xs >= w:
-                    _fill_zero(d, scale, zp)
-                else:
-                    s = (s_row + xs) * c + c0
-                    v = src[s : s + cg]
-                    for ch in range(cg):
-                        store_output(d, ch, load_f32(v, ch), scale, zp)
-                o += cg
-
-
-@njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
-def _fill_zero(d, scale, zp):  # type: ignore[no-untyped-def]
-    """Every element of ``d`` set to the converted 0.0 (the zero point when quantized)."""
-    for i in range(d.size):
-        store_output(d, i, 0.0, scale, zp)
-
-
-@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _prepare_parallel(n_rows, n_chunks, src, geo, dst, qp):  # type: ignore[no-untyped-def]
-    for t in prange(n_chunks):
-        _prepare_rows(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks, src, geo, dst, qp)
-
-
-#: The dispatchers :func:`bind_prepare_input` runs (for ``Runner.fns``).
-PREPARE_FNS = (_prepare_rows, _prepare_parallel)
-
-
-def bind_prepare_input(
-    src: np.ndarray,
-    dst: np.ndarray,
-    *,
-    pads: tuple[int, int] = (0, 0),
-    scale: Any = 1.0,
-    zero_point: int = 0,
-    channels: tuple[int, int] | None = None,
-    taps: tuple[int, int, int] = (1, 1, 1),
-    qparams: np.ndarray | None = None,
-) -> Callable[[], None]:
-    """Fill ``dst [N, Hp, Wd, KW * Cg]`` from the NHWC input ``src [N, H, W, C]`` (float32 or
-    fp16 bits): ``dst[b, y, x, j, c] = convert(src[b, y - pt, x * sw + j * dw - pl, c0 + c])``,
-    and the converted 0.0 (the zero point; 0.0 for a float ``dst``) where that lies outside.
-    Checked and bound once: the result fills ``dst`` from ``src``'s current values when called.
-
-    ``pads = (pt, pl)``; ``channels = (c0, Cg)`` takes one group's channels (all by default);
-    ``taps = (KW, sw, dw)`` lays each output column's kernel taps side by side (the default
-    ``(1, 1, 1)`` is a plain padded copy with ``Wd`` columns). ``dst`` is uint8 or int16
-    (quantized with ``scale`` and the carried ``zero_point``) or float32 / fp16 bits (copied).
-    ``qparams``, a float32 array ``[scale, zero_point]`` that replaces both, is read at every
-    call: a dynamically quantized input (:class:`DynamicInput`) rewrites its scale between runs.
-    Example: a [1, 2, 2, 1] input, ``pads=(1, 1)`` and a [1, 4, 4, 1] ``dst`` is the input
-    framed by a ring of converted zeros.
-    """
-    n, h, w, c = src.shape
-    c0, cg = channels if channels is not None else (0, c)
-    kw, sw, dw = taps
-    hp, wd = dst.shape[1], dst.shape[2]
-    if dst.shape != (n, hp, wd, kw * cg) or not (dst.flags.c_contiguous and src.flags.c_contiguous):
-        raise MMError(
-            f"bind_prepare_input: dst {dst.shape} does not fit src {src.shape}", Code.INTERNAL
-        )
-    geo = (h, w, c, c0, cg, pads[0], pads[1], hp, wd, kw, sw, dw)
-    s, d = src.reshape(-1), dst.reshape(-1)
-    qp = np.array([scale, zero_point], np.float32) if qparams is None else qparams
-    if qp.dtype != np.float32 or qp.shape != (2,):
-        raise MMError(f"bind_prepare_input: qparams must be float32 [2], not {qp!r}", Code.INTERNAL)
-    rows = n * hp
-    if d.size >= PARALLEL_MIN_ELEMENTS and rows > 1:
-        return partial(_prepare_parallel, rows, min(rows, 64), s, geo, d, qp)
-    return partial(_prepare_rows, 0, rows, s, geo, d, qp)
-
-
-def bind_quantize_flat(
-    x: np.ndarray, scale: Any, za: int, dtype: Any, qparams: np.ndarray | None = None
-) -> tuple[np.ndarray, Callable[[], None]]:
-    """A new ``dtype`` (uint8 or int16) array of ``x``'s shape and the call that fills it with
-    ``x`` (float32 or fp16 bits) quantized, rows split over the threads when large
-    (``qparams`` as for :func:`bind_prepare_input`)."""
-    cols = x.shape[-1] if x.ndim else 1
-    rows = x.size // cols if cols else 0
-    out = np.empty(x.shape, dtype)
-    if not out.size:
-        return out, in_order([])  # nothing to fill
-    call = bind_prepare_input(x.reshape(rows, 1, 1, cols), out.reshape(rows, 1, 1, cols),
-                              scale=scale, zero_point=za, qparams=qparams)  # fmt: skip
-    return out, call
+    y = apply_fused(y + bias[n], (slope, scale, shift, lo, hi, gated))
+    store_output(out, idx, y, oscale, ozp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,11 +475,20 @@ def bind_quantize_flat(
 def quantize_input_reference(x: np.ndarray, scale: Any, za: int, qtype: DataType) -> np.ndarray:
     """``q - zp`` as int64 for an input buffer ``x`` (float32, or uint16 fp16 bits), quantized
     by ``quant.params.quantize`` with the scale and carried zero point of
-    :func:`activation_qparams`."""
+    :func:`activation_qparams`; a buffer already carried in ``qtype``'s carrier (uint8 for
+    QINT8, int16 for QINT16: its producer quantized it with these parameters) is ``x - za``."""
+    if x.dtype == carrier_dtype(qtype):
+        return x.astype(np.int64) - int(za)
     xf = to_numpy(x, DataType.FLOAT16 if x.dtype == np.uint16 else DataType.FLOAT32)
     zp = signed_zero_point(za, qtype)
     qp = QuantParams(np.array(scale, np.float32), np.array(zp, np.int32), bits=_bits(qtype))
     return quantize(xf, qp).astype(np.int64) - zp
+
+
+def carried_values(carried: np.ndarray, scale: Any, za: int) -> np.ndarray:
+    """The float32 values of a carried quantized buffer: ``float32(q - za) * scale``.
+    Example: uint8 [128, 192] with scale 2/127 and za 128 is [0.0, 1.007874]."""
+    return (carried.astype(np.int64) - int(za)).astype(np.float32) * np.float32(scale)
 
 
 def reference_epilogue(
@@ -588,14 +497,23 @@ def reference_epilogue(
     bias: np.ndarray,
     activation: Mapping[str, Any] | None,
     out_type: DataType,
+    out_q: tuple[Any, int] = (1.0, 0),
 ) -> np.ndarray:
     """The bit-exact epilogue of an accumulator ``acc [..., N]`` (int64 integers, or float32
     sums): ``float32(acc) * mult[n] + bias[n]`` in float32, the fused activation by comparisons
-    (``graph.apply_activation``), stored as ``out_type`` (float32, or fp16 bits)."""
+    (``graph.apply_activation``), stored as ``out_type``: float32, fp16 bits, or for QINT8 /
+    QINT16 quantized by ``quant.params.quantize`` with ``out_q`` (scale, carried zero point)
+    and carried (uint8 ``q + 128`` or int16)."""
     from mmbuild.graph import apply_activation
 
     y = acc.astype(np.float32) * np.asarray(mult, np.float32)
     y = y + np.asarray(bias, np.float32)
     if activation is not None:
         y = apply_activation(y, activation)
+    if out_type.is_quantized:
+        scale, za = out_q
+        zp = signed_zero_point(za, out_type)
+        qp = QuantParams(np.array(scale, np.float32), np.array(zp, np.int32), bits=_bits(out_type))
+        q = quantize(y, qp).astype(np.int64) - zp + int(za)
+        return q.astype(carrier_dtype(out_type))
     return from_float(y, out_type)
