@@ -268,9 +268,10 @@ def reference_outputs(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray
 
 def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
     """A fused activation (the dicts of ``mmbuild.passes.fuse``: ``relu``, ``clip`` (lo, hi),
-    ``leaky_relu`` (alpha), ``hard_sigmoid`` (alpha, beta), ``hard_swish``) applied in float32
-    exactly as the epilogues do (``mmbuild.kernels.cpu.activate``): the clamps by comparisons,
-    so NaN passes and -0.0 stays. Example: hard_swish of [-4, 1.5] is [-0, 1.125]."""
+    ``leaky_relu`` (alpha, and an optional floor ``lo``), ``hard_sigmoid`` (alpha, beta),
+    ``hard_swish``) applied in float32 exactly as the epilogues do
+    (``mmbuild.kernels.cpu.activate``): the clamps by comparisons, so NaN passes and -0.0
+    stays. Example: hard_swish of [-4, 1.5] is [-0, 1.125]."""
     y = np.asarray(y, dtype=np.float32)
     f32 = np.float32
     fn = act["function"]
@@ -280,7 +281,11 @@ def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
         lo, hi = f32(act["lo"]), f32(act["hi"])
         return np.where(y < lo, lo, np.where(y > hi, hi, y))
     if fn == "leaky_relu":
-        return np.where(y < 0, y * f32(act["alpha"]), y)
+        y = np.where(y < 0, y * f32(act["alpha"]), y)
+        if "lo" in act:  # a floor after it (openWakeWord's max(leaky_relu(x), -0.4))
+            lo = f32(act["lo"])
+            y = np.where(y < lo, lo, y)
+        return y
     if fn in ("hard_sigmoid", "hard_swish"):
         gate = fn == "hard_swish"
         alpha, beta = (1 / 6, 0.5) if gate else (act["alpha"], act["beta"])

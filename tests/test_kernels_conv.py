@@ -34,6 +34,7 @@ F32, F16, Q8, Q16 = (mm.DataType.FLOAT32, mm.DataType.FLOAT16, mm.DataType.QINT8
 RELU = {"function": "relu"}
 CLIP = {"function": "clip", "lo": -0.5, "hi": 1.0}
 LEAKY = {"function": "leaky_relu", "alpha": 0.1}
+LEAKY_FLOOR = {"function": "leaky_relu", "alpha": 0.2, "lo": -0.05}
 HSIGMOID = {"function": "hard_sigmoid", "alpha": 0.4, "beta": 0.5}
 HSWISH = {"function": "hard_swish"}
 
@@ -127,7 +128,8 @@ def activate(y: np.ndarray, act: dict[str, Any] | None) -> np.ndarray:
         return np.clip(y * act["alpha"] + act["beta"], 0, 1)
     if act["function"] == "hard_swish":
         return y * np.clip(y / 6 + 0.5, 0, 1)
-    return np.where(y < 0, y * act["alpha"], y)
+    y = np.where(y < 0, y * act["alpha"], y)
+    return np.maximum(y, act["lo"]) if "lo" in act else y
 
 
 def activated_bound(bound: np.ndarray, exact: np.ndarray, act: dict[str, Any] | None) -> Any:
@@ -212,7 +214,7 @@ CASES = {
     "3x2-asym-pads": Conv(
         (1, 7, 8, 3), 5, (3, 2), stride=(2, 1), dilation=(2, 1), pads=(2, 0, 1, 3), bias=False
     ),
-    "1x1-s2": Conv((2, 7, 7, 3), 4, (1, 1), stride=(2, 2)),
+    "1x1-s2-leaky-floor": Conv((2, 7, 7, 3), 4, (1, 1), stride=(2, 2), act=LEAKY_FLOOR),
     "1x1-hard-swish": Conv((2, 4, 5, 24), 40, (1, 1), act=HSWISH),
     "3x3-s2-hard-sigmoid": Conv(
         (1, 9, 8, 5), 12, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), act=HSIGMOID
@@ -224,7 +226,8 @@ CASES = {
         (2, 7, 9, 5), 5, (3, 3), stride=(2, 2), mode=IPaddingMode.SAME, group=5, act=CLIP
     ),
     "depthwise-x2-dilated": Conv(
-        (1, 8, 7, 4), 8, (3, 3), dilation=(2, 2), pads=(1, 2, 2, 1), group=4, bias=False
+        (1, 8, 7, 4), 8, (3, 3), dilation=(2, 2), pads=(1, 2, 2, 1), group=4, bias=False,
+        act=LEAKY_FLOOR,
     ),
     "depthwise-unpadded": Conv((1, 5, 5, 3), 3, (2, 2), group=3, act=LEAKY),
     "depthwise-hard-swish": Conv(
@@ -234,7 +237,9 @@ CASES = {
     "depthwise-dilated-s21": Conv(
         (2, 6, 9, 48), 48, (5, 5), stride=(2, 1), dilation=(1, 2), pads=(2, 4, 2, 4), group=48
     ),
-    "depthwise-wide-200": Conv((1, 3, 4, 200), 200, (3, 3), pads=(1, 1, 1, 1), group=200),
+    "depthwise-wide-200": Conv(
+        (1, 3, 4, 200), 200, (3, 3), pads=(1, 1, 1, 1), group=200, act=LEAKY_FLOOR
+    ),
     # strips of 8 pixels (1..8, 9..16; 0 and 17..20 alone), channels in every vector width:
     # 16 + 8 + 3 lanes on AVX-512, 3 x 8 + 3 on AVX2
     "depthwise-strips-27": Conv((2, 5, 21, 27), 27, (3, 3), pads=(1, 1, 1, 1), group=27, act=RELU),

@@ -51,6 +51,9 @@ def reference_epilogue(acc: np.ndarray, ep: Epilogue) -> np.ndarray:
         y = np.where(y < a, a, np.where(y > b, b, y))
     elif ep.act is Activation.LEAKY_RELU:
         y = np.where(y < 0, y * a, y)
+    elif ep.act is Activation.LEAKY_RELU_FLOOR:
+        y = np.where(y < 0, y * a, y)
+        y = np.where(y < b, b, y)
     elif ep.act is Activation.HARD_SIGMOID:  # the node's float32 formula
         y = np.clip(y * a + b, 0, 1)
     elif ep.act is Activation.HARD_SWISH:
@@ -86,6 +89,7 @@ def epilogues(draw: st.DrawFn, n: int, acc_scale: float, kinds=tuple(OutKind)) -
     act_a, act_b = {
         Activation.CLIP: (-0.5 * scale_a, 0.75 * scale_a),
         Activation.LEAKY_RELU: (0.125, 0.0),
+        Activation.LEAKY_RELU_FLOOR: (0.125, -0.05 * scale_a),  # a floor the leaky part crosses
         Activation.HARD_SIGMOID: (0.5 / scale_a, 0.5),  # the whole of [0, 1] in use
     }.get(act, (0.0, 0.0))
     kind = draw(st.sampled_from(kinds))
@@ -341,6 +345,8 @@ def assert_float_close(
         y = np.maximum(t, 0)
     elif ep.act is Activation.LEAKY_RELU:
         y = np.where(t < 0, t * np.float32(ep.act_a), t)
+    elif ep.act is Activation.LEAKY_RELU_FLOOR:
+        y = np.maximum(np.where(t < 0, t * np.float32(ep.act_a), t), np.float32(ep.act_b))
     elif ep.act is Activation.CLIP:
         y = np.clip(t, np.float32(ep.act_a), np.float32(ep.act_b))
     elif ep.act is Activation.HARD_SIGMOID:

@@ -491,16 +491,25 @@ def test_fuse_activation_does_not_fire(kind: str) -> None:
     assert len(g.nodes) == n_nodes and not any("activation" in n.attrs for n in g.nodes)
 
 
-def test_fuse_activation_once_per_node() -> None:
-    net = mm.Network()
-    x = net.add_input(F32, mm.Dims([2, 5, 5, 3]))
-    t = _conv(net, x, weights([4, 3, 3, 3], 3.0), 4).get_output(0)
-    t = net.add_i_activation_node(t, mm.IActivation.RELU).get_output(0)
-    t = net.add_i_clip_node(t, -1.0, 1.0).get_output(0)
-    net.mark_output(t)
-    g = Graph.from_network(net)
-    assert rewrite_keeps_numbers(g, fuse_activations) == 1
-    assert ops(g) == ["conv", "clip"] and g.nodes[0].attrs["activation"] == {"function": "relu"}
+def test_fuse_activation_once_per_node_unless_the_clamp_can_do_both() -> None:
+    def fused(first: mm.IActivation) -> Graph:
+        net = mm.Network()
+        x = net.add_input(F32, mm.Dims([2, 5, 5, 3]))
+        t = _conv(net, x, weights([4, 3, 3, 3], 3.0), 4).get_output(0)
+        t = net.add_i_activation_node(t, first).get_output(0)
+        net.mark_output(net.add_i_clip_node(t, -1.0, 1.0).get_output(0))
+        g = Graph.from_network(net)
+        rewrite_keeps_numbers(g, fuse_activations)
+        return g
+
+    # a hard swish has no clamp of its own left: the clip stays a node
+    g = fused(mm.IActivation.HARD_SWISH)
+    assert ops(g) == ["conv", "clip"]
+    assert g.nodes[0].attrs["activation"] == {"function": "hard_swish"}
+    # relu then clip(-1, 1) is clip(0, 1): one epilogue
+    g = fused(mm.IActivation.RELU)
+    assert ops(g) == ["conv"] and len(g.nodes[0].fused) == 2
+    assert g.nodes[0].attrs["activation"] == {"function": "clip", "lo": 0.0, "hi": 1.0}
 
 
 def test_fuse_activation_in_float16_when_both_sides_agree() -> None:

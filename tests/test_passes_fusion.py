@@ -173,6 +173,47 @@ def test_max_becomes_no_clip(case: str) -> None:
     assert clamp_as_clip(g) == 0 and ops(g) == before
 
 
+def test_compose_activations_examples_and_refusals() -> None:
+    import doctest
+
+    from mmbuild.passes import fuse
+
+    assert doctest.testmod(fuse).failed == 0
+    clip = {"function": "clip", "lo": 7.0, "hi": 9.0}
+    assert fuse.compose_activations({"function": "clip", "lo": 0.0, "hi": 6.0}, clip) is None
+    assert fuse.compose_activations({"function": "hard_swish"}, clip) is None
+    assert fuse.compose_activations({"function": "relu"}, {"function": "relu"}) is None
+    leaky = {"function": "leaky_relu", "alpha": 0.2}
+    assert fuse.compose_activations(leaky, clip) is None  # an upper bound needs a second clamp
+
+
+@pytest.mark.parametrize("producer", ["leaky", "relu"])
+def test_a_clip_after_a_fused_activation_joins_it(producer: str) -> None:
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    t = _conv_then(net, x, False, True)
+    node = net.add_i_activation_node(
+        t, mm.IActivation.LEAKY_RELU if producer == "leaky" else mm.IActivation.RELU
+    )
+    if producer == "leaky":
+        node.set_alpha(0.2)
+    lo, hi = (-0.4, np.inf) if producer == "leaky" else (0.5, 2.0)
+    net.mark_output(net.add_i_clip_node(node.get_output(0), lo, hi).get_output(0))
+    g = Graph.from_network(net)
+    inputs = [np.random.default_rng(3).normal(size=(2, 7, 5, 4)).astype(np.float32)]
+    before = g.run_reference(inputs)[g.outputs[0]]
+    assert (before == np.float32(lo)).any()  # the clip bites
+    run_passes(g)
+    assert ops(g) == ["conv"] and len(g.nodes[0].fused) == 2
+    want = ({"function": "leaky_relu", "alpha": np.float32(0.2), "lo": lo} if producer == "leaky"
+            else {"function": "clip", "lo": lo, "hi": hi})  # fmt: skip
+    assert g.nodes[0].attrs["activation"] == want
+    # the leaky relu node computes its product in float64 (a last-ulp difference), the
+    # epilogue in float32
+    after = g.run_reference(inputs)[g.outputs[0]]
+    np.testing.assert_allclose(after, before, rtol=2e-7 if producer == "leaky" else 0, atol=0)
+
+
 NOT_FUSED: dict[str, Callable[[mm.Network, mm.ITensor], mm.ITensor]] = {
     # clip(x + 3, 0, 5) / 6 is no hard sigmoid
     "other_clip": lambda net, x: by_six(

@@ -10,6 +10,8 @@ activation node            fused attribute
 RELU                       ``{"function": "relu"}``
 RELU6                      ``{"function": "clip", "lo": 0.0, "hi": 6.0}``
 LEAKY_RELU (alpha)         ``{"function": "leaky_relu", "alpha": alpha}``
+LEAKY_RELU, then clip      ``{"function": "leaky_relu", "alpha": alpha, "lo": lo}``
+(lo, inf)
 clip(lo, hi)               ``{"function": "clip", "lo": lo, "hi": hi}``
 HARD_SIGMOID (alpha, beta) ``{"function": "hard_sigmoid", "alpha": a, "beta": b}``
 HARD_SWISH                 ``{"function": "hard_swish"}``
@@ -17,17 +19,21 @@ HARD_SWISH                 ``{"function": "hard_swish"}``
 
 Example: ``conv -> [-1.5, 2.0] -> relu6 -> [0.0, 2.0]`` becomes one conv with
 ``{"function": "clip", "lo": 0.0, "hi": 6.0}`` that stores [0.0, 2.0] directly.
+
+A clip after a fused activation joins it where the epilogue's one clamp can do both
+(:func:`compose_activations`): openWakeWord's ``max(leaky_relu(x, 0.2), -0.4)`` is one conv.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mmbuild.graph import Graph, Node
 from mmbuild.ops.activation import IActivation
 from mmbuild.passes._rewrite import EPILOGUE_OPS, absorb, is_a, sole_reader
 
-__all__ = ["epilogue_activation", "fuse_activations"]
+__all__ = ["compose_activations", "epilogue_activation", "fuse_activations"]
 
 
 def epilogue_activation(node: Node) -> dict[str, Any] | None:
@@ -66,14 +72,50 @@ def fuse_activations(graph: Graph) -> int:
     count = 0
     for act in list(graph.nodes):
         fused = epilogue_activation(act)
-        main = graph.producer(act.inputs[0]) if fused is not None else None
-        if main is None or not is_a(main, EPILOGUE_OPS) or "activation" in main.attrs:
+        if fused is None:
+            continue
+        main = graph.producer(act.inputs[0])
+        if main is None or not is_a(main, EPILOGUE_OPS):
             continue
         if len(main.outputs) != 1 or sole_reader(graph, act.inputs[0]) is not act:
             continue
         if main.output_types[0] != act.precisions[0]:
             continue
-        main.attrs["activation"] = fused
+        both = compose_activations(main.attrs.get("activation"), fused)
+        if both is None:
+            continue
+        main.attrs["activation"] = both
         absorb(graph, main, act)
         count += 1
     return count
+
+
+def compose_activations(
+    first: dict[str, Any] | None, then: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One fused activation doing ``first`` then ``then``, or None when the epilogue's formula
+    cannot (:mod:`mmbuild.kernels.cpu.activate`). Beside ``first`` None: a clip after relu, a
+    clip or a clip after a leaky relu with no upper bound, which narrow the one clamp (the same
+    comparisons, so the same bits; NaN passes both ways).
+
+    >>> compose_activations({"function": "relu"}, {"function": "clip", "lo": -1.0, "hi": 6.0})
+    {'function': 'clip', 'lo': 0.0, 'hi': 6.0}
+    >>> compose_activations({"function": "leaky_relu", "alpha": 0.2},
+    ...                     {"function": "clip", "lo": -0.4, "hi": math.inf})
+    {'function': 'leaky_relu', 'alpha': 0.2, 'lo': -0.4}
+    """
+    if first is None:
+        return then
+    if then["function"] != "clip":
+        return None
+    lo, hi = then["lo"], then["hi"]
+    fn = first["function"]
+    if fn == "leaky_relu" and "lo" not in first and hi == math.inf:
+        return {**first, "lo": lo}
+    if fn in ("relu", "clip"):
+        lo0, hi0 = (0.0, math.inf) if fn == "relu" else (first["lo"], first["hi"])
+        new_lo, new_hi = max(lo0, lo), min(hi0, hi)
+        # clip(clip(y, a, b), c, d) is clip(y, max(a, c), min(b, d)) while the two overlap
+        if new_lo <= new_hi:
+            return {"function": "clip", "lo": new_lo, "hi": new_hi}
+    return None

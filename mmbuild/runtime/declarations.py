@@ -142,8 +142,8 @@ def fused_activation(v: Any) -> str | None:
     """The fused-activation dicts of ``mmbuild.passes.fuse``."""
     want = (
         'null, {"function": "relu"}, {"function": "clip", "lo": a, "hi": b}, '
-        '{"function": "leaky_relu", "alpha": a}, {"function": "hard_sigmoid", "alpha": a, '
-        '"beta": b} or {"function": "hard_swish"}'
+        '{"function": "leaky_relu", "alpha": a} (and optionally "lo": c), '
+        '{"function": "hard_sigmoid", "alpha": a, "beta": b} or {"function": "hard_swish"}'
     )
     if v is None:
         return None
@@ -153,6 +153,8 @@ def fused_activation(v: Any) -> str | None:
     keys = {"relu": {"function"}, "clip": {"function", "lo", "hi"},
             "leaky_relu": {"function", "alpha"}, "hard_sigmoid": {"function", "alpha", "beta"},
             "hard_swish": {"function"}}.get(fn)  # fmt: skip
+    if fn == "leaky_relu" and "lo" in v:
+        keys = {"function", "alpha", "lo"}
     if keys is None or set(v) != keys:
         return want
     limit = number(finite=False)

@@ -12,14 +12,15 @@ applied to a float32 value ``y`` as::
 Every activation the epilogues take is one choice of the six numbers (the unused parts are
 identities: ``y * 1 + (-0.0)`` is ``y`` itself, -0.0 included):
 
-===============  =========================================================
-none             ``(1, 1, -0.0, -inf, inf, 0)``
-relu             ``(1, 1, -0.0, 0, inf, 0)``
-clip(lo, hi)     ``(1, 1, -0.0, lo, hi, 0)``
-leaky_relu(a)    ``(a, 1, -0.0, -inf, inf, 0)``
-hard_sigmoid     ``(1, alpha, beta, 0, 1, 0)``: ``clip(alpha * y + beta, 0, 1)``
-hard_swish       ``(1, 1/6, 1/2, 0, 1, 1)``: ``y * clip(y / 6 + 1/2, 0, 1)``
-===============  =========================================================
+=====================  =========================================================
+none                   ``(1, 1, -0.0, -inf, inf, 0)``
+relu                   ``(1, 1, -0.0, 0, inf, 0)``
+clip(lo, hi)           ``(1, 1, -0.0, lo, hi, 0)``
+leaky_relu(a)          ``(a, 1, -0.0, -inf, inf, 0)``
+leaky_relu(a), lo      ``(a, 1, -0.0, lo, inf, 0)``: ``max(leaky_relu(y), lo)``
+hard_sigmoid           ``(1, alpha, beta, 0, 1, 0)``: ``clip(alpha * y + beta, 0, 1)``
+hard_swish             ``(1, 1/6, 1/2, 0, 1, 1)``: ``y * clip(y / 6 + 1/2, 0, 1)``
+=====================  =========================================================
 
 These are the float32 operations of the activation nodes' own formulas in the same order, so a
 fused activation gives the bits of the unfused node on the same float32 value. Example: hard
@@ -62,6 +63,7 @@ class Activation(enum.IntEnum):
     LEAKY_RELU = 3  # act_a = alpha
     HARD_SIGMOID = 4  # act_a = alpha, act_b = beta
     HARD_SWISH = 5  # y * hard_sigmoid(y) with alpha 1/6, beta 1/2
+    LEAKY_RELU_FLOOR = 6  # act_a = alpha, act_b = lo: max(leaky_relu(y), lo) by comparison
 
     @classmethod
     def of(cls, fused: Mapping[str, Any] | None) -> tuple[Activation, float, float]:
@@ -73,6 +75,8 @@ class Activation(enum.IntEnum):
             return cls.RELU, 0.0, 0.0
         if fn == "clip":
             return cls.CLIP, float(fused["lo"]), float(fused["hi"])
+        if fn == "leaky_relu" and "lo" in fused:
+            return cls.LEAKY_RELU_FLOOR, float(fused["alpha"]), float(fused["lo"])
         if fn == "leaky_relu":
             return cls.LEAKY_RELU, float(fused["alpha"]), 0.0
         if fn == "hard_sigmoid":
@@ -91,6 +95,8 @@ def activation_args(act: Activation, a: float = 0.0, b: float = 0.0) -> Activati
         lo, hi = a, b
     elif act is Activation.LEAKY_RELU:
         slope = a
+    elif act is Activation.LEAKY_RELU_FLOOR:
+        slope, lo = a, b
     elif act is Activation.HARD_SIGMOID:
         scale, shift, lo, hi = a, b, 0.0, 1.0
     elif act is Activation.HARD_SWISH:
