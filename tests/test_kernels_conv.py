@@ -226,7 +226,13 @@ CASES = {
         (2, 7, 9, 5), 5, (3, 3), stride=(2, 2), mode=IPaddingMode.SAME, group=5, act=CLIP
     ),
     "depthwise-x2-dilated": Conv(
-        (1, 8, 7, 4), 8, (3, 3), dilation=(2, 2), pads=(1, 2, 2, 1), group=4, bias=False,
+        (1, 8, 7, 4),
+        8,
+        (3, 3),
+        dilation=(2, 2),
+        pads=(1, 2, 2, 1),
+        group=4,
+        bias=False,
         act=LEAKY_FLOOR,
     ),
     "depthwise-unpadded": Conv((1, 5, 5, 3), 3, (2, 2), group=3, act=LEAKY),
