@@ -8,7 +8,16 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from ortcheck import const
-from test_passes import _conv, check_graph, config, ops, rewrite_keeps_numbers, weights
+from test_passes import (
+    _conv,
+    _deconv,
+    batch_norm,
+    check_graph,
+    config,
+    ops,
+    rewrite_keeps_numbers,
+    weights,
+)
 
 import mmbuild as mm
 from mmbuild.graph import Graph
@@ -324,6 +333,20 @@ def test_fold_channel_affine_into_conv(nchw: bool, bias: bool, mode: str) -> Non
     (conv,) = g.nodes
     assert conv.op == "conv" and len(conv.inputs) == 3 and len(conv.fused) == expected
     assert conv.outputs == g.outputs
+
+
+def test_a_batch_norm_after_a_bias_add_folds_with_it() -> None:
+    # a deconv whose bias is a separate add, then a batch norm: DBNet's head as exported
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 5, 6, 4]))
+    t = _deconv(net, x, weights([4, 2, 2, 6]), None, stride=(2, 2)).get_output(0)
+    t = ew(net, t, _per_channel(net, False, np.arange(6.0)), E.ADD)
+    net.mark_output(batch_norm(net, t, 6, 3).get_output(0))
+    g = Graph.from_network(net)
+    assert ops(g) == ["deconv", "elementwise", "fused_batch_norm"]
+    assert rewrite_keeps_numbers(g, fold_channel_affine, "fp32") == 2
+    (deconv,) = g.nodes
+    assert deconv.op == "deconv" and len(deconv.fused) == 2 and len(deconv.inputs) == 3
 
 
 def test_fold_channel_affine_into_inner_product_by_hand() -> None:

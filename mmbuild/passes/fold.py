@@ -73,21 +73,25 @@ def fold_batch_norm(graph: Graph) -> int:
     NHWC), the weights, bias and batch norm parameters are constants, the node has no fused
     activation yet, and every ``s[c]`` is finite. Otherwise the graph is left as it was.
     """
-    count = 0
-    for bn in [n for n in graph.nodes if n.op == "fused_batch_norm"]:
-        main = graph.producer(bn.inputs[0])
-        if main is None or not _foldable(graph, main, bn):
-            continue
-        mean, var, gamma, beta = (_f64(graph, t) for t in bn.inputs[1:5])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = gamma / np.sqrt(var + float(bn.attrs["eps"]))
-        if not np.all(np.isfinite(s)):
-            continue
-        _scale_and_shift(graph, main, bn, s, beta - mean * s, bn.precisions[4], "bn")
-        count += 1
+    count = sum(_fold_one_batch_norm(graph, bn) for bn in list(graph.nodes)
+                if bn.op == "fused_batch_norm")  # fmt: skip
     if count:
         graph.prune_tensors()
     return count
+
+
+def _fold_one_batch_norm(graph: Graph, bn: Node) -> bool:
+    """Fold ``bn`` into its producer when ``fold_batch_norm`` allows it; whether it did."""
+    main = graph.producer(bn.inputs[0])
+    if main is None or not _foldable(graph, main, bn):
+        return False
+    mean, var, gamma, beta = (_f64(graph, t) for t in bn.inputs[1:5])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = gamma / np.sqrt(var + float(bn.attrs["eps"]))
+    if not np.all(np.isfinite(s)):
+        return False
+    _scale_and_shift(graph, main, bn, s, beta - mean * s, bn.precisions[4], "bn")
+    return True
 
 
 def fold_channel_affine(graph: Graph) -> int:
@@ -97,7 +101,9 @@ def fold_channel_affine(graph: Graph) -> int:
     channel (shape ``[1, C, 1, 1]`` on NCHW, ``[C]`` on NHWC, or one value). After: ``x ->
     conv(W * s, b * s) -> y``. ``t / s`` folds as ``t * (1/s)``; ``t + c`` and ``t - c`` fold into
     the bias (one is added when the node has none, in the precision of ``c``). A chain ``t * s +
-    c`` folds step by step. Worked example, one channel: W = 2, b = 1, s = 3: (2x + 1) * 3 = 6x + 3.
+    c`` folds step by step, and so does a batch norm after it (``fold_batch_norm``, which met the
+    affine first: a deconv's bias added by a separate node). Worked example, one channel: W = 2,
+    b = 1, s = 3: (2x + 1) * 3 = 6x + 3.
 
     It does not fire for ``s / t`` or ``c - t``, a constant that varies along another axis than
     the channels (or widens ``t``), a ``t`` read elsewhere too or that is a network output, a
@@ -105,7 +111,10 @@ def fold_channel_affine(graph: Graph) -> int:
     in another precision than the node's output type, or a scale that is not finite.
     """
     count = 0
-    for e in [n for n in graph.nodes if n.op == "elementwise"]:
+    for e in [n for n in graph.nodes if n.op in ("elementwise", "fused_batch_norm")]:
+        if e.op == "fused_batch_norm":  # one that an affine before it kept from its conv
+            count += _fold_one_batch_norm(graph, e)
+            continue
         found = _channel_affine(graph, e)
         if found is None:
             continue
