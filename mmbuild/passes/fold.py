@@ -68,6 +68,9 @@ def fold_batch_norm(graph: Graph) -> int:
     batch norm's offset, the parameter it mostly carries. The conv takes over ``y`` and the
     batch norm's output types, and lists the batch norm in ``fused``.
 
+    A per-channel constant between them (``t + c``, a bias the export added separately, or any
+    affine ``fold_channel_affine`` folds) folds into the node first.
+
     It fires only when ``t`` is read by the batch norm alone and is no network output, the batch
     norm works on the node's channel axis (1 for an NCHW output or an inner product, 3 for
     NHWC), the weights, bias and batch norm parameters are constants, the node has no fused
@@ -81,8 +84,12 @@ def fold_batch_norm(graph: Graph) -> int:
 
 
 def _fold_one_batch_norm(graph: Graph, bn: Node) -> bool:
-    """Fold ``bn`` into its producer when ``fold_batch_norm`` allows it; whether it did."""
+    """Fold ``bn`` into its producer when ``fold_batch_norm`` allows it; whether it did. A
+    per-channel constant added (or multiplied) between them folds first: a deconv's bias that
+    the export wrote as a separate add."""
     main = graph.producer(bn.inputs[0])
+    if main is not None and main.op == "elementwise" and _fold_one_affine(graph, main):
+        main = graph.producer(bn.inputs[0])
     if main is None or not _foldable(graph, main, bn):
         return False
     mean, var, gamma, beta = (_f64(graph, t) for t in bn.inputs[1:5])
@@ -101,36 +108,34 @@ def fold_channel_affine(graph: Graph) -> int:
     channel (shape ``[1, C, 1, 1]`` on NCHW, ``[C]`` on NHWC, or one value). After: ``x ->
     conv(W * s, b * s) -> y``. ``t / s`` folds as ``t * (1/s)``; ``t + c`` and ``t - c`` fold into
     the bias (one is added when the node has none, in the precision of ``c``). A chain ``t * s +
-    c`` folds step by step, and so does a batch norm after it (``fold_batch_norm``, which met the
-    affine first: a deconv's bias added by a separate node). Worked example, one channel: W = 2,
-    b = 1, s = 3: (2x + 1) * 3 = 6x + 3.
+    c`` folds step by step. Worked example, one channel: W = 2, b = 1, s = 3: (2x + 1) * 3 = 6x + 3.
 
     It does not fire for ``s / t`` or ``c - t``, a constant that varies along another axis than
     the channels (or widens ``t``), a ``t`` read elsewhere too or that is a network output, a
     node with a fused activation already, non-constant weights, an elementwise that reads ``t``
     in another precision than the node's output type, or a scale that is not finite.
     """
-    count = 0
-    for e in [n for n in graph.nodes if n.op in ("elementwise", "fused_batch_norm")]:
-        if e.op == "fused_batch_norm":  # one that an affine before it kept from its conv
-            count += _fold_one_batch_norm(graph, e)
-            continue
-        found = _channel_affine(graph, e)
-        if found is None:
-            continue
-        main, c = found
-        mode = e.attrs["mode"]
-        with np.errstate(divide="ignore"):
-            scale = {IElementwise.MUL: c, IElementwise.DIV: 1.0 / c}.get(mode, np.ones_like(c))
-        shift = {IElementwise.ADD: c, IElementwise.SUB: -c}.get(mode, np.zeros_like(c))
-        if not np.all(np.isfinite(scale)):
-            continue
-        const_slot = 1 if graph.value(e.inputs[1]) is not None else 0
-        _scale_and_shift(graph, main, e, scale, shift, e.precisions[const_slot], "affine")
-        count += 1
+    count = sum(_fold_one_affine(graph, e) for e in list(graph.nodes) if e.op == "elementwise")
     if count:
         graph.prune_tensors()
     return count
+
+
+def _fold_one_affine(graph: Graph, e: Node) -> bool:
+    """Fold the elementwise ``e`` into its producer when ``fold_channel_affine`` allows it."""
+    found = _channel_affine(graph, e)
+    if found is None:
+        return False
+    main, c = found
+    mode = e.attrs["mode"]
+    with np.errstate(divide="ignore"):
+        scale = {IElementwise.MUL: c, IElementwise.DIV: 1.0 / c}.get(mode, np.ones_like(c))
+    shift = {IElementwise.ADD: c, IElementwise.SUB: -c}.get(mode, np.zeros_like(c))
+    if not np.all(np.isfinite(scale)):
+        return False
+    const_slot = 1 if graph.value(e.inputs[1]) is not None else 0
+    _scale_and_shift(graph, main, e, scale, shift, e.precisions[const_slot], "affine")
+    return True
 
 
 def fold_hard_sigmoid(graph: Graph) -> int:
