@@ -591,6 +591,7 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
         "fuse_hard_swish",
         "fuse_silu",
         "fold_channel_affine",
+        "fold_affine_into_readers",
         "fold_hard_sigmoid",
         "fuse_activations",
         "convert_layout",

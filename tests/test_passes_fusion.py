@@ -23,6 +23,7 @@ import mmbuild as mm
 from mmbuild.graph import Graph
 from mmbuild.passes import (
     clamp_as_clip,
+    fold_affine_into_readers,
     fold_batch_norm,
     fold_channel_affine,
     fold_hard_sigmoid,
@@ -490,3 +491,55 @@ def test_fused_activations_build_and_run_close_to_the_chain(mode: str) -> None:
     (want,) = expected.values()
     tol = {"force_float32": 1e-5, "force_float16": 2e-2, "qint8_mixed_float32": 5e-2}[mode]
     np.testing.assert_allclose(outputs[0].asnumpy().astype(np.float32), want, rtol=tol, atol=tol)
+
+
+# -- fold_affine_into_readers ------------------------------------------------------------------
+def _affine_then(net: mm.Network, t: mm.ITensor, form: str) -> mm.ITensor:
+    """PPLCNetV3's learnable affine block after a hard swish: ``t * 1.5 + 0.25``."""
+    t = net.add_i_activation_node(t, mm.IActivation.HARD_SWISH).get_output(0)
+    if "mul" in form:
+        t = (
+            ew(net, scalar(net, 1.5), t, E.MUL)
+            if "first" in form
+            else ew(net, t, scalar(net, 1.5, 1), E.MUL)
+        )
+    if "add" in form:
+        t = ew(net, t, scalar(net, 0.25), E.ADD)
+    return t
+
+
+@pytest.mark.parametrize("form", ["mul_add", "const_first_mul_add", "mul", "add"])
+def test_a_scalar_affine_folds_into_the_unpadded_convs_reading_it(form: str) -> None:
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    t = _affine_then(net, _conv_then(net, x, False, True), form)
+    one = _conv(net, t, weights([3, 1, 1, 6]), 3).get_output(0)  # 1x1
+    valid = _conv(net, t, weights([2, 3, 3, 6]), None).get_output(0)  # 3x3 unpadded, no bias
+    net.mark_output(one)
+    net.mark_output(valid)
+    g = Graph.from_network(net)
+    assert rewrite_keeps_numbers(g, fold_affine_into_readers, "fp32") == 1
+    assert ops(g) == ["conv", "activation", "conv", "conv"]
+    act, first, second = g.nodes[1:]
+    assert first.inputs[0] == second.inputs[0] == act.outputs[0]
+    assert len(second.inputs) == 3  # the 3x3 conv gained a bias: b * sum(W)
+    assert len(first.fused) == len(second.fused) == ("mul" in form) + ("add" in form)
+
+
+@pytest.mark.parametrize("case", ["padded_reader", "pool_reader", "network_output", "vector"])
+def test_a_scalar_affine_does_not_fold_forward(case: str) -> None:
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    t = net.add_i_activation_node(_conv_then(net, x, False, True),
+                                  mm.IActivation.HARD_SWISH).get_output(0)  # fmt: skip
+    scale = const(net, np.full(6, 1.5, np.float32)) if case == "vector" else scalar(net, 1.5)
+    t = ew(net, t, scale, E.MUL)
+    pad = (1, 1, 1, 1) if case == "padded_reader" else (0, 0, 0, 0)
+    net.mark_output(_conv(net, t, weights([3, 3, 3, 6]), 3, pad=pad).get_output(0))
+    if case == "pool_reader":
+        net.mark_output(net.add_i_maxpool2d_node(t).get_output(0))
+    if case == "network_output":
+        net.mark_output(t)
+    g = Graph.from_network(net)
+    before = ops(g)
+    assert fold_affine_into_readers(g) == 0 and ops(g) == before

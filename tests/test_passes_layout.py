@@ -305,6 +305,7 @@ def test_pipeline_on_an_nchw_cnn_leaves_two_permutes(batch: int) -> None:
         "fuse_hard_swish": 0,
         "fuse_silu": 0,
         "fold_channel_affine": 0,
+        "fold_affine_into_readers": 0,
         "fold_hard_sigmoid": 0,
         "fuse_activations": 2,
         "convert_layout": 4,

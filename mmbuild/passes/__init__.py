@@ -11,9 +11,9 @@ and lists it in ``fused``).
 Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -> y`` with
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "clamp_as_clip": 0, "fuse_hard_sigmoid": 0,
-"fuse_hard_swish": 0, "fuse_silu": 0, "fold_channel_affine": 0, "fold_hard_sigmoid": 0,
-"fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0, "sink_permutes": 0,
-"fold_input_normalization": 0, "remove_dead_nodes": 0}``.
+"fuse_hard_swish": 0, "fuse_silu": 0, "fold_channel_affine": 0, "fold_affine_into_readers": 0,
+"fold_hard_sigmoid": 0, "fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0,
+"sink_permutes": 0, "fold_input_normalization": 0, "remove_dead_nodes": 0}``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from mmbuild.passes.fold import (
     fold_constants,
     fold_hard_sigmoid,
 )
+from mmbuild.passes.fold_forward import fold_affine_into_readers
 from mmbuild.passes.fuse import epilogue_activation, fuse_activations
 from mmbuild.passes.io_rewrites import fold_input_normalization
 from mmbuild.passes.layout import cancel_permutes, convert_layout
@@ -43,6 +44,7 @@ __all__ = [
     "clamp_as_clip",
     "convert_layout",
     "epilogue_activation",
+    "fold_affine_into_readers",
     "fold_batch_norm",
     "fold_channel_affine",
     "fold_constants",
@@ -75,6 +77,8 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_silu,
     # after the pointwise fusions, which leave a conv's output read by one activation only
     fold_channel_affine,
+    # after the backward folds, which take the affines right after a conv first
+    fold_affine_into_readers,
     # after the pointwise fusions have made the hard sigmoid of a squeeze-excitation gate
     fold_hard_sigmoid,
     # before layout: the activation still reads the conv directly, not a permute after it

@@ -35,7 +35,14 @@ from mmbuild.ops.activation import ACTIVATIONS, IActivation
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes._rewrite import sole_reader
 
-__all__ = ["clamp_as_clip", "fuse_hard_sigmoid", "fuse_hard_swish", "fuse_silu"]
+__all__ = [
+    "clamp_as_clip",
+    "fuse_hard_sigmoid",
+    "fuse_hard_swish",
+    "fuse_silu",
+    "one_float_type",
+    "with_scalar",
+]
 
 _MUL, _DIV, _ADD = IElementwise.MUL, IElementwise.DIV, IElementwise.ADD
 _MAX, _MIN = IElementwise.MAX, IElementwise.MIN
@@ -51,8 +58,8 @@ def clamp_as_clip(graph: Graph) -> int:
     """
     count = 0
     for node in list(graph.nodes):
-        found = _with_scalar(graph, node, (_MAX, _MIN))
-        if found is None or np.isnan(found[1]) or not _one_float_type(graph, [node]):
+        found = with_scalar(graph, node, (_MAX, _MIN))
+        if found is None or np.isnan(found[1]) or not one_float_type(graph, [node]):
             continue
         x, c = found
         lo, hi = (c, math.inf) if node.attrs["mode"] is _MAX else (-math.inf, c)
@@ -128,7 +135,7 @@ def _scalar(graph: Graph, node: Node, operand: str, result: str) -> float | None
     return float(np.asarray(value, np.float64).reshape(()))
 
 
-def _with_scalar(
+def with_scalar(
     graph: Graph, node: Node, modes: tuple[IElementwise, ...]
 ) -> tuple[str, float] | None:
     """``(tensor, c)`` when ``node`` is an elementwise ``tensor (mode) c`` (or ``c * tensor``,
@@ -148,7 +155,7 @@ def _with_scalar(
 
 def _divided_by_six(graph: Graph, node: Node) -> str | None:
     """The tensor that ``node`` divides by 6 (``t / 6`` or ``t * (1/6)``), or None."""
-    found = _with_scalar(graph, node, (_DIV, _MUL))
+    found = with_scalar(graph, node, (_DIV, _MUL))
     if found is None:
         return None
     t, c = found
@@ -166,7 +173,7 @@ def _relu6_of_x_plus_3(graph: Graph, t: str, reader: Node) -> tuple[str, list[No
     if not relu6 and not (clip.op == "clip" and (clip.attrs["lo"], clip.attrs["hi"]) == (0, 6)):
         return None
     add = graph.producer(clip.inputs[0])
-    found = _with_scalar(graph, add, (_ADD,)) if add is not None else None
+    found = with_scalar(graph, add, (_ADD,)) if add is not None else None
     if found is None or found[1] != 3.0 or sole_reader(graph, clip.inputs[0]) is not clip:
         return None
     return found[0], [add, clip]  # type: ignore[list-item]
@@ -178,7 +185,7 @@ def _hard_sigmoid_chain(graph: Graph, last: Node) -> tuple[str, list[Node]] | No
     if found is None:
         return None
     chain = [*found[1], last]
-    return (found[0], chain) if _one_float_type(graph, chain) else None
+    return (found[0], chain) if one_float_type(graph, chain) else None
 
 
 def _scaled_hard_swish(graph: Graph, last: Node) -> tuple[str, list[Node]] | None:
@@ -193,7 +200,7 @@ def _scaled_hard_swish(graph: Graph, last: Node) -> tuple[str, list[Node]] | Non
         found = _relu6_of_x_plus_3(graph, r, mul)
         if found is not None and found[0] == x:
             chain = [*found[1], mul, last]
-            return (x, chain) if _one_float_type(graph, chain) else None
+            return (x, chain) if one_float_type(graph, chain) else None
     return None
 
 
@@ -206,7 +213,7 @@ def _gated(graph: Graph, mul: Node, is_gate: Any) -> tuple[str, list[Node]] | No
         gate = graph.producer(g)
         if gate is None or not is_gate(gate) or gate.inputs[0] != x:
             continue
-        if sole_reader(graph, g) is mul and _one_float_type(graph, [gate, mul]):
+        if sole_reader(graph, g) is mul and one_float_type(graph, [gate, mul]):
             return x, [gate, mul]
     return None
 
@@ -222,7 +229,7 @@ def _is_hard_sigmoid(node: Node) -> bool:
     return np.float32(alpha) == np.float32(1 / 6) and np.float32(beta) == np.float32(0.5)
 
 
-def _one_float_type(graph: Graph, chain: list[Node]) -> bool:
+def one_float_type(graph: Graph, chain: list[Node]) -> bool:
     """Every input precision and output type in ``chain`` is one float type, and the tensors
     between its nodes are no network outputs."""
     types: set[DataType] = set()
