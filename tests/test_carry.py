@@ -207,3 +207,20 @@ def test_a_model_file_with_a_carried_tensor_but_no_scale_is_refused(tmp_path: Pa
     write_model_file(path, data)
     with pytest.raises(mm.MMError, match="'conv_0'.*QINT8 but the step has no scale_out"):
         mm.Model().deserialize_from_file(str(path))
+
+
+def test_the_tuner_ranks_carried_producers_by_their_own_noise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rounding of a carried tensor to its readers' scale counts as the readers' noise, as
+    in the same plan without carrying: the tuner's per-step noise agrees between the two (the
+    carried one, measured after that rounding, would be several times larger)."""
+    from mmbuild.quant.tuner import _rank
+
+    model, _ = built(chain)
+    before = uncarried(monkeypatch, chain)
+    names = [s.name for s in model.data.steps]
+    x = [sample(8)]
+    carried_noise, plain_noise = dict(_rank(model, x, names)), dict(_rank(before, x, names))
+    for name in names:
+        assert carried_noise[name] == pytest.approx(plain_noise[name], rel=0.5), name

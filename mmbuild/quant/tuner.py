@@ -39,6 +39,7 @@ calibration writes, as ``mm.Calibrator.calibrate`` does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ from mmbuild.quant.tuner_report import TunerReport, TunerRow
 if TYPE_CHECKING:
     from mmbuild.calib.calibrator import QuantizationAlgorithm
     from mmbuild.calib.data import CalibDataInterface
+    from mmbuild.kernels.table import Step
     from mmbuild.runtime.engine import Model
 
 log = logging.getLogger(__name__)
@@ -452,7 +454,10 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     The model runs once on ``batch``; each candidate step's float32 reference is computed from
     the very inputs the step received in that run, so that what is measured is the step's own
     error, not what arrived with its inputs: ``noise = sum (a - e)^2 / sum e^2``, with ``a``
-    the step's output and ``e`` its float32 result on the same inputs.
+    the step's output and ``e`` its float32 result on the same inputs. A tensor carried as
+    integers (``mmbuild.passes.carry``) counts as the float values its producer quantized: the
+    rounding to its readers' scale is theirs (each would quantize its input itself), so it
+    counts in the readers' noise, not the producer's, as it does in a plan without carrying.
     """
     from mmbuild.graph import reference_outputs
     from mmbuild.runtime.inspect import _context, _input_buffers, float_values
@@ -461,12 +466,18 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     buffers = _input_buffers(model, batch)
     actual = dict(zip((t.name for t in data.inputs), buffers))
     actual.update(_context(model).run(buffers, keep_all=True))
+    unquantized: dict[str, np.ndarray] = {}
+
+    def raw(t: str) -> np.ndarray:
+        return actual[t] if t in actual else data.constants[t]
 
     def value(t: str) -> np.ndarray:
-        return float_values(data, t, actual[t] if t in actual else data.constants[t])
+        return unquantized[t] if t in unquantized else float_values(data, t, raw(t))
 
     added = {}
     for step in data.steps:
+        if data.tensors[step.outputs[0]].dtype.is_quantized:
+            unquantized[step.outputs[0]] = _before_quantization(step, [raw(t) for t in step.inputs])
         if step.name not in names:
             continue
         expected = reference_outputs(step.node(), [value(t) for t in step.inputs])[0]
@@ -475,6 +486,17 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
         noise = float(np.sum((got - want) ** 2))
         added[step.name] = noise / signal if signal > 0 else (math.inf if noise > 0 else 0.0)
     return sorted(added.items(), key=lambda kv: (-kv[1], names.index(kv[0])))
+
+
+def _before_quantization(step: Step, inputs: list[np.ndarray]) -> np.ndarray:
+    """The float32 output of a step whose output is carried quantized, as its epilogue computed
+    it before quantizing (its kernel's reference with a FLOAT32 output)."""
+    from mmbuild.kernels.table import Lowered, kernel_named
+
+    attrs = {k: v for k, v in step.lowered.attrs.items() if k not in ("scale_out", "za_out")}
+    plain = dataclasses.replace(step, output_types=[DataType.FLOAT32],
+                                lowered=Lowered(attrs, step.lowered.arrays))  # fmt: skip
+    return np.asarray(kernel_named(step.kernel).reference(plain, inputs)[0], np.float32)
 
 
 def _float16_overflows(network: Network, config: BuilderConfig, names: list[str]) -> dict[str, str]:
