@@ -147,6 +147,23 @@ def test_u8s8_matches_reference(isa: str, problem) -> None:  # type: ignore[no-u
     assert run.kernel.split("/")[:2] == [f"gemm_{'u8s7' if small and madd else 'u8s8'}", isa]
 
 
+@pytest.mark.parametrize("m", [7, 8, 9, 65, 130])
+@pytest.mark.parametrize("n", [8, 24, 32, 40, 72])
+def test_u8s8_narrow_blocks_in_tall_tiles(isa: str, m: int, n: int) -> None:
+    # blocks of at most two vectors run 8 rows at a time on avx512_vnni (TALL_TILES): rows
+    # left over at the end of a tile and of a 64-row work item, and a wide panel beside them
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.integers(0, 256, (m, 37), dtype=np.uint8)
+    w = rng.integers(-128, 128, (37, n), dtype=np.int8)
+    ep = Epilogue.create(n, scale_a=0.02, scale_w=0.001, bias=rng.standard_normal(n),
+                         act=Activation.HARD_SWISH, out_kind=OutKind.U8, out_scale=0.05,
+                         out_zp=128)  # fmt: skip
+    out = output_for(ep, m)
+    gemm_u8s8(a, 131, pack_int8_weights(w), ep, out, isa=isa)
+    acc = (a.astype(np.int64) - 131) @ w.astype(np.int64)
+    assert_same_bits(out, reference_epilogue(acc, ep))
+
+
 def test_u8s8_worked_example() -> None:
     """acc = (130 - 128) * 1 + (126 - 128) * 2 = -2; y = -2 * 0.125 + 1 = 0.75; u8 = 3 + 10."""
     a = np.array([[130, 126]], np.uint8)
