@@ -473,8 +473,9 @@ def _simd_source(lv: Level) -> list[str]:
             for rows in (1, tile.mr):
                 parts.append(codegen.int_tile_source(kind, rows, nv, epilogue))
         tall = TALL_TILES.get((lv.name, kind))
-        for nv in range(1, tall.vecs + 1) if tall else ():
-            parts.append(codegen.int_tile_source(kind, tall.mr, nv, epilogue))
+        if tall is not None:
+            parts += [codegen.int_tile_source(kind, tall.mr, nv, epilogue)
+                      for nv in range(1, tall.vecs + 1)]  # fmt: skip
     for nv in range(1, tf.vecs + 1):
         parts.append(codegen.float_tile_source(tf.mr, nv, "_vec_epilogue_f32"))
     for nv in range(1, NR // lv.lanes + 1):
