@@ -496,11 +496,28 @@ def test_u8s8_implicit_conv_matches_im2col(isa: str, case) -> None:  # type: ign
     w = rng.integers(-128, 128, (kernel[0] * kernel[1] * c, cout), dtype=np.int8)
     rows = ImplicitRows.conv2d_nhwc(b, h, wd, c, kernel, stride, dilation)
     ep = Epilogue.create(cout, scale_a=0.1, scale_w=0.001, act=Activation.RELU)
-    out = np.zeros((rows.m, cout), np.float32)
     packed = pack_int8_weights(w, segments=kernel[0])
-    gemm_u8s8(xp, 9, packed, ep, out, rows=rows, isa=isa)
     acc = (im2col(xp, kernel, stride, dilation).astype(np.int64) - 9) @ w.astype(np.int64)
-    assert_same_bits(out, reference_epilogue(acc, ep))
+    # the input as it is (kernel rows of 3 channels end in a byte tail), and with three bytes
+    # of slack after it, which lets the kernels read each tail as a whole quad
+    slack = np.concatenate([xp.reshape(-1), rng.integers(0, 256, 3, dtype=np.uint8)])
+    for a in (xp, slack):
+        out = np.zeros((rows.m, cout), np.float32)
+        gemm_u8s8(a, 9, packed, ep, out, rows=rows, isa=isa)
+        assert_same_bits(out, reference_epilogue(acc, ep))
+
+
+def test_a_byte_tail_reads_as_a_quad_only_where_the_bytes_exist() -> None:
+    from mmbuild.kernels.cpu.gemm import _quads_fit
+
+    packed = pack_int8_weights(np.ones((9 * 3, 8), np.int8), segments=3)  # rows of 9 bytes
+    rows = ImplicitRows.conv2d_nhwc(1, 6, 7, 3, (3, 3), (1, 1), (1, 1))
+    x = np.zeros(6 * 7 * 3, np.uint8)
+    assert not _quads_fit(x, packed, rows.m, 0, rows)  # the last row ends at the last byte
+    assert _quads_fit(np.zeros(x.size + 3, np.uint8), packed, rows.m, 0, rows)
+    plain = pack_int8_weights(np.ones((9, 8), np.int8))
+    assert _quads_fit(np.zeros(5 * 12, np.uint8), plain, 5, 12, None)  # a row stride of 12
+    assert not _quads_fit(np.zeros(5 * 9, np.uint8), plain, 5, 9, None)
 
 
 @pytest.mark.parametrize("isa", LEVELS)

@@ -30,6 +30,7 @@ with za = 128: acc = (192 - 128) * 127 = 8128; mult = float32(2/127) * float32(0
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -234,9 +235,13 @@ class _ConvRunner:
         geo = self.geometry(tuple(x.shape), carried)
         if tuple(out.shape) != geo.out_shape:
             raise MMError(f"conv: output buffer {out.shape} is not {geo.out_shape}", Code.INTERNAL)
-        buf = None
+        buf = slack = None
         if geo.buffer is not None:
-            buf = np.empty(geo.buffer, self.carrier if self.carrier is not None else x.dtype)
+            # three bytes of slack past the end: the int8 GEMM then reads each kernel row's
+            # last bytes as a whole quad (gemm._quads_fit)
+            size = math.prod(geo.buffer)
+            slack = np.empty(size + 3, self.carrier if self.carrier is not None else x.dtype)
+            buf = slack[:size].reshape(geo.buffer)
         eps, calls, qparams = self.eps, [], None
         if self.dynamic is not None:  # this step's own epilogues, rescaled at each run
             eps = self._epilogues()
@@ -252,9 +257,10 @@ class _ConvRunner:
         out2 = out.reshape(-1, self.cout)
         for g, (w, ep) in enumerate(zip(self.packed, eps)):
             a = x
-            if buf is not None:
+            if buf is not None and slack is not None:
                 calls.append(self._bind_prepare(x, buf, geo, g * self.cin_g, self.cin_g, qparams))
-                a = buf
+                # the implicit GEMM reads the buffer flat, slack included
+                a = buf if geo.rows is None else slack
             if geo.rows is None:
                 a = a.reshape(-1, a.shape[-1])
             calls.append(bind_gemm(a, self.za, w, ep, out2[:, g * cog : (g + 1) * cog], geo.rows))

@@ -51,7 +51,8 @@ int8 as ``[K/4][NR][4]`` per panel (each K segment padded to a multiple of 4 wit
 as ``[K/2][NR][2]`` (padded to a multiple of 2), float as ``[K][NR]``. The driver splits the
 work into (panel, block of ``MC`` rows) items, n major, and runs them on all threads when the
 product is large enough to pay for a parallel launch or streams many weights
-(``PARALLEL_MIN_MACS``, ``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD micro-kernel computes ``MR`` rows
+(``PARALLEL_MIN_MACS`` of work, the products plus ``EPILOGUE_MACS`` per output, or
+``PARALLEL_MIN_WEIGHT_BYTES``). A SIMD micro-kernel computes ``MR`` rows
 of a tile of the panel (see ``gemm_codegen.TILES``: on AVX2 4 x 8 int8 and int16, 6 x 16 float;
 a 1-row variant for a single row; the float one spans the whole panel) and applies the
 epilogue to its registers, with masked stores at the right edge; the portable kernels fill a
@@ -118,6 +119,10 @@ __all__ = [
 # Multiply-accumulates below which a product runs on one thread. A parallel launch costs 1-2 us;
 # one core does about 450 G int8 MAC/s and 110 G float MAC/s here, so these are a few us of work.
 PARALLEL_MIN_MACS = {"u8s8": 1 << 21, "u8s7": 1 << 21, "f32": 1 << 18, "s16": 1 << 16}
+# What the epilogue of one output costs, in multiply-accumulates of the product: ~20 vector
+# operations per 16 outputs, which in a GEMM with K = 8 take longer than the products (a 1x1
+# conv from 8 to 8 channels over 18432 pixels: 176 us on one thread).
+EPILOGUE_MACS = {"u8s8": 64, "u8s7": 64, "f32": 16, "s16": 16}
 PARALLEL_MIN_WEIGHT_BYTES = 1 << 18
 
 
@@ -189,6 +194,20 @@ def _check_implicit(x: np.ndarray, rows: Any, w: _Packed) -> None:
         )
 
 
+def _quads_fit(a_flat: np.ndarray, w: _Packed, m: int, lda: int, rows: ImplicitRows | None) -> bool:
+    """Whether the int8 kernels may read each K segment's last ``ktail`` bytes as a whole quad:
+    the bytes past the segment exist in A (the next pixel's, or slack the caller allocated),
+    and the packed weights of those K rows are zeros, so they add nothing to the exact sum. A
+    quad broadcast then replaces the byte-by-byte tail: a first conv's 3 taps x 3 channels per
+    kernel row (9 bytes) run 40 -> 29 us (M 2304, N 8, AVX-512 Xeon)."""
+    quads = 4 * -(-w.seg_len // 4)
+    if rows is None:
+        return m == 0 or (m - 1) * lda + quads <= a_flat.size
+    return (
+        rows.m == 0 or rows.max_offset + (w.segments - 1) * rows.seg_stride + quads <= a_flat.size
+    )
+
+
 _NO_ROWS = np.empty(0, np.int64)
 _PACKED = {"u8s8": PackedInt8Weights, "f32": PackedFloatWeights, "s16": PackedInt16Weights}
 
@@ -248,6 +267,8 @@ def _bind(
     comp: np.ndarray | None = None
     # integer kernels walk whole groups of K rows and a tail; the float ones every K row
     k_args = (w.seg_len,) if isinstance(w, PackedFloatWeights) else (w.kwhole, w.ktail)
+    if isinstance(w, PackedInt8Weights) and w.ktail and _quads_fit(a_flat, w, m, lda, rows):
+        k_args = (w.kwhole + 1, 0)  # the tail as one more quad: see _quads_fit
     panel_size = w.k_pad * NR
     if isinstance(w, PackedInt8Weights):
         z = _check_zero_point(za, 0, 255)
@@ -278,8 +299,9 @@ def _bind(
     mod = generated_kernels(level.name)
     # Large products, and products that stream many weights (a batch-1 fully connected layer is
     # bound by reading them, which two cores do faster than one), run on all threads.
+    work = m * w.n * (w.k + EPILOGUE_MACS[kind])
     large = n_items > 1 and (
-        m * w.n * w.k >= PARALLEL_MIN_MACS[kind] or w.data.nbytes >= PARALLEL_MIN_WEIGHT_BYTES
+        work >= PARALLEL_MIN_MACS[kind] or w.data.nbytes >= PARALLEL_MIN_WEIGHT_BYTES
     )
     threads = numba.get_num_threads() if large else 1
     if threads > 1:
