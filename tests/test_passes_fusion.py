@@ -225,6 +225,25 @@ def test_a_clip_after_a_fused_activation_joins_it(producer: str) -> None:
     np.testing.assert_allclose(after, before, rtol=2e-7 if producer == "leaky" else 0, atol=0)
 
 
+def test_activations_after_a_batch_norm_that_stays_fuse_into_it() -> None:
+    # openWakeWord: conv -> relu -> batch norm -> leaky relu -> max(x, -0.4); the batch norm
+    # after the relu cannot fold into the conv, and takes the two activations after it
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    t = net.add_i_activation_node(_conv_then(net, x, False, True), mm.IActivation.RELU)
+    t = batch_norm(net, t.get_output(0), 6, 3).get_output(0)
+    leaky = net.add_i_activation_node(t, mm.IActivation.LEAKY_RELU)
+    leaky.set_alpha(0.2)
+    net.mark_output(ew(net, leaky.get_output(0), scalar(net, -0.4), E.MAX))
+    g = Graph.from_network(net)
+    rewrite_keeps_numbers(g, lambda graph: sum(run_passes(graph).values()), "fp32")
+    assert ops(g) == ["conv", "fused_batch_norm"]
+    conv, bn = g.nodes
+    assert conv.attrs["activation"] == {"function": "relu"}
+    assert bn.attrs["activation"] == {"function": "leaky_relu", "alpha": np.float32(0.2),
+                                      "lo": np.float32(-0.4)}  # fmt: skip
+
+
 NOT_FUSED: dict[str, Callable[[mm.Network, mm.ITensor], mm.ITensor]] = {
     # clip(x + 3, 0, 5) / 6 is no hard sigmoid
     "other_clip": lambda net, x: by_six(
@@ -543,3 +562,32 @@ def test_a_scalar_affine_does_not_fold_forward(case: str) -> None:
     g = Graph.from_network(net)
     before = ops(g)
     assert fold_affine_into_readers(g) == 0 and ops(g) == before
+
+
+@pytest.mark.parametrize("mode", ["force_float32", "force_float16", "qint8_mixed_float16"])
+def test_a_batch_norm_with_a_fused_activation_runs_as_its_reference(mode: str) -> None:
+    from mmbuild.runtime.inspect import validate
+
+    net = mm.Network()
+    x = net.add_input(F32, mm.Dims([2, 7, 5, 4]))
+    x.set_dynamic_range(mm.Range(-4, 4))
+    t = net.add_i_activation_node(_conv_then(net, x, False, True), mm.IActivation.RELU)
+    t = batch_norm(net, t.get_output(0), 6, 3).get_output(0)
+    leaky = net.add_i_activation_node(t, mm.IActivation.LEAKY_RELU)
+    leaky.set_alpha(0.2)
+    y = ew(net, leaky.get_output(0), scalar(net, -0.4), E.MAX)
+    net.mark_output(_conv(net, y, weights([3, 1, 1, 6]), 3).get_output(0))
+    for node in net.get_all_nodes_in_network():
+        for o in node.outputs:
+            o.set_dynamic_range(mm.Range(-10, 10))
+    model = mm.Builder().build_model("bn_act", net, config(mode))
+    bn = next(s for s in model.data.steps if s.op == "fused_batch_norm")
+    assert bn.op_attrs["activation"]["function"] == "leaky_relu"
+    assert [s.op for s in model.data.steps if s.op != "cast"] == [
+        "conv",
+        "fused_batch_norm",
+        "conv",
+    ]
+    xs = np.random.default_rng(5).uniform(-4, 4, (2, 7, 5, 4)).astype(np.float32)
+    report = validate(model, xs)
+    assert report.ok(), str(report)

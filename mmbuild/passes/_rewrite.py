@@ -15,10 +15,13 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ir.node import INode
 from mmbuild.ops.conv import ConvLike
 from mmbuild.ops.linear import IInnerProductNode, IMatMulNode
+from mmbuild.ops.norm import IFusedBatchNormNode
 from mmbuild.ops.registry import get_op
 
 # ops lowered to a GEMM whose epilogue can apply bias and an activation
 EPILOGUE_OPS: tuple[type[INode], ...] = (ConvLike, IInnerProductNode, IMatMulNode)
+# ops whose kernels apply a fused activation to their result: the GEMM ones, and batch norm
+ACTIVATION_OPS: tuple[type[INode], ...] = (*EPILOGUE_OPS, IFusedBatchNormNode)
 # ops whose weights are scaled per output channel when a batch norm folds into them
 CHANNEL_WEIGHT_OPS: tuple[type[INode], ...] = (ConvLike, IInnerProductNode)
 

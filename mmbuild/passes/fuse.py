@@ -31,7 +31,7 @@ from typing import Any
 
 from mmbuild.graph import Graph, Node
 from mmbuild.ops.activation import IActivation
-from mmbuild.passes._rewrite import EPILOGUE_OPS, absorb, is_a, sole_reader
+from mmbuild.passes._rewrite import ACTIVATION_OPS, absorb, is_a, sole_reader
 
 __all__ = ["compose_activations", "epilogue_activation", "fuse_activations"]
 
@@ -59,7 +59,8 @@ def epilogue_activation(node: Node) -> dict[str, Any] | None:
 
 def fuse_activations(graph: Graph) -> int:
     """Fuse RELU, RELU6, LEAKY_RELU, HARD_SIGMOID, HARD_SWISH and clip into the conv, deconv,
-    inner product or matmul that feeds them.
+    inner product, matmul or batch norm that feeds them (a batch norm after a relu, which
+    cannot fold into its conv, then takes the activation after it).
 
     Before: ``x -> conv -> t -> relu -> y``. After: ``x -> conv[activation=relu] -> y``; the
     conv takes over ``y`` and the activation's output types and lists it in ``fused``.
@@ -75,7 +76,7 @@ def fuse_activations(graph: Graph) -> int:
         if fused is None:
             continue
         main = graph.producer(act.inputs[0])
-        if main is None or not is_a(main, EPILOGUE_OPS):
+        if main is None or not is_a(main, ACTIVATION_OPS):
             continue
         if len(main.outputs) != 1 or sole_reader(graph, act.inputs[0]) is not act:
             continue

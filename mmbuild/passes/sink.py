@@ -129,7 +129,7 @@ def _permute_count(graph: Graph) -> int:
 def _sink_through(graph: Graph, node: Node) -> bool:
     """Rewrite ``node`` to read the inputs of the permutes before it; False when it cannot."""
     rule = _RULES.get(node.op)
-    if rule is None or "activation" in node.attrs:
+    if rule is None:  # (a fused activation is pointwise: it moves with its node)
         return False
     slots = range(len(node.inputs)) if node.op in _ALL_INPUTS_ARE_DATA else range(1)
     data = [i for i in slots if graph.value(node.inputs[i]) is None]

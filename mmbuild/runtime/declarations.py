@@ -230,8 +230,8 @@ OP_ATTRS: dict[str, dict[str, Check]] = {
     },
     "cast": {"dtype": member(DataType)},
 }
-#: Ops whose steps may carry a fused ``activation`` (the GEMM epilogues).
-FUSING_OPS = frozenset({"conv", "deconv", "inner_product", "matmul"})
+#: Ops whose steps may carry a fused ``activation`` (the GEMM epilogues and batch norm).
+FUSING_OPS = frozenset({"conv", "deconv", "inner_product", "matmul", "fused_batch_norm"})
 
 
 # -- what each kernel stores -------------------------------------------------------------------
