@@ -224,3 +224,59 @@ def test_the_tuner_ranks_carried_producers_by_their_own_noise(
     carried_noise, plain_noise = dict(_rank(model, x, names)), dict(_rank(before, x, names))
     for name in names:
         assert carried_noise[name] == pytest.approx(plain_noise[name], rel=0.5), name
+
+
+def pooled(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+    """conv -> max pool -> conv -> max pool (padded, 3x3 stride 2) -> conv, as in openWakeWord."""
+    t = conv(net, x, 16, 3, 8, pad=(1, 1, 1, 1))
+    t = net.add_i_maxpool2d_node(t).get_output(0)
+    t = relu(net, conv(net, t, 12, 1, 16))
+    pool = net.add_i_maxpool2d_node(t)
+    pool.set_kernel(3, 3)
+    pool.set_stride(2, 2)
+    pool.set_pad(1, 1, 1, 1)
+    return conv(net, pool.get_output(0), 4, 1, 12)
+
+
+@pytest.mark.parametrize(
+    "mode, qtype", [("qint8_mixed_float16", Q8), ("qint16_mixed_float32", Q16)]
+)
+def test_max_pools_between_quantized_convs_run_on_the_codes(
+    isa: str, mode: str, qtype: mm.DataType
+) -> None:
+    model, _ = built(pooled, mode)
+    steps = model.data.steps
+    assert [s.op for s in steps] == ["conv", "maxpool2d", "conv", "maxpool2d", "conv"]
+    assert [s.kernel for s in steps if s.op == "maxpool2d"] == ["maxpool2d.qint"] * 2
+    assert len(carried(model)) == 4
+    for producer, pool in ((steps[0], steps[1]), (steps[2], steps[3])):
+        # the conv quantizes with the scale its pool's readers use
+        assert producer.lowered.attrs == {**producer.lowered.attrs, **pool.lowered.attrs}
+    report = validate(model, sample(5))
+    assert report.ok(), str(report)
+
+
+def test_max_pooled_codes_against_the_uncarried_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = built(pooled)
+    before = uncarried(monkeypatch, pooled)
+    x = sample(5)
+    got, old = run(model, x, keep_all=True), run(before, x, keep_all=True)
+    pool = model.data.steps[1]
+    t = pool.outputs[0]
+    scale, za = pool.lowered.attrs["scale_out"], pool.lowered.attrs["za_out"]
+    values = old[t].view(np.float16).astype(np.float32)
+    codes = np.clip(np.rint(values / np.float32(scale)) + za, 0, 255).astype(np.int64)
+    diff = np.abs(got[t].astype(np.int64) - codes)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.95
+    errors = error_report(model, x)
+    assert errors.find(pool.name).sqnr_db > 20
+
+
+def test_a_max_pool_read_in_float_too_keeps_the_float_path() -> None:
+    def body(net: mm.Network, x: mm.ITensor) -> list[mm.ITensor]:
+        t = net.add_i_maxpool2d_node(conv(net, x, 8, 1, 8)).get_output(0)
+        return [conv(net, t, 4, 1, 8), net.add_i_maxpool2d_node(t).get_output(0)]
+
+    model, _ = built(body)
+    assert not carried(model)
+    assert [s.kernel for s in model.data.steps if s.op == "maxpool2d"] == ["maxpool2d"] * 2

@@ -205,8 +205,15 @@ def test_pool_refuses_pads_without_a_kernel() -> None:
 
 
 def test_pool_kernels_are_registered_for_float_types() -> None:
-    for op in ("maxpool2d", "avgpool2d", "resize"):
-        assert {p for (o, p) in KERNELS if o == op} == {mm.DataType.FLOAT32, mm.DataType.FLOAT16}
+    floats = {mm.DataType.FLOAT32, mm.DataType.FLOAT16}
+    for op in ("avgpool2d", "resize"):
+        assert {p for (o, p) in KERNELS if o == op} == floats
+    # and max pooling of codes carried between quantized convs (test_carry.py)
+    assert {p for (o, p) in KERNELS if o == "maxpool2d"} == {
+        *floats,
+        mm.DataType.QINT8,
+        mm.DataType.QINT16,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

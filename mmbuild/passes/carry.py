@@ -15,7 +15,10 @@ layer report shows the tensor's type as QINT8.
 
 A tensor is carried when its producer is a quantized conv (static input or not), it is no
 network output, every reader is a quantized conv of the same type reading it as its input 0
-with static ranges (``activation_quant_mode: "static"``), and it has a range.
+with static ranges (``activation_quant_mode: "static"``), and it has a range. A max pool that
+alone reads a quantized conv's output, and whose output such convs read, runs on the codes
+(``maxpool2d.qint``): the conv quantizes with the pool output's scale and zero point, and the
+max of codes is the code of the max (quantization is monotone, clipping included).
 
 The numbers change in one place only: the readers used to quantize the producer's output as
 rounded to its float type (fp16), and now quantize the float32 value before that rounding, one
@@ -29,47 +32,72 @@ from __future__ import annotations
 from mmbuild.graph import Graph, Node
 from mmbuild.ir.types import DataType
 
-__all__ = ["CARRIED_NOTE", "carry_quantized"]
+__all__ = ["CARRIED_NOTE", "CARRYING_OPS", "CODE_OPS", "carry_quantized"]
 
 #: The note on a producer whose output is carried.
 CARRIED_NOTE = "output travels as {type} to its quantized readers ({readers})"
 
 #: The ops whose kernels write a quantized output and read a carried input 0.
 CARRYING_OPS = ("conv",)
+#: The ops that run on the codes of a carried tensor as they are (quantization is monotone, so
+#: the max of the codes is the code of the max), between a carrying producer and its readers.
+CODE_OPS = ("maxpool2d",)
 
 
 def carry_quantized(graph: Graph) -> int:
     """Carry every tensor whose producer and readers all allow it (module docstring); returns
     how many. Before: ``conv[QINT8] -> t (FLOAT16) -> conv[QINT8]``. After: ``t`` is QINT8 and
-    the first conv's output type is QINT8."""
+    the first conv's output type is QINT8. Through a max pool: ``conv -> t -> maxpool -> u ->
+    conv`` carries ``t`` and ``u``, both with ``u``'s scale (``t`` takes ``u``'s range)."""
     if graph.options.get("activation_quant_mode", "static") == "dynamic":
         return 0
     count = 0
-    for node in graph.nodes:
-        qtype = _carried_type(graph, node)
-        if qtype is None:
+    for node in list(graph.nodes):
+        qtype = node.compute_precision
+        if node.op not in CARRYING_OPS or not qtype.is_quantized or len(node.outputs) != 1:
             continue
         t = node.outputs[0]
-        node.output_types[0] = qtype
-        graph.tensors[t].dtype = qtype
-        readers = ", ".join(r.name for r in graph.consumers(t))
-        node.notes.append(CARRIED_NOTE.format(type=qtype.name, readers=readers))
-        count += 1
+        if _read_by_quantized_convs(graph, t, qtype):
+            _carry(graph, node, qtype)
+            count += 1
+            continue
+        pool = _sole_code_op(graph, t)
+        if pool is not None and _read_by_quantized_convs(graph, pool.outputs[0], qtype):
+            graph.tensors[t].range = graph.tensors[pool.outputs[0]].range
+            pool.precisions[0] = qtype
+            _carry(graph, node, qtype)
+            _carry(graph, pool, qtype)
+            count += 2
     return count
 
 
-def _carried_type(graph: Graph, producer: Node) -> DataType | None:
-    """The quantized type ``producer``'s output can travel in, or None."""
-    qtype = producer.compute_precision
-    if producer.op not in CARRYING_OPS or not qtype.is_quantized or len(producer.outputs) != 1:
-        return None
+def _carry(graph: Graph, producer: Node, qtype: DataType) -> None:
     t = producer.outputs[0]
+    producer.output_types[0] = qtype
+    graph.tensors[t].dtype = qtype
+    readers = ", ".join(r.name for r in graph.consumers(t))
+    producer.notes.append(CARRIED_NOTE.format(type=qtype.name, readers=readers))
+
+
+def _read_by_quantized_convs(graph: Graph, t: str, qtype: DataType) -> bool:
+    """Whether every reader of ``t`` is a quantized conv of ``qtype`` reading it as input 0 only,
+    ``t`` being no network output and having a range."""
     readers = graph.consumers(t)
     if not readers or t in graph.outputs or graph.tensors[t].range is None:
+        return False
+    return all(
+        r.op in CARRYING_OPS and r.compute_precision is qtype and r.inputs[0] == t
+        and t not in r.inputs[1:] and r.precisions[0] is qtype
+        for r in readers
+    )  # fmt: skip
+
+
+def _sole_code_op(graph: Graph, t: str) -> Node | None:
+    """The max pool that alone reads ``t`` (no network output), or None."""
+    readers = graph.consumers(t)
+    if len(readers) != 1 or t in graph.outputs:
         return None
-    for reader in readers:
-        if reader.op not in CARRYING_OPS or reader.compute_precision is not qtype:
-            return None
-        if reader.inputs[0] != t or t in reader.inputs[1:] or reader.precisions[0] is not qtype:
-            return None
-    return qtype
+    pool = readers[0]
+    if pool.op not in CODE_OPS or pool.inputs != [t] or "activation" in pool.attrs:
+        return None
+    return pool

@@ -442,10 +442,14 @@ def _run(model: Model, batches: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 # -- sensitivity and MACs ---------------------------------------------------------------------
 def _quantized_nodes(model: Model, network: Network) -> list[str]:
-    """The network nodes whose step reads a quantized input, in run order."""
+    """The network nodes whose step reads a quantized input, in run order (not a max pool on
+    carried codes: the plan quantized it, not the precision mode, and it adds no noise)."""
+    from mmbuild.passes.carry import CODE_OPS
+
     names = {n.get_node_name() for n in network.nodes}
     return [s.name for s in model.data.steps
-            if s.name in names and any(p.is_quantized for p in s.precisions)]  # fmt: skip
+            if s.name in names and s.op not in CODE_OPS
+            and any(p.is_quantized for p in s.precisions)]  # fmt: skip
 
 
 def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple[str, float]]:
@@ -460,6 +464,7 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     counts in the readers' noise, not the producer's, as it does in a plan without carrying.
     """
     from mmbuild.graph import reference_outputs
+    from mmbuild.passes.carry import CODE_OPS
     from mmbuild.runtime.inspect import _context, _input_buffers, float_values
 
     data = model.data
@@ -477,7 +482,11 @@ def _rank(model: Model, batch: list[np.ndarray], names: list[str]) -> list[tuple
     added = {}
     for step in data.steps:
         if data.tensors[step.outputs[0]].dtype.is_quantized:
-            unquantized[step.outputs[0]] = _before_quantization(step, [raw(t) for t in step.inputs])
+            if step.op in CODE_OPS:  # a max pool on codes: the max of its unquantized input
+                before = reference_outputs(step.node(), [value(t) for t in step.inputs])[0]
+            else:
+                before = _before_quantization(step, [raw(t) for t in step.inputs])
+            unquantized[step.outputs[0]] = np.asarray(before, np.float32)
         if step.name not in names:
             continue
         expected = reference_outputs(step.node(), [value(t) for t in step.inputs])[0]

@@ -416,7 +416,15 @@ class _NoDeclarationError(Exception):
     pass
 
 
+def _code_op_stores(facts: StepFacts) -> Stored:
+    """A max pool on carried codes: the ``scale_out`` and ``za_out`` of its output."""
+    stored = Stored()
+    _output_quantization(stored, facts)
+    return stored
+
+
 KERNEL_STORES: dict[str, Callable[[StepFacts], Stored]] = {
+    "maxpool2d.qint": _code_op_stores,
     "conv.float": _conv_stores,
     "conv.qint": _conv_stores,
     "deconv.float": _deconv_stores,

@@ -41,7 +41,7 @@ from mmbuild.kernels.table import (
     value_type,
 )
 from mmbuild.ops.registry import OPS
-from mmbuild.passes.carry import CARRYING_OPS
+from mmbuild.passes.carry import CARRYING_OPS, CODE_OPS
 from mmbuild.runtime.declarations import (
     FUSING_OPS,
     KERNEL_STORES,
@@ -183,11 +183,12 @@ def _kernel_problems(data: ModelData, step: Step, precision: DataType) -> list[s
             continue
         have = data.tensors[t].dtype
         if p.is_quantized:
-            carried = have is p and i == 0 and step.op in CARRYING_OPS
+            carried = have is p and i == 0 and step.op in (*CARRYING_OPS, *CODE_OPS)
             if not (have.is_float or carried):
                 problems.append(
                     f"input {i} ({t!r}) is {have.name}; a {p.name} input is read from a float "
-                    f"tensor, or as input 0 of {' / '.join(CARRYING_OPS)} carried in {p.name}"
+                    f"tensor, or as input 0 of {' / '.join((*CARRYING_OPS, *CODE_OPS))} carried "
+                    f"in {p.name}"
                 )
         elif have is not p:
             problems.append(f"input {i} ({t!r}) is {have.name}; the kernel reads it as {p.name}")

@@ -35,16 +35,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType, Layout
 from mmbuild.kernels.cpu.movement import flat_view, refuse_activation
+from mmbuild.kernels.cpu.qcommon import output_quantization
 from mmbuild.kernels.cpu.simd import load_f32, store_f32
-from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, register_kernel
+from mmbuild.kernels.table import (
+    Buffers,
+    Kernel,
+    Lowered,
+    Runner,
+    Step,
+    buffer_dtype,
+    register_kernel,
+)
 from mmbuild.ops.pool import Pool2DLike
 from mmbuild.ops.transform import (
     IResizeCoordinateMode,
@@ -52,6 +62,9 @@ from mmbuild.ops.transform import (
     IResizeNearestMode,
     IResizeNode,
 )
+
+if TYPE_CHECKING:
+    from mmbuild.graph import Graph, Node
 
 __all__ = ["PARALLEL_MIN_WORK"]
 
@@ -83,6 +96,34 @@ _XS, _YS = 7, 12
 # ---------------------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------------------
+def _load(x: np.ndarray, i: Any) -> np.float64:
+    """``x[i]`` as float64: a float32 or fp16-bits element, or a carried quantized code."""
+    return np.float64(x[i])
+
+
+def _store(y: np.ndarray, i: Any, v: np.float64) -> None:
+    """``y[i] = v``: rounded to float32 (and fp16), or the code itself for a quantized ``y``."""
+    y[i] = v
+
+
+@overload(_load)
+def _load_overload(x, i):  # type: ignore[no-untyped-def]
+    if isinstance(x.dtype, types.Integer) and x.dtype != types.uint16:  # codes: uint8, int16
+        return lambda x, i: np.float64(x[i])
+    return lambda x, i: np.float64(load_f32(x, i))
+
+
+@overload(_store)
+def _store_overload(y, i, v):  # type: ignore[no-untyped-def]
+    if isinstance(y.dtype, types.Integer) and y.dtype != types.uint16:
+
+        def store_code(y, i, v):  # type: ignore[no-untyped-def]
+            y[i] = v
+
+        return store_code
+    return lambda y, i, v: store_f32(y, i, np.float32(v))
+
+
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def _pool_rows(x, y, g, win, is_max, count_pad, row0, row1):  # type: ignore[no-untyped-def]
     """Output rows ``row0 .. row1`` (a row is one (n, co, i)); ``win`` is
@@ -110,24 +151,24 @@ def _pool_rows(x, y, g, win, is_max, count_pad, row0, row1):  # type: ignore[no-
                     for b in range(rw0, rw1):
                         p = xb + a * xh + b * xw
                         for c in range(ci_n):
-                            v = np.float64(load_f32(x, _U(p + c * xci)))
+                            v = _load(x, _U(p + c * xci))
                             m = acc[c]
                             acc[c] = v if (v > m or v != v) else m  # a NaN sticks
                 for c in range(ci_n):
-                    store_f32(y, _U(yb + j * yw + c * yci), np.float32(acc[c]))
+                    _store(y, _U(yb + j * yw + c * yci), acc[c])
             else:
                 acc[:] = 0.0
                 for a in range(rh0, rh1):
                     for b in range(rw0, rw1):
                         p = xb + a * xh + b * xw
                         for c in range(ci_n):
-                            acc[c] += np.float64(load_f32(x, _U(p + c * xci)))
+                            acc[c] += _load(x, _U(p + c * xci))
                 if count_pad:
                     count = padded_h * (min(w0 + kw, w + pr) - max(w0, -pl))
                 else:
                     count = (rh1 - rh0) * (rw1 - rw0)
                 for c in range(ci_n):
-                    store_f32(y, _U(yb + j * yw + c * yci), np.float32(acc[c] / np.float64(count)))
+                    _store(y, _U(yb + j * yw + c * yci), acc[c] / np.float64(count))
 
 
 @njit(cache=True, error_model="numpy", boundscheck=False)
@@ -265,7 +306,7 @@ def _geometry(
     out_hw: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The flat views of x and y and the geometry array; checks y's shape and buffer types."""
-    want = {DataType.FLOAT32: np.float32, DataType.FLOAT16: np.uint16}[step.precisions[0]]
+    want = buffer_dtype(step.precisions[0]).type
     if x.dtype != want or y.dtype != want:
         raise MMError(
             f"{step.node().node_type} {step.name!r}: a {step.precisions[0].name} step takes "
@@ -330,6 +371,21 @@ class MaxPoolKernel(_Pool):
 
     name = "maxpool2d"
     ops = ("maxpool2d",)
+
+
+@register_kernel
+class MaxPoolQuantized(_Pool):
+    """maxpool2d of a tensor carried in QINT8 (uint8 codes) or QINT16 (int16): the max of the
+    codes is the code of the max, quantization being monotone (``mmbuild.passes.carry``
+    quantizes its input with its output's scale and zero point). Example: codes [130, 140,
+    128, 135] in one window give 140."""
+
+    name = "maxpool2d.qint"
+    ops = ("maxpool2d",)
+    precisions = (DataType.QINT8, DataType.QINT16)
+
+    def lower(self, node: Node, graph: Graph) -> Lowered:
+        return Lowered(output_quantization(graph, node))
 
 
 @register_kernel
