@@ -146,7 +146,9 @@ def lower_graph(
         # after the passes: the weights are final (batch norm folded) as the kernels take them
         correct_biases(graph, _input_means(network))
     insert_conversions(graph)
-    carry_quantized(graph)  # last: the precisions are final
+    # last: the precisions are final; an output type the user set stays what they set
+    kept = frozenset(n.get_node_name() for n in network.nodes if n.output_type_overrides)
+    carry_quantized(graph, kept)
     _check_outputs_produced(graph)
     return graph
 

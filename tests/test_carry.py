@@ -109,7 +109,7 @@ def test_every_conv_path_writes_and_reads_carried_tensors_bit_exactly(
 def uncarried(monkeypatch: pytest.MonkeyPatch, body: Callable) -> mm.Model:  # type: ignore[type-arg]
     """The same network and calibration built with the carrying pass turned off."""
     with monkeypatch.context() as m:
-        m.setattr(carry, "carry_quantized", lambda graph: 0)
+        m.setattr(carry, "carry_quantized", lambda graph, kept=frozenset(): 0)
         model, _ = built(body)
     assert not carried(model)
     return model
@@ -162,6 +162,18 @@ def test_tensors_with_a_float_reader_or_a_network_output_are_not_carried(case: s
     model, _ = built(NOT_CARRIED[case])
     assert not carried(model)
     assert validate(model, sample(5)).ok()
+
+
+def test_an_output_type_the_user_set_is_kept() -> None:
+    def body(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+        first = net.add_i_conv_node(x, const(net, np.ones((8, 1, 1, 8), np.float32)))
+        first.set_output_type(0, F16)
+        return conv(net, conv(net, first.get_output(0), 8, 1, 8), 8, 1, 8)
+
+    model, _ = built(body)
+    first, second, _ = model.data.steps
+    assert first.output_types == [F16] and second.output_types == [Q8]
+    assert carried(model) == [second.outputs[0]]
 
 
 def test_a_reader_in_another_quantized_type_or_dynamic_ranges_stop_carrying() -> None:

@@ -13,9 +13,10 @@ and the producer notes it. Lowering then gives the producer the readers' scale a
 same ones). It runs after the conversions are inserted, when the precisions are final; the
 layer report shows the tensor's type as QINT8.
 
-A tensor is carried when its producer is a quantized conv (static input or not), it is no
-network output, every reader is a quantized conv of the same type reading it as its input 0
-with static ranges (``activation_quant_mode: "static"``), and it has a range. A max pool that
+A tensor is carried when its producer is a quantized conv (static input or not) whose output
+type the user did not set, it is no network output, every reader is a quantized conv of the
+same type reading it as its input 0 with static ranges (``activation_quant_mode: "static"``),
+and it has a range. A max pool that
 alone reads a quantized conv's output, and whose output such convs read, runs on the codes
 (``maxpool2d.qint``): the conv quantizes with the pool output's scale and zero point, and the
 max of codes is the code of the max (quantization is monotone, clipping included).
@@ -44,11 +45,13 @@ CARRYING_OPS = ("conv",)
 CODE_OPS = ("maxpool2d",)
 
 
-def carry_quantized(graph: Graph) -> int:
+def carry_quantized(graph: Graph, kept: frozenset[str] = frozenset()) -> int:
     """Carry every tensor whose producer and readers all allow it (module docstring); returns
     how many. Before: ``conv[QINT8] -> t (FLOAT16) -> conv[QINT8]``. After: ``t`` is QINT8 and
     the first conv's output type is QINT8. Through a max pool: ``conv -> t -> maxpool -> u ->
-    conv`` carries ``t`` and ``u``, both with ``u``'s scale (``t`` takes ``u``'s range)."""
+    conv`` carries ``t`` and ``u``, both with ``u``'s scale (``t`` takes ``u``'s range).
+    ``kept``: names of the network nodes whose output type the user set (``set_output_type``);
+    a producer that is one of them, or absorbed one, keeps that type."""
     if graph.options.get("activation_quant_mode", "static") == "dynamic":
         return 0
     count = 0
@@ -56,12 +59,16 @@ def carry_quantized(graph: Graph) -> int:
         qtype = node.compute_precision
         if node.op not in CARRYING_OPS or not qtype.is_quantized or len(node.outputs) != 1:
             continue
+        if kept & {node.name, *node.fused}:
+            continue
         t = node.outputs[0]
         if _read_by_quantized_convs(graph, t, qtype):
             _carry(graph, node, qtype)
             count += 1
             continue
         pool = _sole_code_op(graph, t)
+        if pool is not None and kept & {pool.name, *pool.fused}:
+            continue
         if pool is not None and _read_by_quantized_convs(graph, pool.outputs[0], qtype):
             graph.tensors[t].range = graph.tensors[pool.outputs[0]].range
             pool.precisions[0] = qtype
