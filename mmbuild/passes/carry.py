@@ -16,14 +16,14 @@ layer report shows the tensor's type as QINT8.
 A tensor is carried when its producer is a quantized conv (static input or not) whose output
 type the user did not set, it is no network output, every reader is a quantized conv of the
 same type reading it as its input 0 with static ranges (``activation_quant_mode: "static"``),
-and it has a range. A max pool that
-alone reads a quantized conv's output, and whose output such convs read, runs on the codes
-(``maxpool2d.qint``): the conv quantizes with the pool output's scale and zero point, and the
-max of codes is the code of the max (quantization is monotone, clipping included).
+and it has a range. A max pool that alone reads a quantized conv's output, and whose output
+such convs read, runs on the codes (``maxpool2d.qint``): the conv quantizes with the pool
+output's scale and zero point, and the max of codes is the code of the max (quantization is
+monotone, clipping included).
 
 The numbers change in one place only: the readers used to quantize the producer's output as
-rounded to its float type (fp16), and now quantize the float32 value before that rounding, one
-rounding fewer. Example: a QINT8 1x1 conv whose output (range [-2, 2], scale 2/127) feeds a
+rounded to its float type (fp16, and its bias through fp16), and now quantize the float32 value
+before that rounding, one rounding fewer. Example: a QINT8 1x1 conv whose output (range [-2, 2], scale 2/127) feeds a
 QINT8 depthwise conv stores ``rint(y / scale) + 128`` in uint8; the depthwise conv sums
 ``(q - 128) * w`` from that buffer with no quantization step of its own.
 """
