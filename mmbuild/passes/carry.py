@@ -23,9 +23,9 @@ monotone, clipping included).
 
 The numbers change in one place only: the readers used to quantize the producer's output as
 rounded to its float type (fp16, and its bias through fp16), and now quantize the float32 value
-before that rounding, one rounding fewer. Example: a QINT8 1x1 conv whose output (range [-2, 2], scale 2/127) feeds a
-QINT8 depthwise conv stores ``rint(y / scale) + 128`` in uint8; the depthwise conv sums
-``(q - 128) * w`` from that buffer with no quantization step of its own.
+before that rounding, one rounding fewer. Example: a QINT8 1x1 conv whose output (range
+[-2, 2], scale 2/127) feeds a QINT8 depthwise conv stores ``rint(y / scale) + 128`` in uint8;
+the depthwise conv sums ``(q - 128) * w`` from that buffer with no quantization step of its own.
 """
 
 from __future__ import annotations
