@@ -20,6 +20,10 @@ from mmbuild.runtime.inspect import error_report, layer_report, validate
 
 F16, Q8, Q16 = mm.DataType.FLOAT16, mm.DataType.QINT8, mm.DataType.QINT16
 SHAPE = (2, 9, 9, 8)
+# the two quantized types a tensor is carried in, with a mode that quantizes in each
+BOTH_TYPES = pytest.mark.parametrize(
+    "mode, qtype", [("qint8_mixed_float16", Q8), ("qint16_mixed_float32", Q16)]
+)
 
 
 def conv(
@@ -87,9 +91,7 @@ def run(model: mm.Model, x: np.ndarray, keep_all: bool = False) -> dict[str, np.
     return model.create_i_engine().create_i_context().run([x], keep_all=keep_all)
 
 
-@pytest.mark.parametrize(
-    "mode, qtype", [("qint8_mixed_float16", Q8), ("qint16_mixed_float32", Q16)]
-)
+@BOTH_TYPES
 def test_every_conv_path_writes_and_reads_carried_tensors_bit_exactly(
     isa: str, mode: str, qtype: mm.DataType
 ) -> None:
@@ -250,9 +252,7 @@ def pooled(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
     return conv(net, pool.get_output(0), 4, 1, 12)
 
 
-@pytest.mark.parametrize(
-    "mode, qtype", [("qint8_mixed_float16", Q8), ("qint16_mixed_float32", Q16)]
-)
+@BOTH_TYPES
 def test_max_pools_between_quantized_convs_run_on_the_codes(
     isa: str, mode: str, qtype: mm.DataType
 ) -> None:

@@ -46,8 +46,7 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from mmbuild.kernels.cpu.elementwise import SHORT_ROW, broadcast_geometry
 from mmbuild.kernels.cpu.pointwise import (
@@ -60,7 +59,7 @@ from mmbuild.kernels.cpu.pointwise import (
     fused_activation,
     split_call,
 )
-from mmbuild.kernels.cpu.simd import load_f32, store_f32
+from mmbuild.kernels.cpu.simd import load_f32, load_f64, store_f32
 from mmbuild.kernels.table import Buffers, Kernel, Runner, Step, in_order, register_kernel
 from mmbuild.ops.reduce import IReduce
 
@@ -78,21 +77,9 @@ def _axis_split(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------
 # numpy's pairwise summation
 # ---------------------------------------------------------------------------------------------
-def _f64(arr: np.ndarray, i: int) -> float:
-    """``arr[i]`` as float64: float64 arrays directly, float32 / fp16 bits via ``load_f32``."""
-    raise NotImplementedError
-
-
-@overload(_f64)
-def _f64_overload(arr, i):  # type: ignore[no-untyped-def]
-    if isinstance(arr, types.Array) and arr.dtype == types.float64:
-        return lambda arr, i: arr[i]
-    return lambda arr, i: np.float64(load_f32(arr, i))
-
-
 @njit(cache=True, error_model="numpy", boundscheck=False, forceinline=True)
 def _term(xs, i, shift, square):  # type: ignore[no-untyped-def]
-    v = _f64(xs, i)
+    v = load_f64(xs, i)
     if square:
         d = v - shift
         return d * d

@@ -40,6 +40,7 @@ __all__ = [
     "h2f",
     "h2f_soft",
     "load_f32",
+    "load_f64",
     "load_u8_tail",
     "store_f32",
 ]
@@ -159,7 +160,7 @@ def f2h(typingctx, f):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------------------------------------
-# Element access that is generic over float32 and fp16-bits arrays
+# Element access that is generic over float32 and fp16-bits arrays (and, as float64, codes)
 # ---------------------------------------------------------------------------------------------
 def load_f32(arr: np.ndarray, i: int) -> np.float32:
     """``arr[i]`` as float32, where ``arr`` is float32 or uint16 holding fp16 bits."""
@@ -174,6 +175,25 @@ def store_f32(arr: np.ndarray, i: int, v: float | np.floating) -> None:
         arr[i : i + 1].view(np.float16)[0] = np.float16(np.float32(v))
     else:
         arr[i] = np.float32(v)
+
+
+def load_f64(arr: np.ndarray, i: int) -> np.float64:
+    """``arr[i]`` as float64: a float64 or integer element directly (a quantized code of
+    uint8 or int16 included), a float32 or fp16-bits one through :func:`load_f32`."""
+    if arr.dtype == np.float64 or (arr.dtype.kind in "iu" and arr.dtype != np.uint16):
+        return np.float64(arr[i])
+    return np.float64(load_f32(arr, i))
+
+
+@overload(load_f64)
+def _load_f64_overload(arr, i):  # type: ignore[no-untyped-def]
+    if not isinstance(arr, types.Array):
+        return None
+    if arr.dtype == types.float64 or (
+        isinstance(arr.dtype, types.Integer) and arr.dtype != types.uint16
+    ):
+        return lambda arr, i: np.float64(arr[i])
+    return lambda arr, i: np.float64(load_f32(arr, i))
 
 
 @overload(load_f32)

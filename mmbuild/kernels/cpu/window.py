@@ -4,7 +4,9 @@ One loop nest serves both layouts and both precisions. A tensor is walked as (n,
 with element strides per axis, where the channels are ``ci`` (innermost, contiguous) for an NHWC
 input and ``co`` (outer) for NCHW; the other channel axis has size 1. The output has strides of
 its own, so a pool may read NCHW and write NHWC. Elements are read with ``load_f32`` and written
-with ``store_f32``, so the same source compiles for float32 arrays and fp16-bits arrays.
+with ``store_f32``, so the same source compiles for float32 arrays and fp16-bits arrays; the
+pools read through ``load_f64`` and write through ``_store``, which also take the uint8 / int16
+codes of a max pool between quantized convs (``maxpool2d.qint``).
 
 Pooling. Output (i, j) reads the input rows ``i * sh - pt + [0, kh)`` and columns
 ``j * sw - pl + [0, kw)`` that exist; the pads, output size and ceil mode come from the op's own
@@ -45,7 +47,7 @@ from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType, Layout
 from mmbuild.kernels.cpu.movement import flat_view, refuse_activation
 from mmbuild.kernels.cpu.qcommon import output_quantization
-from mmbuild.kernels.cpu.simd import load_f32, store_f32
+from mmbuild.kernels.cpu.simd import load_f32, load_f64, store_f32
 from mmbuild.kernels.table import (
     Buffers,
     Kernel,
@@ -96,21 +98,12 @@ _XS, _YS = 7, 12
 # ---------------------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------------------
-def _load(x: np.ndarray, i: Any) -> np.float64:
-    """``x[i]`` as float64: a float32 or fp16-bits element, or a carried quantized code."""
-    return np.float64(x[i])
-
-
 def _store(y: np.ndarray, i: Any, v: np.float64) -> None:
     """``y[i] = v``: rounded to float32 (and fp16), or the code itself for a quantized ``y``."""
-    y[i] = v
-
-
-@overload(_load)
-def _load_overload(x, i):  # type: ignore[no-untyped-def]
-    if isinstance(x.dtype, types.Integer) and x.dtype != types.uint16:  # codes: uint8, int16
-        return lambda x, i: np.float64(x[i])
-    return lambda x, i: np.float64(load_f32(x, i))
+    if y.dtype.kind in "iu" and y.dtype != np.uint16:
+        y[i] = v
+    else:
+        store_f32(y, i, np.float32(v))
 
 
 @overload(_store)
@@ -151,7 +144,7 @@ def _pool_rows(x, y, g, win, is_max, count_pad, row0, row1):  # type: ignore[no-
                     for b in range(rw0, rw1):
                         p = xb + a * xh + b * xw
                         for c in range(ci_n):
-                            v = _load(x, _U(p + c * xci))
+                            v = load_f64(x, _U(p + c * xci))
                             m = acc[c]
                             acc[c] = v if (v > m or v != v) else m  # a NaN sticks
                 for c in range(ci_n):
@@ -162,7 +155,7 @@ def _pool_rows(x, y, g, win, is_max, count_pad, row0, row1):  # type: ignore[no-
                     for b in range(rw0, rw1):
                         p = xb + a * xh + b * xw
                         for c in range(ci_n):
-                            acc[c] += _load(x, _U(p + c * xci))
+                            acc[c] += load_f64(x, _U(p + c * xci))
                 if count_pad:
                     count = padded_h * (min(w0 + kw, w + pr) - max(w0, -pl))
                 else:
