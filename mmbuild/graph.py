@@ -269,10 +269,16 @@ def reference_outputs(node: Node, args: Sequence[np.ndarray]) -> list[np.ndarray
 def apply_activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
     """A fused activation (the dicts of ``mmbuild.passes.fuse``: ``relu``, ``clip`` (lo, hi),
     ``leaky_relu`` (alpha, and an optional floor ``lo``), ``hard_sigmoid`` (alpha, beta),
-    ``hard_swish``) applied in float32 exactly as the epilogues do
-    (``mmbuild.kernels.cpu.activate``): the clamps by comparisons, so NaN passes and -0.0
-    stays. Example: hard_swish of [-4, 1.5] is [-0, 1.125]."""
-    y = np.asarray(y, dtype=np.float32)
+    ``hard_swish``; any of them with an affine ``* mul + add`` after it) applied in float32
+    exactly as the epilogues do (``mmbuild.kernels.cpu.activate``): the clamps by comparisons,
+    so NaN passes and -0.0 stays. Example: hard_swish of [-4, 1.5] is [-0, 1.125]; with
+    ``"mul": 2.0, "add": 1.0`` [1, 3.25]."""
+    y = _activation(np.asarray(y, dtype=np.float32), act)
+    mul, add = np.float32(act.get("mul", 1.0)), np.float32(act.get("add", -0.0))
+    return y * mul + add if mul != 1 or add != 0 else y  # the identity affine is skipped
+
+
+def _activation(y: np.ndarray, act: Mapping[str, Any]) -> np.ndarray:
     f32 = np.float32
     fn = act["function"]
     if fn == "relu":

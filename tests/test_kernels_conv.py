@@ -37,6 +37,7 @@ LEAKY = {"function": "leaky_relu", "alpha": 0.1}
 LEAKY_FLOOR = {"function": "leaky_relu", "alpha": 0.2, "lo": -0.05}
 HSIGMOID = {"function": "hard_sigmoid", "alpha": 0.4, "beta": 0.5}
 HSWISH = {"function": "hard_swish"}
+HSWISH_AFFINE = {"function": "hard_swish", "mul": 0.75, "add": -0.125}  # PPLCNetV3's block end
 
 # quantization options x the QINT node's output type x its input buffer's type
 QUANT_OPTIONS = [
@@ -117,9 +118,14 @@ def assert_float_within(got: np.ndarray, exact: np.ndarray, bound: np.ndarray, o
 
 def activate(y: np.ndarray, act: dict[str, Any] | None) -> np.ndarray:
     """A fused activation in float64 (all but hard swish are monotone with slope <= 1, so an
-    error bound on its input bounds its output; see :func:`activated_bound`)."""
+    error bound on its input bounds its output; see :func:`activated_bound`), then the affine
+    ``* mul + add`` after it where it has one."""
     if act is None:
         return y
+    return _activation(y, act) * act.get("mul", 1.0) + act.get("add", 0.0)
+
+
+def _activation(y: np.ndarray, act: dict[str, Any]) -> np.ndarray:
     if act["function"] == "relu":
         return np.maximum(y, 0)
     if act["function"] == "clip":
@@ -135,8 +141,11 @@ def activate(y: np.ndarray, act: dict[str, Any] | None) -> np.ndarray:
 def activated_bound(bound: np.ndarray, exact: np.ndarray, act: dict[str, Any] | None) -> Any:
     """An error bound on the activation's input carried to its output: hard swish has slopes up
     to 1.5, and its float32 gate ``y / 6 + 1/2`` adds a few ulps of 1/2 times ``|y|``."""
+    mul = 1.0 if act is None else abs(act.get("mul", 1.0))
     if act is not None and act["function"] == "hard_swish":
-        return 1.5 * bound + 2.0**-22 * np.abs(exact)
+        bound = 1.5 * bound + 2.0**-22 * np.abs(exact)
+    if act is not None and "mul" in act:  # the affine scales the error and rounds twice more
+        return mul * bound + 2.0**-23 * (mul * np.abs(activate(exact, {**act, "mul": 1.0})))
     return bound
 
 
@@ -216,6 +225,7 @@ CASES = {
     ),
     "1x1-s2-leaky-floor": Conv((2, 7, 7, 3), 4, (1, 1), stride=(2, 2), act=LEAKY_FLOOR),
     "1x1-hard-swish": Conv((2, 4, 5, 24), 40, (1, 1), act=HSWISH),
+    "1x1-hard-swish-affine": Conv((2, 4, 5, 24), 40, (1, 1), act=HSWISH_AFFINE),
     "3x3-s2-hard-sigmoid": Conv(
         (1, 9, 8, 5), 12, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), act=HSIGMOID
     ),
@@ -238,6 +248,9 @@ CASES = {
     "depthwise-unpadded": Conv((1, 5, 5, 3), 3, (2, 2), group=3, act=LEAKY),
     "depthwise-hard-swish": Conv(
         (2, 6, 7, 16), 16, (3, 3), pads=(1, 1, 1, 1), group=16, act=HSWISH
+    ),
+    "depthwise-hard-swish-affine": Conv(
+        (2, 6, 7, 16), 16, (3, 3), pads=(1, 1, 1, 1), group=16, act=HSWISH_AFFINE
     ),
     # a 5x5 dilated along W, whose pads leave one pixel with every column inside
     "depthwise-dilated-s21": Conv(

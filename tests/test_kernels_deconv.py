@@ -57,6 +57,7 @@ class Geom:
     act: dict[str, Any] | None = None
 
 
+RELU_AFFINE = {**RELU, "mul": -0.5, "add": 0.25}  # an affine of negative slope after it
 GEOMS = [
     pytest.param(Geom((1, 4, 5, 3), (3, 3), 4), id="plain"),
     pytest.param(Geom((2, 5, 4, 4), (3, 3), 3, 2, (2, 2), (1, 0, 1, 1), output_padding=(1, 1),
@@ -73,6 +74,9 @@ GEOMS = [
                  id="valid-batch3"),
     # stride = kernel, no pads: one GEMM of patches, laid out by a copy
     pytest.param(Geom((2, 3, 5, 6), (2, 2), 5, stride=(2, 2), act=RELU), id="patches-2x2-relu"),
+    pytest.param(Geom((1, 3, 4, 5), (2, 2), 3, stride=(2, 2), act=RELU_AFFINE),
+                 id="patches-2x2-relu-affine"),
+    pytest.param(Geom((1, 4, 5, 3), (3, 3), 4, act=RELU_AFFINE), id="plain-relu-affine"),
     pytest.param(Geom((1, 4, 3, 7), (2, 3), 1, stride=(2, 3), mode=IPaddingMode.SAME),
                  id="patches-2x3-same-one-channel"),
 ]  # fmt: skip

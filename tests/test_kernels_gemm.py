@@ -57,6 +57,9 @@ def reference_epilogue(acc: np.ndarray, ep: Epilogue) -> np.ndarray:
         y = np.clip(y * a + b, 0, 1)
     elif ep.act is Activation.HARD_SWISH:
         y = y * np.clip(y * np.float32(1 / 6) + np.float32(0.5), 0, 1)
+    mul, add = np.float32(ep.act_then[0]), np.float32(ep.act_then[1])
+    if mul != 1 or add != 0:  # the affine after the activation
+        y = y * mul + add
     if ep.out_kind is OutKind.F32:
         return y
     if ep.out_kind is OutKind.F16:
@@ -92,10 +95,11 @@ def epilogues(draw: st.DrawFn, n: int, acc_scale: float, kinds=tuple(OutKind)) -
         Activation.HARD_SIGMOID: (0.5 / scale_a, 0.5),  # the whole of [0, 1] in use
     }.get(act, (0.0, 0.0))
     kind = draw(st.sampled_from(kinds))
+    act_then = draw(st.sampled_from([(1.0, -0.0), (0.75, -0.25 * scale_a), (-1.5, 0.0)]))
     return Epilogue.create(
         n, scale_a=scale_a, scale_w=scale_w, bias=bias, act=act, act_a=act_a, act_b=act_b,
-        out_kind=kind, out_scale=scale_a / 50, out_zp=draw(st.sampled_from([0, 3, 128]))
-        if kind is OutKind.U8 else -7,
+        act_then=act_then, out_kind=kind, out_scale=scale_a / 50,
+        out_zp=draw(st.sampled_from([0, 3, 128])) if kind is OutKind.U8 else -7,
     )  # fmt: skip
 
 
@@ -371,6 +375,9 @@ def assert_float_close(
     elif ep.act is Activation.HARD_SWISH:
         slope = 1.5
         y = t * np.clip(t / 6 + 0.5, 0, 1)
+    mul, add = ep.act_then
+    if mul != 1 or add != 0:  # the affine after the activation scales the error by |mul|
+        slope, y = slope * abs(mul), y * mul + add
     tol = (bound * np.abs(ep.mult) + 2.0**-22 * (np.abs(t) + np.abs(ep.bias))) * slope
     tol = tol + 2.0**-22 * (np.abs(y) + (slope != 1.0)) + 1e-30
     got = out.view(np.float16).astype(np.float64) if kind is OutKind.F16 else out

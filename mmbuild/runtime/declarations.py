@@ -143,7 +143,8 @@ def fused_activation(v: Any) -> str | None:
     want = (
         'null, {"function": "relu"}, {"function": "clip", "lo": a, "hi": b}, '
         '{"function": "leaky_relu", "alpha": a} (and optionally "lo": c), '
-        '{"function": "hard_sigmoid", "alpha": a, "beta": b} or {"function": "hard_swish"}'
+        '{"function": "hard_sigmoid", "alpha": a, "beta": b} or {"function": "hard_swish"}, '
+        'each optionally with an affine after it, "mul": m and "add": c'
     )
     if v is None:
         return None
@@ -155,6 +156,8 @@ def fused_activation(v: Any) -> str | None:
             "hard_swish": {"function"}}.get(fn)  # fmt: skip
     if fn == "leaky_relu" and "lo" in v:
         keys = {"function", "alpha", "lo"}
+    if keys is not None:
+        keys = keys | ({"mul", "add"} & set(v))
     if keys is None or set(v) != keys:
         return want
     limit = number(finite=False)

@@ -34,7 +34,8 @@ with no fused multiply-add or reordering (the kernels are compiled without fastm
 3. the activation: ``RELU`` ``y < 0 -> 0``; ``CLIP`` ``y < lo -> lo, y > hi -> hi`` (relu6 is
    CLIP with 0 and 6); ``LEAKY_RELU`` ``y < 0 -> y * alpha``. Written as comparisons, so NaN
    passes through and ``-0.0`` stays ``-0.0`` (a reference must use the same comparisons:
-   ``np.maximum`` is free to return either zero);
+   ``np.maximum`` is free to return either zero); then ``y * mul + add`` where the activation
+   has an affine after it (:mod:`.activate`);
 4. the store (:func:`.convert.store_output`): float32; fp16 bits (round to nearest even); uint8
    or int16 ``clip(rint(y / out_scale) + out_zp)``, dividing by the float32 scale as the numpy
    reference does (multiplying by a reciprocal would differ in the last bit).

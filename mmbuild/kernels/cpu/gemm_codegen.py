@@ -156,8 +156,8 @@ def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type:
     Every activation is the same few operations (:mod:`.activate`), so the loop has no branch
     and vectorises.
     """
-    mult, bias, slope, scale, shift, lo, hi, gated, oscale, ozp, _ = ep_args
-    act = (slope, scale, shift, lo, hi, gated)
+    mult, bias, slope, scale, shift, lo, hi, gated, mul, add, oscale, ozp, _ = ep_args
+    act = (slope, scale, shift, lo, hi, gated, mul, add)
     # slices, not offsets: indexing with a computed signed offset keeps numba's negative-index
     # wrap-around test in the loop, and that test stops LLVM from vectorising it
     m_row = mult[n0 : n0 + nn]
@@ -176,10 +176,10 @@ def _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo):  # type:
 def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # type: ignore[no-untyped-def]
     """The scalar epilogue of one tile of the portable kernels, into ``out_bytes``.
 
-    The output arrives as bytes and its type (``ep_args[10]``) is chosen here, so that one
+    The output arrives as bytes and its type (``ep_args[-1]``) is chosen here, so that one
     compiled driver serves every output kind.
     """
-    kind = ep_args[10]
+    kind = ep_args[-1]
     if kind == 0:
         out = out_bytes.view(np.float32)
         _epilogue_rows(T, ldt, mr, nn, comp, n0, ep_args, out, o_off, ldo)
@@ -199,8 +199,8 @@ def _finish_tile(T, ldt, mr, nn, comp, n0, ep_args, out_bytes, o_off, ldo):  # t
 # accumulator vector would cost as much as the epilogue itself.
 @njit(forceinline=True, error_model="numpy", boundscheck=False)
 def vec_store(y, out, o, count, ep_args):  # type: ignore[no-untyped-def]
-    _, _, slope, scale, shift, lo, hi, gated, oscale, ozp, kind = ep_args
-    y = vapply_fused(y, (slope, scale, shift, lo, hi, gated))
+    _, _, slope, scale, shift, lo, hi, gated, mul, add, oscale, ozp, kind = ep_args
+    y = vapply_fused(y, (slope, scale, shift, lo, hi, gated, mul, add))
     if kind == 0:
         vstore_n_f32(out, o, y, count)
     elif kind == 1:

@@ -90,6 +90,7 @@ class Epilogue:
     act: Activation = Activation.NONE
     act_a: float = 0.0
     act_b: float = 0.0
+    act_then: tuple[float, float] = (1.0, -0.0)  # (mul, add) after the activation
     out_kind: OutKind = OutKind.F32
     out_scale: float = 1.0
     out_zp: int = 0
@@ -125,8 +126,8 @@ class Epilogue:
         bias[: self.n] = self.bias
         f32 = np.float32
         # flat: a parallel region cannot take a tuple inside a tuple
-        args = (mult, bias, *activation_args(act, self.act_a, self.act_b), f32(self.out_scale),
-                f32(self.out_zp), np.int64(kind))  # fmt: skip
+        act_args = activation_args(act, self.act_a, self.act_b, *self.act_then)
+        args = (mult, bias, *act_args, f32(self.out_scale), f32(self.out_zp), np.int64(kind))
         object.__setattr__(self, "_args", args)
 
     @property
@@ -152,6 +153,7 @@ class Epilogue:
         act: Activation = Activation.NONE,
         act_a: float = 0.0,
         act_b: float = 0.0,
+        act_then: tuple[float, float] = (1.0, -0.0),
         out_kind: OutKind = OutKind.F32,
         out_scale: float = 1.0,
         out_zp: int = 0,
@@ -165,6 +167,7 @@ class Epilogue:
             act=act,
             act_a=float(act_a),
             act_b=float(act_b),
+            act_then=(float(act_then[0]), float(act_then[1])),
             out_kind=out_kind,
             out_scale=float(out_scale),
             out_zp=int(out_zp),

@@ -59,6 +59,7 @@ from mmbuild.kernels.cpu.activate import (
     Activation,
     ActivationArgs,
     activation_args,
+    affine_after,
     apply_fused,
     is_identity,
 )
@@ -139,10 +140,11 @@ def split_call(
 
 
 def fused_activation(step: Step) -> ActivationArgs:
-    """The step's fused activation as the six numbers of :mod:`.activate` for
+    """The step's fused activation as the eight numbers of :mod:`.activate` for
     :func:`apply_fused` (the identity when it has none)."""
     try:
-        return activation_args(*Activation.of(step.op_attrs.get("activation")))
+        fused = step.op_attrs.get("activation")
+        return activation_args(*Activation.of(fused), *affine_after(fused))
     except MMError as e:
         raise MMError(f"step {step.name!r}: {e}", Code.INTERNAL) from None
 

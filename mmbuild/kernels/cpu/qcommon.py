@@ -38,7 +38,7 @@ from numba.extending import overload
 
 from mmbuild.errors import Code, MMError
 from mmbuild.ir.types import DataType
-from mmbuild.kernels.cpu.activate import activation_args, apply_fused
+from mmbuild.kernels.cpu.activate import activation_args, affine_after, apply_fused
 from mmbuild.kernels.cpu.convert import store_output
 from mmbuild.kernels.cpu.gemm import (
     Activation,
@@ -358,15 +358,16 @@ def make_epilogue(
     ``out_q``, the scale and carried zero point of a quantized output, :func:`out_qparams`)."""
     act, a, b = epilogue_activation(attrs)
     return Epilogue.create(n, scale_a=float(scale_a), scale_w=scale_w, bias=bias, act=act, act_a=a,
-                           act_b=b, out_kind=out_kind(out_type), out_scale=float(out_q[0]),
+                           act_b=b, act_then=affine_after(attrs.get("activation")),
+                           out_kind=out_kind(out_type), out_scale=float(out_q[0]),
                            out_zp=out_q[1])  # fmt: skip
 
 
 def direct_epilogue_args(ep: Epilogue) -> tuple[Any, ...]:
     """``(mult, bias, *activation, out_scale, out_zp)`` for :func:`epilogue_store`, the
-    activation as the six numbers of :mod:`.activate` that the GEMM kernels apply (flat: a
+    activation as the eight numbers of :mod:`.activate` that the GEMM kernels apply (flat: a
     parallel region cannot take a tuple inside a tuple)."""
-    act = activation_args(ep.act, ep.act_a, ep.act_b)
+    act = activation_args(ep.act, ep.act_a, ep.act_b, *ep.act_then)
     return ep.mult, ep.bias, *act, np.float32(ep.out_scale), np.float32(ep.out_zp)
 
 
@@ -463,9 +464,9 @@ def epilogue_store(acc, n, ep, out, idx):  # type: ignore[no-untyped-def]
     :func:`direct_epilogue_args`): ``float32(acc) * mult[n] + bias[n]``, the activation by
     comparisons (NaN passes, -0.0 stays), the store in ``out``'s type (:func:`store_output`:
     rounding to fp16, or quantizing with the output's scale and zero point)."""
-    mult, bias, slope, scale, shift, lo, hi, gated, oscale, ozp = ep
+    mult, bias, slope, scale, shift, lo, hi, gated, mul, add, oscale, ozp = ep
     y = np.float32(acc) * mult[n]
-    y = apply_fused(y + bias[n], (slope, scale, shift, lo, hi, gated))
+    y = apply_fused(y + bias[n], (slope, scale, shift, lo, hi, gated, mul, add))
     store_output(out, idx, y, oscale, ozp)
 
 
