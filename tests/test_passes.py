@@ -596,6 +596,7 @@ def test_passes_have_names_and_docstrings_with_examples() -> None:
         "fold_affine_into_readers",
         "fold_hard_sigmoid",
         "fuse_activations",
+        "fuse_affine_after_activation",
         "convert_layout",
         "cancel_permutes",
         "sink_permutes",

@@ -308,6 +308,7 @@ def test_pipeline_on_an_nchw_cnn_leaves_two_permutes(batch: int) -> None:
         "fold_affine_into_readers": 0,
         "fold_hard_sigmoid": 0,
         "fuse_activations": 2,
+        "fuse_affine_after_activation": 0,
         "convert_layout": 4,
         "cancel_permutes": 6,
         "sink_permutes": 0,

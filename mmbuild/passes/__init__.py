@@ -12,7 +12,8 @@ Example: ``x -> conv -> bn -> relu -> y`` becomes ``x -> conv[activation=relu] -
 ``fused == ["fused_batch_norm_0", "activation_0"]`` and counts
 ``{"fold_constants": 0, "fold_batch_norm": 1, "clamp_as_clip": 0, "fuse_hard_sigmoid": 0,
 "fuse_hard_swish": 0, "fuse_silu": 0, "fold_channel_affine": 0, "fold_affine_into_readers": 0,
-"fold_hard_sigmoid": 0, "fuse_activations": 1, "convert_layout": 0, "cancel_permutes": 0,
+"fold_hard_sigmoid": 0, "fuse_activations": 1, "fuse_affine_after_activation": 0,
+"convert_layout": 0, "cancel_permutes": 0,
 "sink_permutes": 0, "fold_input_normalization": 0, "remove_dead_nodes": 0}``.
 """
 
@@ -31,7 +32,7 @@ from mmbuild.passes.fold import (
     fold_hard_sigmoid,
 )
 from mmbuild.passes.fold_forward import fold_affine_into_readers
-from mmbuild.passes.fuse import epilogue_activation, fuse_activations
+from mmbuild.passes.fuse import epilogue_activation, fuse_activations, fuse_affine_after_activation
 from mmbuild.passes.io_rewrites import fold_input_normalization
 from mmbuild.passes.layout import cancel_permutes, convert_layout
 from mmbuild.passes.pointwise import clamp_as_clip, fuse_hard_sigmoid, fuse_hard_swish, fuse_silu
@@ -51,6 +52,7 @@ __all__ = [
     "fold_hard_sigmoid",
     "fold_input_normalization",
     "fuse_activations",
+    "fuse_affine_after_activation",
     "fuse_hard_sigmoid",
     "fuse_hard_swish",
     "fuse_silu",
@@ -83,6 +85,8 @@ PIPELINE: tuple[Pass, ...] = (
     fold_hard_sigmoid,
     # before layout: the activation still reads the conv directly, not a permute after it
     fuse_activations,
+    # after fuse_activations: the affine that follows a fused activation joins it
+    fuse_affine_after_activation,
     # after fusion: one permute pair per spatial node, around its fused epilogue
     convert_layout,
     # right after layout: the back-to-back pairs it leaves between NCHW nodes

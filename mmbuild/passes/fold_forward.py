@@ -31,7 +31,7 @@ from mmbuild.ops.conv import ConvLike
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes.pointwise import one_float_type, with_scalar
 
-__all__ = ["fold_affine_into_readers"]
+__all__ = ["affine_chain", "fold_affine_into_readers"]
 
 _MUL, _ADD = IElementwise.MUL, IElementwise.ADD
 
@@ -46,7 +46,7 @@ def fold_affine_into_readers(graph: Graph) -> int:
     for last in list(graph.nodes):
         if last not in graph.nodes:
             continue
-        found = _affine_chain(graph, last)
+        found = affine_chain(graph, last)
         if found is None:
             continue
         x, s, b, chain = found
@@ -66,7 +66,7 @@ def fold_affine_into_readers(graph: Graph) -> int:
     return count
 
 
-def _affine_chain(graph: Graph, last: Node) -> tuple[str, float, float, list[Node]] | None:
+def affine_chain(graph: Graph, last: Node) -> tuple[str, float, float, list[Node]] | None:
     """``(x, s, b, nodes)`` when ``last`` ends ``x * s + b``, ``x * s`` or ``x + b``."""
     add = with_scalar(graph, last, (_ADD,))
     if add is not None:

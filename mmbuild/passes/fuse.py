@@ -21,7 +21,9 @@ Example: ``conv -> [-1.5, 2.0] -> relu6 -> [0.0, 2.0]`` becomes one conv with
 ``{"function": "clip", "lo": 0.0, "hi": 6.0}`` that stores [0.0, 2.0] directly.
 
 A clip after a fused activation joins it where the epilogue's one clamp can do both
-(:func:`compose_activations`): openWakeWord's ``max(leaky_relu(x, 0.2), -0.4)`` is one conv.
+(:func:`compose_activations`): openWakeWord's ``max(leaky_relu(x, 0.2), -0.4)`` is one conv. A
+scalar affine after a fused activation becomes its ``"mul"`` and ``"add"``
+(:func:`fuse_affine_after_activation`): PPLCNetV3's hard swish and learnable affine are one conv.
 """
 
 from __future__ import annotations
@@ -31,9 +33,16 @@ from typing import Any
 
 from mmbuild.graph import Graph, Node
 from mmbuild.ops.activation import IActivation
+from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes._rewrite import ACTIVATION_OPS, absorb, is_a, sole_reader
+from mmbuild.passes.fold_forward import affine_chain
 
-__all__ = ["compose_activations", "epilogue_activation", "fuse_activations"]
+__all__ = [
+    "compose_activations",
+    "epilogue_activation",
+    "fuse_activations",
+    "fuse_affine_after_activation",
+]
 
 
 def epilogue_activation(node: Node) -> dict[str, Any] | None:
@@ -91,13 +100,52 @@ def fuse_activations(graph: Graph) -> int:
     return count
 
 
+def fuse_affine_after_activation(graph: Graph) -> int:
+    """Fuse a scalar affine ``y * s + b`` (``y * s`` or ``y + b``; ``s``, ``b`` one-value
+    constants) after a node's fused activation into it: ``"mul": s, "add": b``, which the
+    epilogue applies after the activation in float32 (:mod:`mmbuild.kernels.cpu.activate`).
+
+    Before: ``x -> conv[hard_swish] -> t -> mul(s) -> u -> add(b) -> y``. After: ``x ->
+    conv[hard_swish, mul s, add b] -> y``. It runs after :func:`fuse_activations` (the affines
+    read only by unpadded convs have folded into their weights before, ``fold_forward``), and
+    fires when the producer has a fused activation and no affine yet, ``t`` and ``u`` are read
+    by the chain alone and are no network outputs, and the chain runs in the producer's output
+    type. The unfused chain rounded to that type after the activation and after each step; the
+    fused epilogue rounds once, at its store. Example: hard swish 1.125, ``s = 0.5, b = 0.25``:
+    0.8125 stored directly.
+    """
+    count = 0
+    for last in reversed(graph.nodes):  # from the end: a mul is taken with the add after it
+        if last not in graph.nodes:
+            continue
+        found = affine_chain(graph, last)
+        if found is None:
+            continue
+        x, s, b, chain = found
+        main = graph.producer(x)
+        if main is None or not is_a(main, ACTIVATION_OPS) or len(main.outputs) != 1:
+            continue
+        act = main.attrs.get("activation")
+        if act is None or "mul" in act or "add" in act:
+            continue
+        if sole_reader(graph, x) is not chain[0] or main.output_types[0] != chain[0].precisions[0]:
+            continue
+        has_add = chain[-1].attrs["mode"] is IElementwise.ADD
+        main.attrs["activation"] = {**act, "mul": float(s), "add": float(b) if has_add else -0.0}
+        for node in chain:
+            absorb(graph, main, node)
+        count += 1
+    return count
+
+
 def compose_activations(
     first: dict[str, Any] | None, then: dict[str, Any]
 ) -> dict[str, Any] | None:
     """One fused activation doing ``first`` then ``then``, or None when the epilogue's formula
     cannot (:mod:`mmbuild.kernels.cpu.activate`). Beside ``first`` None: a clip after relu, a
     clip or a clip after a leaky relu with no upper bound, which narrow the one clamp (the same
-    comparisons, so the same bits; NaN passes both ways).
+    comparisons, so the same bits; NaN passes both ways); never after an affine (``"mul"``,
+    ``"add"``), which the clamp would have to follow.
 
     >>> compose_activations({"function": "relu"}, {"function": "clip", "lo": -1.0, "hi": 6.0})
     {'function': 'clip', 'lo': 0.0, 'hi': 6.0}
@@ -107,7 +155,7 @@ def compose_activations(
     """
     if first is None:
         return then
-    if then["function"] != "clip":
+    if then["function"] != "clip" or "mul" in first or "add" in first:
         return None
     lo, hi = then["lo"], then["hi"]
     fn = first["function"]
