@@ -119,7 +119,7 @@ def _plan_node(
     plan: PrecisionPlan,
 ) -> NodePrecision:
     notes: list[str] = []
-    node_ftype = _guard_float16(node, ftype, config, notes, plan)
+    node_ftype, out_ftype = _guard_float16(node, ftype, config, notes, plan)
     inputs = [
         _default_input(node, i, t, qtype, node_ftype, arrives) for i, t in enumerate(node.inputs)
     ]
@@ -145,7 +145,7 @@ def _plan_node(
             )
         inputs[i] = dtype
     _align_quantizable(node, inputs, overrides, notes)
-    outputs = [_default_output(node, o, inputs, node_ftype) for o in range(len(node.outputs))]
+    outputs = [_default_output(node, o, inputs, out_ftype) for o in range(len(node.outputs))]
     for o, dtype in node.output_type_overrides.items():
         if dtype.is_quantized:
             raise node.error(
@@ -224,20 +224,37 @@ def _align_quantizable(
 
 def _guard_float16(
     node: INode, ftype: DataType, config: BuilderConfig, notes: list[str], plan: PrecisionPlan
-) -> DataType:
+) -> tuple[DataType, DataType]:
+    """``(compute type, output type)`` of a node that the mode puts in ``ftype``: FLOAT32 in
+    place of FLOAT16 where a tensor it reads or writes goes beyond float16's range
+    (:func:`float16_overflow`). Its outputs stay FLOAT16 when the overflow is in what it reads
+    alone and every output has a range that float16 holds: a batch norm whose variance is 9.8e7
+    computes in FLOAT32 and stores its calibrated output in FLOAT16, the rounding its FLOAT16
+    readers did anyway, with no cast step between."""
     if ftype is not DataType.FLOAT16:
-        return ftype
+        return ftype, ftype
     beyond = float16_overflow([*node.inputs, *node.outputs], config)
     if beyond is None:
-        return ftype
+        return ftype, ftype
     name, reach = beyond
+    outputs_fit = all(_fits_float16(t, config) for t in node.outputs)
+    kept = "keeps FLOAT32"
+    if outputs_fit:
+        kept = "computes in FLOAT32 and stores its output in FLOAT16, which holds its range"
     plan.warnings.append(
         f"{node.node_type} {node.get_node_name()!r}: tensor {name!r} reaches {reach:.6g}, "
-        f"beyond float16's {FLOAT16_MAX:g}; the node keeps FLOAT32 (set_precision / "
-        "set_output_type to override)"
+        f"beyond float16's {FLOAT16_MAX:g}; the node {kept} (set_precision / set_output_type "
+        "to override)"
     )
-    notes.append(f"fp16 overflow guard: {name} reaches {reach:.6g} > {FLOAT16_MAX:g}, kept FLOAT32")
-    return DataType.FLOAT32
+    note = "computes in FLOAT32, output FLOAT16" if outputs_fit else "kept FLOAT32"
+    notes.append(f"fp16 overflow guard: {name} reaches {reach:.6g} > {FLOAT16_MAX:g}, {note}")
+    return DataType.FLOAT32, DataType.FLOAT16 if outputs_fit else DataType.FLOAT32
+
+
+def _fits_float16(t: ITensor, config: BuilderConfig | None) -> bool:
+    """Whether ``t`` has a range (calibrated or set) that float16 holds."""
+    rng = None if _is_constant(t) else resolve_range(t, config)
+    return rng is not None and _magnitude(rng) <= FLOAT16_MAX
 
 
 def float16_overflow(

@@ -7,9 +7,14 @@ import json
 import numpy as np
 import pytest
 from ortcheck import const
+from test_carry import built as carry_built
+from test_carry import conv as carry_conv
+from test_carry import relu as carry_relu
+from test_carry import sample as carry_sample
 
 import mmbuild as mm
 from mmbuild.precision import plan_precision, split_mode
+from mmbuild.runtime.inspect import validate
 
 F32, F16, Q8, Q16 = mm.DataType.FLOAT32, mm.DataType.FLOAT16, mm.DataType.QINT8, mm.DataType.QINT16
 
@@ -155,3 +160,51 @@ def test_float16_overflow_guard(caplog: pytest.LogCaptureFixture) -> None:
     # a user's explicit choice is not second-guessed
     net.find_node_by_name("activation_0").set_output_type(0, F16)
     assert plan_precision(net, config("qint8_mixed_float16"))["activation_0"].outputs == (F16,)
+
+
+def _wide_batch_norm(net: mm.Network, t: mm.ITensor) -> mm.ITensor:
+    """A batch norm on the 8 channels of ``t`` whose variance (up to 1e8, as in PP-OCRv4's
+    head) float16 cannot hold, and whose output it can."""
+    var = np.geomspace(1.0, 1e8, 8).astype(np.float32)
+    params = [np.zeros(8), var, np.sqrt(var), np.full(8, 0.25)]
+    consts = [const(net, np.asarray(p, np.float32)) for p in params]
+    return net.add_i_fused_batch_norm_node(t, *consts, 3, 1e-5).get_output(0)
+
+
+def test_the_guard_keeps_float16_outputs_of_a_node_whose_constant_alone_overflows() -> None:
+    """The batch norm computes in FLOAT32 and stores FLOAT16: its readers see the value they
+    used to get through a cast step, and the build has no cast step."""
+
+    def body(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+        return carry_conv(net, _wide_batch_norm(net, x), 4, 1, 8)
+
+    model, net = carry_built(body)
+    plan = plan_precision(net, config("qint8_mixed_float16"))
+    bn = next(n.get_node_name() for n in net.nodes if n.node_type == "IFusedBatchNormNode")
+    assert plan[bn].inputs == (F32,) * 5 and plan[bn].outputs == (F16,)
+    assert plan[bn].notes[0].endswith("computes in FLOAT32, output FLOAT16")
+    assert [s.op for s in model.data.steps] == ["fused_batch_norm", "conv"]
+    assert model.data.steps[0].output_types == [F16]
+    report = validate(model, carry_sample(5))
+    assert report.ok(), str(report)
+    # without a range for its output, the node keeps FLOAT32 as before
+    fresh = mm.Network()
+    fresh.mark_output(body(fresh, fresh.add_input(F32, mm.Dims([2, 9, 9, 8]))))
+    assert plan_precision(fresh, config("force_float16"))[bn].outputs == (F32,)
+
+
+def test_a_folded_wide_batch_norm_leaves_its_conv_in_float16_and_carrying_int8() -> None:
+    """conv -> wide batch norm -> relu -> conv: the batch norm folds, the relu joins the first
+    conv (no cast step between them any more), and its output travels as QINT8."""
+
+    def body(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+        t = _wide_batch_norm(net, carry_conv(net, x, 8, 3, 8, pad=(1, 1, 1, 1)))
+        return carry_conv(net, carry_relu(net, t), 4, 1, 8)
+
+    model, _ = carry_built(body)
+    first, last = model.data.steps
+    assert (first.op, last.op) == ("conv", "conv")
+    assert first.op_attrs["activation"] == {"function": "relu"}
+    assert first.output_types == [Q8] and last.output_types == [F16]
+    report = validate(model, carry_sample(5))
+    assert report.ok(), str(report)
