@@ -292,3 +292,41 @@ def test_a_max_pool_read_in_float_too_keeps_the_float_path() -> None:
     model, _ = built(body)
     assert not carried(model)
     assert [s.kernel for s in model.data.steps if s.op == "maxpool2d"] == ["maxpool2d"] * 2
+
+
+def deconv(
+    net: mm.Network, x: mm.ITensor, cin: int, cout: int, k: int, **set_: tuple
+) -> mm.ITensor:
+    """A deconv of filter ``[cin, k, k, cout]`` (the NHWC default layout), stride 2."""
+    rng = np.random.default_rng(len(net.nodes))
+    w = rng.normal(0, 0.3, (cin, k, k, cout)).astype(np.float32)
+    b = rng.normal(0, 0.1, cout).astype(np.float32)
+    node = net.add_i_deconv_node(x, const(net, w), const(net, b))
+    node.set_stride(2, 2)
+    for name, args in set_.items():
+        getattr(node, f"set_{name}")(*args)
+    return node.get_output(0)
+
+
+def upsampled(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+    """conv -> deconv 2x2 stride 2 (the patch GEMM) -> deconv 3x3 stride 2, padded (the gather
+    loop) -> conv, as in the DBNet head."""
+    t = relu(net, conv(net, x, 12, 1, 8))
+    t = deconv(net, t, 12, 8, 2)
+    t = deconv(net, t, 8, 6, 3, pad=(1, 1, 1, 1))
+    return conv(net, t, 4, 1, 6)
+
+
+@BOTH_TYPES
+def test_deconvs_between_quantized_convs_write_and_read_carried_tensors(
+    isa: str, mode: str, qtype: mm.DataType
+) -> None:
+    model, _ = built(upsampled, mode)
+    steps = model.data.steps
+    assert [s.op for s in steps] == ["conv", "deconv", "deconv", "conv"]
+    assert len(carried(model)) == 3
+    for s in steps[:3]:
+        assert s.output_types == [qtype] and "scale_out" in s.lowered.attrs
+    report = validate(model, sample(5))
+    assert report.ok(), str(report)
+    assert all(c.exact for c in report.checks)

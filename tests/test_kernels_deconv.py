@@ -286,6 +286,26 @@ def test_parallel_split_matches(precision: mm.DataType, monkeypatch: pytest.Monk
         assert np.array_equal(parallel, want)
 
 
+@pytest.mark.parametrize("cout", [1, 3])
+@pytest.mark.parametrize("kernel", [(2, 2), (1, 3)])
+@pytest.mark.parametrize("out_type", [F32, F16])
+def test_patch_layout_in_whole_units_and_on_all_threads(
+    cout: int, kernel: tuple[int, int], out_type: mm.DataType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patch GEMM's result is laid out in the widest unit that a run of KW * Cout values
+    makes (2x2 and one fp16 channel: one uint32 per run; 1x3 and one fp16 channel: three
+    uint16; 1x3 and three float32 channels: nine uint32), on one thread or split over all:
+    the reference's bits either way."""
+    geom = Geom((2, 3, 5, 4), kernel, cout, 1, kernel, (0, 0, 0, 0))
+    case = make_case(geom, Q8, out_type)
+    x = sample(geom)
+    serial, want = run(case, x, F32)
+    assert np.array_equal(serial, want)
+    monkeypatch.setattr(deconv_ops, "LAY_OUT_PARALLEL_MIN_BYTES", 0)
+    parallel, _ = run(case, x, F32)
+    assert np.array_equal(parallel, want)
+
+
 def test_one_runner_serves_many_threads() -> None:
     geom = Geom((2, 4, 4, 4), (3, 3), 2, 2, (2, 2), (1, 1, 1, 1), act=CLIP)
     case = make_case(geom, Q8, F16)

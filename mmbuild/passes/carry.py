@@ -13,13 +13,13 @@ and the producer notes it. Lowering then gives the producer the readers' scale a
 same ones). It runs after the conversions are inserted, when the precisions are final; the
 layer report shows the tensor's type as QINT8.
 
-A tensor is carried when its producer is a quantized conv (static input or not) whose output
-type the user did not set, it is no network output, every reader is a quantized conv of the
-same type reading it as its input 0 with static ranges (``activation_quant_mode: "static"``),
-and it has a range. A max pool that alone reads a quantized conv's output, and whose output
-such convs read, runs on the codes (``maxpool2d.qint``): the conv quantizes with the pool
-output's scale and zero point, and the max of codes is the code of the max (quantization is
-monotone, clipping included).
+A tensor is carried when its producer is a quantized conv or deconv (``CARRYING_OPS``; static
+input or not) whose output type the user did not set, it is no network output, every reader is a
+quantized conv or deconv of the same type reading it as its input 0 with static ranges
+(``activation_quant_mode: "static"``), and it has a range. A max pool that alone reads a
+quantized conv's output, and whose output such convs read, runs on the codes
+(``maxpool2d.qint``): the conv quantizes with the pool output's scale and zero point, and the
+max of codes is the code of the max (quantization is monotone, clipping included).
 
 The numbers change in one place only: the readers used to quantize the producer's output as
 rounded to its float type (fp16, and its bias through fp16), and now quantize the float32 value
@@ -39,7 +39,7 @@ __all__ = ["CARRIED_NOTE", "CARRYING_OPS", "CODE_OPS", "carry_quantized"]
 CARRIED_NOTE = "output travels as {type} to its quantized readers ({readers})"
 
 #: The ops whose kernels write a quantized output and read a carried input 0.
-CARRYING_OPS = ("conv",)
+CARRYING_OPS = ("conv", "deconv")
 #: The ops that run on the codes of a carried tensor as they are (quantization is monotone, so
 #: the max of the codes is the code of the max), between a carrying producer and its readers.
 CODE_OPS = ("maxpool2d",)
