@@ -20,6 +20,7 @@ from mmbuild.runtime.inspect import error_report, layer_report, validate
 
 F16, Q8, Q16 = mm.DataType.FLOAT16, mm.DataType.QINT8, mm.DataType.QINT16
 SHAPE = (2, 9, 9, 8)
+Body = Callable[[mm.Network, mm.ITensor], mm.ITensor]
 # the two quantized types a tensor is carried in, with a mode that quantizes in each
 BOTH_TYPES = pytest.mark.parametrize(
     "mode, qtype", [("qint8_mixed_float16", Q8), ("qint16_mixed_float32", Q16)]
@@ -83,6 +84,29 @@ def sample(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, SHAPE).astype(np.float32)
 
 
+def deconv(
+    net: mm.Network, x: mm.ITensor, cin: int, cout: int, k: int, **set_: tuple
+) -> mm.ITensor:
+    """A deconv of filter ``[cin, k, k, cout]`` (the NHWC default layout), stride 2."""
+    rng = np.random.default_rng(len(net.nodes))
+    w = rng.normal(0, 0.3, (cin, k, k, cout)).astype(np.float32)
+    b = rng.normal(0, 0.1, cout).astype(np.float32)
+    node = net.add_i_deconv_node(x, const(net, w), const(net, b))
+    node.set_stride(2, 2)
+    for name, args in set_.items():
+        getattr(node, f"set_{name}")(*args)
+    return node.get_output(0)
+
+
+def upsampled(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
+    """conv -> deconv 2x2 stride 2 (the patch GEMM) -> deconv 3x3 stride 2, padded (the gather
+    loop) -> conv, as in the DBNet head."""
+    t = relu(net, conv(net, x, 12, 1, 8))
+    t = deconv(net, t, 12, 8, 2)
+    t = deconv(net, t, 8, 6, 3, pad=(1, 1, 1, 1))
+    return conv(net, t, 4, 1, 6)
+
+
 def carried(model: mm.Model) -> list[str]:
     return [t.name for t in model.data.tensors.values() if t.dtype.is_quantized]
 
@@ -92,16 +116,20 @@ def run(model: mm.Model, x: np.ndarray, keep_all: bool = False) -> dict[str, np.
 
 
 @BOTH_TYPES
+@pytest.mark.parametrize(
+    "body, ops", [(chain, ["conv"] * 7), (upsampled, ["conv", "deconv", "deconv", "conv"])]
+)
 def test_every_conv_path_writes_and_reads_carried_tensors_bit_exactly(
-    isa: str, mode: str, qtype: mm.DataType
+    isa: str, mode: str, qtype: mm.DataType, body: Body, ops: list[str]
 ) -> None:
-    model, _ = built(chain, mode)
+    model, _ = built(body, mode)
     steps = model.data.steps
-    # six tensors between the seven convs travel as integers; the network output does not
-    assert len(carried(model)) == 6 and [s.op for s in steps] == ["conv"] * 7
-    for s in steps[:6]:
+    # every tensor between two steps travels as integers; the network output does not
+    assert [s.op for s in steps] == ops and len(carried(model)) == len(ops) - 1
+    for s in steps[:-1]:
         assert s.output_types == [qtype] and any("travels as" in n for n in s.notes)
-    assert steps[6].output_types[0].is_float
+        assert "scale_out" in s.lowered.attrs
+    assert steps[-1].output_types[0].is_float
     assert model.data.tensors[steps[0].outputs[0]].dtype is qtype
     report = validate(model, sample(5))
     assert report.ok(), str(report)
@@ -292,41 +320,3 @@ def test_a_max_pool_read_in_float_too_keeps_the_float_path() -> None:
     model, _ = built(body)
     assert not carried(model)
     assert [s.kernel for s in model.data.steps if s.op == "maxpool2d"] == ["maxpool2d"] * 2
-
-
-def deconv(
-    net: mm.Network, x: mm.ITensor, cin: int, cout: int, k: int, **set_: tuple
-) -> mm.ITensor:
-    """A deconv of filter ``[cin, k, k, cout]`` (the NHWC default layout), stride 2."""
-    rng = np.random.default_rng(len(net.nodes))
-    w = rng.normal(0, 0.3, (cin, k, k, cout)).astype(np.float32)
-    b = rng.normal(0, 0.1, cout).astype(np.float32)
-    node = net.add_i_deconv_node(x, const(net, w), const(net, b))
-    node.set_stride(2, 2)
-    for name, args in set_.items():
-        getattr(node, f"set_{name}")(*args)
-    return node.get_output(0)
-
-
-def upsampled(net: mm.Network, x: mm.ITensor) -> mm.ITensor:
-    """conv -> deconv 2x2 stride 2 (the patch GEMM) -> deconv 3x3 stride 2, padded (the gather
-    loop) -> conv, as in the DBNet head."""
-    t = relu(net, conv(net, x, 12, 1, 8))
-    t = deconv(net, t, 12, 8, 2)
-    t = deconv(net, t, 8, 6, 3, pad=(1, 1, 1, 1))
-    return conv(net, t, 4, 1, 6)
-
-
-@BOTH_TYPES
-def test_deconvs_between_quantized_convs_write_and_read_carried_tensors(
-    isa: str, mode: str, qtype: mm.DataType
-) -> None:
-    model, _ = built(upsampled, mode)
-    steps = model.data.steps
-    assert [s.op for s in steps] == ["conv", "deconv", "deconv", "conv"]
-    assert len(carried(model)) == 3
-    for s in steps[:3]:
-        assert s.output_types == [qtype] and "scale_out" in s.lowered.attrs
-    report = validate(model, sample(5))
-    assert report.ok(), str(report)
-    assert all(c.exact for c in report.checks)

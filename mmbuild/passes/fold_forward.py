@@ -24,6 +24,8 @@ to quantize with: the reader now quantizes ``x``). Each reader gets its own fold
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from mmbuild.graph import Graph, Node
@@ -31,7 +33,7 @@ from mmbuild.ops.conv import ConvLike
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes.pointwise import one_float_type, with_scalar
 
-__all__ = ["affine_chain", "fold_affine_into_readers"]
+__all__ = ["affine_chain", "affine_chains", "fold_affine_into_readers"]
 
 _MUL, _ADD = IElementwise.MUL, IElementwise.ADD
 
@@ -43,14 +45,8 @@ def fold_affine_into_readers(graph: Graph) -> int:
     Before: ``x -> mul(s) -> add(b) -> t -> conv(W, bias)``. After: ``x -> conv(s W, bias +
     b * sum W)``."""
     count = 0
-    for last in list(graph.nodes):
-        if last not in graph.nodes:
-            continue
-        found = affine_chain(graph, last)
-        if found is None:
-            continue
-        x, s, b, chain = found
-        t = last.outputs[0]
+    for x, s, b, chain in affine_chains(graph, list(graph.nodes)):
+        t = chain[-1].outputs[0]
         readers = graph.consumers(t)
         if not readers or t in graph.outputs:
             continue
@@ -64,6 +60,18 @@ def fold_affine_into_readers(graph: Graph) -> int:
     if count:
         graph.prune_tensors()
     return count
+
+
+def affine_chains(
+    graph: Graph, order: list[Node]
+) -> Iterator[tuple[str, float, float, list[Node]]]:
+    """:func:`affine_chain` of each node of ``order`` that is still in ``graph`` when reached
+    (a rewrite between two may remove the nodes of the next)."""
+    for last in order:
+        if last in graph.nodes:
+            found = affine_chain(graph, last)
+            if found is not None:
+                yield found
 
 
 def affine_chain(graph: Graph, last: Node) -> tuple[str, float, float, list[Node]] | None:

@@ -35,7 +35,7 @@ from mmbuild.graph import Graph, Node
 from mmbuild.ops.activation import IActivation
 from mmbuild.ops.elementwise import IElementwise
 from mmbuild.passes._rewrite import ACTIVATION_OPS, absorb, is_a, sole_reader
-from mmbuild.passes.fold_forward import affine_chain
+from mmbuild.passes.fold_forward import affine_chains
 
 __all__ = [
     "compose_activations",
@@ -115,13 +115,8 @@ def fuse_affine_after_activation(graph: Graph) -> int:
     0.8125 stored directly.
     """
     count = 0
-    for last in reversed(graph.nodes):  # from the end: a mul is taken with the add after it
-        if last not in graph.nodes:
-            continue
-        found = affine_chain(graph, last)
-        if found is None:
-            continue
-        x, s, b, chain = found
+    # from the end: a mul is taken with the add after it
+    for x, s, b, chain in affine_chains(graph, graph.nodes[::-1]):
         main = graph.producer(x)
         if main is None or not is_a(main, ACTIVATION_OPS) or len(main.outputs) != 1:
             continue
