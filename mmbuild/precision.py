@@ -252,9 +252,9 @@ def _guard_float16(
 
 
 def _fits_float16(t: ITensor, config: BuilderConfig | None) -> bool:
-    """Whether ``t`` has a range (calibrated or set) that float16 holds."""
-    rng = None if _is_constant(t) else resolve_range(t, config)
-    return rng is not None and _magnitude(rng) <= FLOAT16_MAX
+    """Whether ``t`` is an activation with a range (calibrated or set) that float16 holds."""
+    reach = None if _is_constant(t) else _reach(t, config)
+    return reach is not None and reach <= FLOAT16_MAX
 
 
 def float16_overflow(
@@ -265,11 +265,17 @@ def float16_overflow(
     constant by its largest finite value. Example: a tensor calibrated to ``Range(-3.0, 1.2e5)``
     reaches 120000 > 65504."""
     for t in tensors:
-        rng = None if _is_constant(t) else resolve_range(t, config)
-        reach = _magnitude(rng) if rng is not None else _constant_reach(t)
+        reach = _reach(t, config)
         if reach is not None and reach > FLOAT16_MAX:
             return t.get_tensor_name(), reach
     return None
+
+
+def _reach(t: ITensor, config: BuilderConfig | None) -> float | None:
+    """The largest magnitude ``t`` takes, or None when nothing tells: an activation's by the
+    range the build resolves for it (:func:`resolve_range`), a constant's by its values."""
+    rng = None if _is_constant(t) else resolve_range(t, config)
+    return _magnitude(rng) if rng is not None else _constant_reach(t)
 
 
 #: The ops whose input 0 ``activation_quant_mode: "dynamic"`` quantizes at each run (a matmul
